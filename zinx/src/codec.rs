@@ -1,0 +1,406 @@
+//! Framing: bytes on the wire to [`Message`]s and back. Pure, no I/O.
+//!
+//! The reader task feeds socket bytes to [`Codec`] through
+//! `tokio_util::codec::FramedRead`; the writer task encodes queued messages into one
+//! buffer with the same codec. Both Go Zinx layouts are supported, chosen per server:
+//!
+//! ```text
+//! TLV, big-endian (Zinx default, zinx_pack_tlv_big_endian)
+//! +-------------+-------------+----------------+
+//! | msgID u32BE |   len u32BE |  len data bytes |
+//! +-------------+-------------+----------------+
+//!
+//! LTV, little-endian (classic Zinx, zinx_pack_ltv_little_endian, the MMO demo)
+//! +-------------+-------------+----------------+
+//! |   len u32LE | msgID u32LE |  len data bytes |
+//! +-------------+-------------+----------------+
+//! ```
+//!
+//! `len` counts data bytes only; `len == 0` is a valid empty message. The announced
+//! length is checked against the maximum *before* any memory is reserved for it,
+//! so a header announcing 4 GiB costs nothing but a closed connection.
+
+use std::str::FromStr;
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::Error;
+use crate::message::{Message, MsgId};
+
+/// Size of the Zinx header: two 32-bit fields.
+pub const HEADER_LEN: usize = 8;
+
+/// Largest amount reserved up front for a frame when the maximum is unbounded;
+/// beyond it the buffer grows only as bytes actually arrive.
+const UNBOUNDED_RESERVE: usize = 64 * 1024;
+
+/// The two Zinx packet layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// `[msgID u32 BE][len u32 BE][data]`, the current Go Zinx default.
+    #[default]
+    Tlv,
+    /// `[len u32 LE][msgID u32 LE][data]`, classic Zinx and the MMO demo.
+    Ltv,
+}
+
+impl FromStr for Layout {
+    type Err = Error;
+
+    /// Parses `tlv` or `ltv` (any case).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.eq_ignore_ascii_case("tlv") {
+            Ok(Layout::Tlv)
+        } else if s.eq_ignore_ascii_case("ltv") {
+            Ok(Layout::Ltv)
+        } else {
+            Err(Error::ConfigValue {
+                key: "format",
+                message: format!("unknown packet layout {s:?}, expected \"tlv\" or \"ltv\""),
+            })
+        }
+    }
+}
+
+/// The Zinx frame codec: a [`Layout`] and a maximum data length.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::BytesMut;
+/// use tokio_util::codec::{Decoder, Encoder};
+/// use zinx::{Codec, Layout, Message};
+///
+/// let mut codec = Codec::new(Layout::Tlv, 4096);
+/// let mut buf = BytesMut::new();
+/// codec.encode(Message::new(1, "hi"), &mut buf).unwrap();
+/// assert_eq!(&buf[..], b"\0\0\0\x01\0\0\0\x02hi");
+/// let msg = codec.decode(&mut buf).unwrap().unwrap();
+/// assert_eq!(msg, Message::new(1, "hi"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    layout: Layout,
+    max_packet_size: u32,
+}
+
+impl Default for Codec {
+    /// TLV with Zinx's default `MaxPacketSize` of 4096.
+    fn default() -> Self {
+        Codec::new(Layout::Tlv, 4096)
+    }
+}
+
+impl Codec {
+    /// A codec for `layout` accepting data lengths up to `max_packet_size`
+    /// (0 means unbounded, as in Zinx).
+    #[must_use]
+    pub fn new(layout: Layout, max_packet_size: u32) -> Self {
+        Codec {
+            layout,
+            max_packet_size,
+        }
+    }
+
+    /// The packet layout.
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The largest data length accepted (0 = unbounded).
+    #[must_use]
+    pub fn max_packet_size(&self) -> u32 {
+        self.max_packet_size
+    }
+
+    /// Reads `(id, len)` from an 8-byte header.
+    fn parse_header(&self, h: &[u8]) -> (u32, u32) {
+        let a = [h[0], h[1], h[2], h[3]];
+        let b = [h[4], h[5], h[6], h[7]];
+        match self.layout {
+            Layout::Tlv => (u32::from_be_bytes(a), u32::from_be_bytes(b)),
+            Layout::Ltv => (u32::from_le_bytes(b), u32::from_le_bytes(a)),
+        }
+    }
+
+    fn check_len(&self, len: u64) -> Result<(), Error> {
+        let max = u64::from(self.max_packet_size);
+        if max != 0 && len > max {
+            return Err(Error::FrameTooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Appends one frame for `id` and `data` to `dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] when `data` is longer than the maximum (or than
+    /// `u32::MAX`); `dst` is left unchanged.
+    pub fn encode_into(&self, id: MsgId, data: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
+        let len = data.len() as u64;
+        self.check_len(len)?;
+        let len = u32::try_from(len).map_err(|_| Error::FrameTooLarge {
+            len,
+            max: u64::from(u32::MAX),
+        })?;
+        dst.reserve(HEADER_LEN + data.len());
+        match self.layout {
+            Layout::Tlv => {
+                dst.put_u32(id.0);
+                dst.put_u32(len);
+            }
+            Layout::Ltv => {
+                dst.put_u32_le(len);
+                dst.put_u32_le(id.0);
+            }
+        }
+        dst.put_slice(data);
+        Ok(())
+    }
+}
+
+impl Decoder for Codec {
+    type Item = Message;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
+        // Check: is a whole header here?
+        let Some(header) = src.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let (id, len) = self.parse_header(header);
+        // Check the announced length before reserving anything for it.
+        self.check_len(u64::from(len))?;
+        let len = len as usize;
+        let frame_len = HEADER_LEN + len;
+        if src.len() < frame_len {
+            let missing = frame_len - src.len();
+            let reserve = if self.max_packet_size == 0 {
+                missing.min(UNBOUNDED_RESERVE)
+            } else {
+                missing
+            };
+            src.reserve(reserve);
+            return Ok(None);
+        }
+        // Parse and advance.
+        src.advance(HEADER_LEN);
+        let data = src.split_to(len).freeze();
+        Ok(Some(Message {
+            id: MsgId(id),
+            data,
+        }))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Error> {
+        match self.decode(buf)? {
+            Some(msg) => Ok(Some(msg)),
+            None if buf.is_empty() => Ok(None),
+            None => Err(Error::TruncatedFrame {
+                buffered: buf.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Message> for Codec {
+    type Error = Error;
+
+    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
+        self.encode_into(msg.id, &msg.data, dst)
+    }
+}
+
+impl Encoder<&Message> for Codec {
+    type Error = Error;
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), Error> {
+        self.encode_into(msg.id, &msg.data, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn frame(layout: Layout, id: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        Codec::new(layout, 0)
+            .encode_into(MsgId(id), data, &mut b)
+            .unwrap();
+        b.to_vec()
+    }
+
+    fn decode_all(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            while let Some(m) = codec.decode(&mut buf)? {
+                out.push(m);
+            }
+        }
+        if let Some(m) = codec.decode_eof(&mut buf)? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn tlv_wire_bytes_match_go_zinx() {
+        assert_eq!(
+            frame(Layout::Tlv, 1, b"abc"),
+            [0, 0, 0, 1, 0, 0, 0, 3, b'a', b'b', b'c']
+        );
+    }
+
+    #[test]
+    fn ltv_wire_bytes_match_go_zinx() {
+        assert_eq!(
+            frame(Layout::Ltv, 0x0102, b"abc"),
+            [3, 0, 0, 0, 2, 1, 0, 0, b'a', b'b', b'c']
+        );
+    }
+
+    #[test]
+    fn round_trip_both_layouts() {
+        for layout in [Layout::Tlv, Layout::Ltv] {
+            let mut codec = Codec::new(layout, 4096);
+            let bytes = frame(layout, 77, b"payload");
+            let msgs = decode_all(&mut codec, &[&bytes]).unwrap();
+            assert_eq!(msgs, vec![Message::new(77, &b"payload"[..])]);
+        }
+    }
+
+    #[test]
+    fn split_byte_by_byte() {
+        for layout in [Layout::Tlv, Layout::Ltv] {
+            let mut wire = frame(layout, 1, b"hello");
+            wire.extend(frame(layout, 2, b""));
+            wire.extend(frame(layout, 3, b"world!"));
+            let chunks: Vec<&[u8]> = wire.chunks(1).collect();
+            let msgs = decode_all(&mut Codec::new(layout, 4096), &chunks).unwrap();
+            assert_eq!(
+                msgs,
+                vec![
+                    Message::new(1, &b"hello"[..]),
+                    Message::new(2, &b""[..]),
+                    Message::new(3, &b"world!"[..]),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn many_frames_in_one_chunk() {
+        let mut wire = Vec::new();
+        for i in 0..100u32 {
+            wire.extend(frame(Layout::Tlv, i, &i.to_be_bytes()));
+        }
+        let msgs = decode_all(&mut Codec::default(), &[&wire]).unwrap();
+        assert_eq!(msgs.len(), 100);
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(m.id.0 as usize, i);
+            assert_eq!(&m.data[..], &(i as u32).to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn zero_length_message() {
+        let wire = frame(Layout::Tlv, 9, b"");
+        assert_eq!(wire.len(), HEADER_LEN);
+        let msgs = decode_all(&mut Codec::default(), &[&wire]).unwrap();
+        assert_eq!(msgs, vec![Message::new(9, &b""[..])]);
+    }
+
+    #[test]
+    fn max_length_accepted_one_more_rejected() {
+        let max = 4096usize;
+        let ok = frame(Layout::Tlv, 1, &vec![7u8; max]);
+        let msgs = decode_all(&mut Codec::new(Layout::Tlv, 4096), &[&ok]).unwrap();
+        assert_eq!(msgs[0].data.len(), max);
+
+        let too_big = frame(Layout::Tlv, 1, &vec![7u8; max + 1]);
+        let err = decode_all(&mut Codec::new(Layout::Tlv, 4096), &[&too_big]).unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 4097, max: 4096 }), "{err}");
+    }
+
+    #[test]
+    fn attack_lengths_fail_before_allocating() {
+        for len in [0xFFFF_FFF0u32, u32::MAX, 4097] {
+            for layout in [Layout::Tlv, Layout::Ltv] {
+                let mut header = BytesMut::new();
+                match layout {
+                    Layout::Tlv => {
+                        header.put_u32(1);
+                        header.put_u32(len);
+                    }
+                    Layout::Ltv => {
+                        header.put_u32_le(len);
+                        header.put_u32_le(1);
+                    }
+                }
+                let cap_before = header.capacity();
+                let err = Codec::new(layout, 4096).decode(&mut header).unwrap_err();
+                assert!(err.is_protocol(), "{err}");
+                assert_eq!(header.capacity(), cap_before, "no reservation for {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn unbounded_codec_reserves_at_most_a_chunk() {
+        let mut header = BytesMut::new();
+        header.put_u32(1);
+        header.put_u32(u32::MAX);
+        assert!(Codec::new(Layout::Tlv, 0).decode(&mut header).unwrap().is_none());
+        assert!(header.capacity() <= HEADER_LEN + UNBOUNDED_RESERVE);
+    }
+
+    #[test]
+    fn partial_frame_reserves_the_rest() {
+        let wire = frame(Layout::Tlv, 1, &[1u8; 1000]);
+        let mut buf = BytesMut::from(&wire[..10]);
+        assert!(Codec::default().decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() >= wire.len());
+    }
+
+    #[test]
+    fn eof_mid_frame_is_an_error() {
+        let wire = frame(Layout::Tlv, 1, b"hello");
+        for cut in 1..wire.len() {
+            let err = decode_all(&mut Codec::default(), &[&wire[..cut]]).unwrap_err();
+            assert!(matches!(err, Error::TruncatedFrame { buffered } if buffered == cut));
+        }
+    }
+
+    #[test]
+    fn eof_on_boundary_is_clean() {
+        let wire = frame(Layout::Tlv, 1, b"hello");
+        let msgs = decode_all(&mut Codec::default(), &[&wire]).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert!(decode_all(&mut Codec::default(), &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn encode_rejects_oversized_data() {
+        let mut buf = BytesMut::new();
+        let err = Codec::new(Layout::Tlv, 4)
+            .encode_into(MsgId(1), b"12345", &mut buf)
+            .unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 5, max: 4 }));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn layout_parses_case_insensitively() {
+        assert_eq!("LTV".parse::<Layout>().unwrap(), Layout::Ltv);
+        assert_eq!("tlv".parse::<Layout>().unwrap(), Layout::Tlv);
+        assert!("xml".parse::<Layout>().unwrap_err().is_config());
+    }
+}

@@ -1,0 +1,451 @@
+//! Configuration: Zinx's zinx.json as a plain value.
+//!
+//! [`Config`] is read once by the binary ([`Config::load`]) and handed to
+//! [`ServerBuilder`](crate::ServerBuilder); nothing in the crate reads a global.
+//! Keys and defaults are those of Go Zinx, and keys match case-insensitively as Go's
+//! JSON decoder does (`TcpPort` sets `TCPPort`); unknown keys are ignored so one file
+//! can serve a Go and a Rust server. A malformed file is an [`Error::ConfigParse`]
+//! naming the file, line and column.
+//!
+//! # Examples
+//!
+//! ```
+//! let cfg = zinx::Config::from_json_str(r#"{"Name": "demo", "tcpport": 7777}"#).unwrap();
+//! assert_eq!(cfg.name, "demo");
+//! assert_eq!(cfg.tcp_port, 7777);
+//! assert_eq!(cfg.max_conn, 12000); // Zinx's default
+//! ```
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use tracing::level_filters::LevelFilter;
+
+use crate::error::Error;
+
+/// Environment variable naming the config file, as in Go Zinx.
+pub const CONFIG_PATH_ENV: &str = "ZINX_CONFIG_FILE_PATH";
+
+/// The config file read when [`CONFIG_PATH_ENV`] is not set.
+pub const DEFAULT_CONFIG_PATH: &str = "conf/zinx.json";
+
+/// How handlers are scheduled onto workers (Zinx's `WorkerMode`).
+///
+/// In every mode the messages of one connection are handled one at a time, in
+/// arrival order; different connections run in parallel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum WorkerMode {
+    /// `"Hash"` (or `""`): a fixed pool of `WorkerPoolSize` workers; a connection's
+    /// messages go to worker `conn_id % WorkerPoolSize`.
+    #[default]
+    Hash,
+    /// `"Bind"`: every connection gets a worker of its own for its lifetime.
+    Bind,
+    /// `"DynamicBind"`: a connection takes a free worker from a pool of
+    /// `WorkerPoolSize` for its lifetime; when none is free it gets a temporary
+    /// worker that ends with the connection.
+    DynamicBind,
+}
+
+impl FromStr for WorkerMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.is_empty() || s.eq_ignore_ascii_case("hash") {
+            Ok(WorkerMode::Hash)
+        } else if s.eq_ignore_ascii_case("bind") {
+            Ok(WorkerMode::Bind)
+        } else if s.eq_ignore_ascii_case("dynamicbind") {
+            Ok(WorkerMode::DynamicBind)
+        } else {
+            Err(Error::ConfigValue {
+                key: "WorkerMode",
+                message: format!(
+                    "unknown worker mode {s:?}, expected \"Hash\", \"Bind\" or \"DynamicBind\""
+                ),
+            })
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// Declares the config struct once: field, Go key, type and default. From it come
+/// the struct, its `Default` and its case-insensitive `Deserialize`.
+macro_rules! config {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr, $key:literal; )*) => {
+        /// Server configuration: the keys of Go Zinx's zinx.json.
+        ///
+        /// Build one with [`Config::default`] and struct update syntax, or read one
+        /// with [`Config::load`] / [`Config::from_file`].
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[non_exhaustive]
+        pub struct Config {
+            $( $(#[$doc])* #[serde(rename = $key)] pub $field: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $field: $default, )* }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Config {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct ConfigVisitor;
+
+                impl<'de> Visitor<'de> for ConfigVisitor {
+                    type Value = Config;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a JSON object of Zinx settings")
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
+                        let mut cfg = Config::default();
+                        while let Some(key) = map.next_key::<String>()? {
+                            $(
+                                if key.eq_ignore_ascii_case($key) {
+                                    cfg.$field = field_value(&mut map, $key)?;
+                                    continue;
+                                }
+                            )*
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        Ok(cfg)
+                    }
+                }
+
+                d.deserialize_map(ConfigVisitor)
+            }
+        }
+    };
+}
+
+/// Reads one value, naming its key in the error (serde_json adds the position).
+fn field_value<'de, A: MapAccess<'de>, T: serde::de::DeserializeOwned>(
+    map: &mut A,
+    key: &str,
+) -> Result<T, A::Error> {
+    let value: serde_json::Value = map.next_value()?;
+    T::deserialize(value).map_err(|e| de::Error::custom(format!("{key}: {e}")))
+}
+
+config! {
+    /// `Name`: the server's name, used in logs.
+    name: String = "ZinxServerApp".to_owned(), "Name";
+    /// `Host`: the address to listen on.
+    host: String = "0.0.0.0".to_owned(), "Host";
+    /// `TCPPort`: the TCP port to listen on (0 picks a free port).
+    tcp_port: u16 = 8999, "TCPPort";
+    /// `WsPort`: the WebSocket port (read for compatibility; WebSocket is not served yet).
+    ws_port: u16 = 9000, "WsPort";
+    /// `WsPath`: the WebSocket path (read for compatibility).
+    ws_path: String = "/".to_owned(), "WsPath";
+    /// `KcpPort`: the KCP port (read for compatibility; KCP is not served yet).
+    kcp_port: u16 = 9001, "KcpPort";
+    /// `Mode`: `"tcp"`, `"websocket"`, `"kcp"`, or empty for all (only TCP is served yet).
+    mode: String = "tcp".to_owned(), "Mode";
+    /// `MaxConn`: connections beyond this many are closed right after accept
+    /// (0 = no limit).
+    max_conn: usize = 12000, "MaxConn";
+    /// `MaxPacketSize`: the largest data length a frame may announce (0 = unbounded).
+    max_packet_size: u32 = 4096, "MaxPacketSize";
+    /// `WorkerPoolSize`: workers running handlers (0 = handle on the reader task).
+    worker_pool_size: u32 = 10, "WorkerPoolSize";
+    /// `MaxWorkerTaskLen`: the queue length of each worker.
+    max_worker_task_len: u32 = 1024, "MaxWorkerTaskLen";
+    /// `WorkerMode`: `"Hash"` (or empty), `"Bind"` or `"DynamicBind"`.
+    worker_mode: WorkerMode = WorkerMode::Hash, "WorkerMode";
+    /// `MaxMsgChanLen`: the per-connection send queue length.
+    max_msg_chan_len: u32 = 1024, "MaxMsgChanLen";
+    /// `IOReadBuffSize`: the initial size of a connection's read buffer.
+    io_read_buff_size: u32 = 1024, "IOReadBuffSize";
+    /// `HeartbeatMax`: seconds of silence before a peer counts as dead.
+    heartbeat_max: u64 = 10, "HeartbeatMax";
+    /// `CertFile`: TLS certificate (read for compatibility).
+    cert_file: String = String::new(), "CertFile";
+    /// `PrivateKeyFile`: TLS key (read for compatibility).
+    private_key_file: String = String::new(), "PrivateKeyFile";
+    /// `LogDir`: Zinx's log directory (read for compatibility; logs go to `tracing`).
+    log_dir: String = "./log".to_owned(), "LogDir";
+    /// `LogFile`: Zinx's log file (read for compatibility).
+    log_file: String = String::new(), "LogFile";
+    /// `LogIsolationLevel`: 0 logs all, 1 no debug, 2 no info, 3 no warnings.
+    /// See [`Config::log_level`].
+    log_isolation_level: i32 = 0, "LogIsolationLevel";
+    /// `LogSaveDays`: read for compatibility.
+    log_save_days: i32 = 0, "LogSaveDays";
+    /// `LogFileSize`: read for compatibility.
+    log_file_size: u64 = 64 << 20, "LogFileSize";
+    /// `LogCons`: read for compatibility.
+    log_cons: bool = false, "LogCons";
+    /// `RouterSlicesMode`: read for compatibility (both routing styles are always available).
+    router_slices_mode: bool = false, "RouterSlicesMode";
+    /// `RequestPoolMode`: read for compatibility (requests are not pooled).
+    request_pool_mode: bool = false, "RequestPoolMode";
+}
+
+impl Config {
+    /// Parses zinx.json text.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigParse`] with the position of the first problem (path
+    /// `<string>`).
+    pub fn from_json_str(json: &str) -> Result<Config, Error> {
+        parse(json, Path::new("<string>"))
+    }
+
+    /// Reads and parses a zinx.json file.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigRead`] when the file cannot be read, [`Error::ConfigParse`]
+    /// naming the file, line and column when it is not valid.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&text, path)
+    }
+
+    /// Loads the configuration the way Go Zinx does: the file named by
+    /// `ZINX_CONFIG_FILE_PATH`, else `./conf/zinx.json`, else the defaults.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_file`]. A file named by the environment variable must
+    /// exist (Go Zinx would silently use defaults); a missing `./conf/zinx.json`
+    /// just means defaults.
+    pub fn load() -> Result<Config, Error> {
+        Config::load_from(
+            std::env::var_os(CONFIG_PATH_ENV).as_deref(),
+            Path::new(DEFAULT_CONFIG_PATH),
+        )
+    }
+
+    /// [`Config::load`] with the environment value and the default path given.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn load_from(env_path: Option<&OsStr>, default_path: &Path) -> Result<Config, Error> {
+        match env_path.filter(|p| !p.is_empty()) {
+            Some(path) => Config::from_file(path),
+            None if default_path.exists() => Config::from_file(default_path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// The `tracing` level filter for `LogIsolationLevel`: 0 (or less) all,
+    /// 1 no debug, 2 no info, 3 (or more) errors only.
+    #[must_use]
+    pub fn log_level(&self) -> LevelFilter {
+        match self.log_isolation_level {
+            i32::MIN..=0 => LevelFilter::TRACE,
+            1 => LevelFilter::INFO,
+            2 => LevelFilter::WARN,
+            _ => LevelFilter::ERROR,
+        }
+    }
+
+    /// `Host:TCPPort`, ready for `TcpListener::bind`.
+    #[must_use]
+    pub fn tcp_addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.tcp_port)
+        } else {
+            format!("{}:{}", self.host, self.tcp_port)
+        }
+    }
+}
+
+fn parse(json: &str, path: &Path) -> Result<Config, Error> {
+    serde_json::from_str(json).map_err(|e| {
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let text = e.to_string();
+        let message = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+        Error::ConfigParse {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("zinx-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_match_go_zinx() {
+        let c = Config::default();
+        assert_eq!(c.name, "ZinxServerApp");
+        assert_eq!(c.host, "0.0.0.0");
+        assert_eq!(c.tcp_port, 8999);
+        assert_eq!((c.ws_port, c.ws_path.as_str(), c.kcp_port), (9000, "/", 9001));
+        assert_eq!(c.max_conn, 12000);
+        assert_eq!(c.max_packet_size, 4096);
+        assert_eq!(c.worker_pool_size, 10);
+        assert_eq!(c.max_worker_task_len, 1024);
+        assert_eq!(c.worker_mode, WorkerMode::Hash);
+        assert_eq!(c.max_msg_chan_len, 1024);
+        assert_eq!(c.io_read_buff_size, 1024);
+        assert_eq!(c.heartbeat_max, 10);
+        assert_eq!(c.log_file_size, 64 << 20);
+    }
+
+    #[test]
+    fn empty_object_is_defaults() {
+        assert_eq!(Config::from_json_str("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_match_case_insensitively_and_unknown_keys_are_ignored() {
+        let c = Config::from_json_str(
+            r#"{"TcpPort": 1, "MAXCONN": 5, "workermode": "DynamicBind",
+                "KcpACKNoDelay": true, "Whatever": {"nested": [1, 2]},
+                "maxPacketSize": 0, "iOREADbuffsize": 64}"#,
+        )
+        .unwrap();
+        assert_eq!(c.tcp_port, 1);
+        assert_eq!(c.max_conn, 5);
+        assert_eq!(c.worker_mode, WorkerMode::DynamicBind);
+        assert_eq!(c.max_packet_size, 0);
+        assert_eq!(c.io_read_buff_size, 64);
+    }
+
+    #[test]
+    fn later_duplicate_key_wins_like_go() {
+        let c = Config::from_json_str(r#"{"TCPPort": 1, "tcpport": 2}"#).unwrap();
+        assert_eq!(c.tcp_port, 2);
+    }
+
+    #[test]
+    fn worker_mode_names() {
+        for (text, mode) in [
+            ("", WorkerMode::Hash),
+            ("Hash", WorkerMode::Hash),
+            ("Bind", WorkerMode::Bind),
+            ("DynamicBind", WorkerMode::DynamicBind),
+        ] {
+            let json = format!(r#"{{"WorkerMode": "{text}"}}"#);
+            assert_eq!(Config::from_json_str(&json).unwrap().worker_mode, mode);
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_position() {
+        let err = Config::from_json_str("{\n  \"TCPPort\": 1,\n  oops\n}").unwrap_err();
+        match err {
+            Error::ConfigParse { line, column, ref path, .. } => {
+                assert_eq!(line, 3);
+                assert_eq!(column, 3);
+                assert_eq!(path, Path::new("<string>"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn type_error_names_key_and_position() {
+        let err = Config::from_json_str("{\n\"TCPPort\": \"eighty\"}").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("TCPPort"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("column") || text.matches("column").count() == 1, "{text}");
+    }
+
+    #[test]
+    fn out_of_range_and_bad_enum_are_errors() {
+        assert!(Config::from_json_str(r#"{"TCPPort": 70000}"#).unwrap_err().is_config());
+        assert!(Config::from_json_str(r#"{"MaxConn": -1}"#).unwrap_err().is_config());
+        let err = Config::from_json_str(r#"{"WorkerMode": "Round"}"#).unwrap_err();
+        assert!(err.to_string().contains("Round"), "{err}");
+    }
+
+    #[test]
+    fn non_object_is_an_error() {
+        assert!(Config::from_json_str("[1, 2]").unwrap_err().is_config());
+        assert!(Config::from_json_str("").unwrap_err().is_config());
+    }
+
+    #[test]
+    fn log_levels() {
+        let level = |n| {
+            Config {
+                log_isolation_level: n,
+                ..Config::default()
+            }
+            .log_level()
+        };
+        assert_eq!(level(0), LevelFilter::TRACE);
+        assert_eq!(level(1), LevelFilter::INFO);
+        assert_eq!(level(2), LevelFilter::WARN);
+        assert_eq!(level(3), LevelFilter::ERROR);
+    }
+
+    #[test]
+    fn load_order_env_then_default_path_then_defaults() {
+        let dir = temp_dir("load");
+        let env_file = dir.join("env.json");
+        let default_file = dir.join("zinx.json");
+        std::fs::write(&env_file, r#"{"Name": "from-env"}"#).unwrap();
+        std::fs::write(&default_file, r#"{"Name": "from-default"}"#).unwrap();
+
+        let c = Config::load_from(Some(env_file.as_os_str()), &default_file).unwrap();
+        assert_eq!(c.name, "from-env");
+        let c = Config::load_from(None, &default_file).unwrap();
+        assert_eq!(c.name, "from-default");
+        let c = Config::load_from(Some(OsStr::new("")), &default_file).unwrap();
+        assert_eq!(c.name, "from-default");
+        let c = Config::load_from(None, &dir.join("missing.json")).unwrap();
+        assert_eq!(c, Config::default());
+
+        let err = Config::load_from(Some(dir.join("missing.json").as_os_str()), &default_file)
+            .unwrap_err();
+        assert!(matches!(err, Error::ConfigRead { .. }), "{err}");
+        assert!(err.to_string().contains("missing.json"));
+    }
+
+    #[test]
+    fn malformed_file_names_the_file() {
+        let dir = temp_dir("malformed");
+        let file = dir.join("bad.json");
+        std::fs::write(&file, "{\"TCPPort\": }").unwrap();
+        let err = Config::from_file(&file).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bad.json") && text.contains("line 1"), "{text}");
+    }
+
+    #[test]
+    fn tcp_addr_brackets_ipv6() {
+        let mut c = Config::default();
+        assert_eq!(c.tcp_addr(), "0.0.0.0:8999");
+        c.host = "::1".into();
+        assert_eq!(c.tcp_addr(), "[::1]:8999");
+    }
+}

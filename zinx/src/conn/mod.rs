@@ -1,0 +1,406 @@
+//! Connections: the handle handlers hold, and the two tasks behind it.
+//!
+//! Every connection is driven by a **reader** ([`reader`]) that owns the socket's read
+//! half and turns bytes into requests for the router, and a **writer** ([`writer`])
+//! that owns the write half and drains the connection's bounded send queue.
+//! Nothing else touches the socket. [`Connection`] is a cheap clonable handle:
+//! sending puts a message on the queue; closing cancels the connection's token,
+//! which both tasks watch. Because the queue and the token are owned values, a send
+//! after close is an [`Error::Closed`], never a panic or a lost wake-up.
+
+pub(crate) mod reader;
+pub(crate) mod writer;
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::manager::{ConnManager, ManagerShared};
+use crate::message::{ConnId, Message, MsgId};
+
+type CloseCallback = Box<dyn FnOnce() + Send>;
+
+/// A handle to one connection. Cloning is cheap (one reference count).
+///
+/// Handlers get it from [`Request::conn`](crate::Request::conn); hooks get it as
+/// their argument; [`ConnManager`] hands them out by ID.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: ConnId,
+    peer: SocketAddr,
+    local: SocketAddr,
+    max_packet_size: u32,
+    tx: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+    properties: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    /// `None` once the close callbacks have run: later ones run at once.
+    close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
+    manager: Weak<ManagerShared>,
+}
+
+/// What a new connection's two tasks are made of.
+pub(crate) struct Parts {
+    pub(crate) id: ConnId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) max_packet_size: u32,
+    pub(crate) send_queue: usize,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) manager: Weak<ManagerShared>,
+}
+
+impl Connection {
+    /// Creates the handle and the receiving end of its send queue (for the writer).
+    pub(crate) fn new(parts: Parts) -> (Connection, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(parts.send_queue.max(1));
+        let shared = Shared {
+            id: parts.id,
+            peer: parts.peer,
+            local: parts.local,
+            max_packet_size: parts.max_packet_size,
+            tx,
+            cancel: parts.cancel,
+            properties: Mutex::new(HashMap::new()),
+            close_callbacks: Mutex::new(Some(Vec::new())),
+            manager: parts.manager,
+        };
+        (
+            Connection {
+                shared: Arc::new(shared),
+            },
+            rx,
+        )
+    }
+
+    /// The connection's ID, unique within its server.
+    #[must_use]
+    pub fn id(&self) -> ConnId {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    #[must_use]
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The local address the peer connected to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// Queues a message for the writer, waiting while the send queue is full.
+    ///
+    /// Messages sent on one connection are written in the order they were queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the connection is closed (or closes while waiting),
+    /// [`Error::FrameTooLarge`] if `data` is longer than the server's
+    /// `MaxPacketSize` (the peer would reject it).
+    pub async fn send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
+        let msg = self.outgoing(id.into(), data.into())?;
+        match self.shared.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(TrySendError::Full(msg)) => {
+                tokio::select! {
+                    biased;
+                    // Cancel-safe: if the close wins, the message is simply not queued.
+                    () = self.shared.cancel.cancelled() => Err(Error::Closed),
+                    r = self.shared.tx.send(msg) => r.map_err(|_| Error::Closed),
+                }
+            }
+        }
+    }
+
+    /// Queues a message for the writer, failing at once when the queue is full
+    /// (Zinx's `SendBuffMsg`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::QueueFull`] when `MaxMsgChanLen` messages are already queued,
+    /// [`Error::Closed`] and [`Error::FrameTooLarge`] as for [`send`](Self::send).
+    pub fn try_send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
+        let msg = self.outgoing(id.into(), data.into())?;
+        self.shared.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => Error::QueueFull,
+            TrySendError::Closed(_) => Error::Closed,
+        })
+    }
+
+    fn outgoing(&self, id: MsgId, data: Bytes) -> Result<Message, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let max = self.shared.max_packet_size;
+        if max != 0 && data.len() as u64 > u64::from(max) {
+            return Err(Error::FrameTooLarge {
+                len: data.len() as u64,
+                max: u64::from(max),
+            });
+        }
+        Ok(Message { id, data })
+    }
+
+    /// Closes the connection: the reader stops, the writer writes what is already
+    /// queued and closes the socket, then `on_disconnect` and the close callbacks
+    /// run. Closing twice is harmless.
+    pub fn close(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// True once [`close`](Self::close) was called or the connection ended.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// Completes when the connection is closed.
+    pub async fn closed(&self) {
+        self.shared.cancel.cancelled().await;
+    }
+
+    /// Stores a typed property, returning the previous value of that type.
+    ///
+    /// Properties are keyed by type, like `http::Extensions`: define a small
+    /// newtype per property (`struct PlayerId(u32)`).
+    pub fn insert_property<T: Any + Send + Sync>(&self, value: T) -> Option<T> {
+        self.properties()
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    /// A clone of the property of type `T`, if set.
+    #[must_use]
+    pub fn property<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        self.properties()
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    /// Removes and returns the property of type `T`.
+    pub fn remove_property<T: Any + Send + Sync>(&self) -> Option<T> {
+        self.properties()
+            .remove(&TypeId::of::<T>())
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    fn properties(&self) -> MutexGuard<'_, HashMap<TypeId, Box<dyn Any + Send + Sync>>> {
+        // A poisoned map only means a panic elsewhere while it was held; the map
+        // itself is still consistent (inserts and removes are single calls).
+        self.shared
+            .properties
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers `callback` to run once when the connection has closed (after
+    /// `on_disconnect`). On a connection that has already finished closing it runs
+    /// at once.
+    pub fn add_close_callback(&self, callback: impl FnOnce() + Send + 'static) {
+        let mut callbacks = self
+            .shared
+            .close_callbacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match callbacks.as_mut() {
+            Some(list) => list.push(Box::new(callback)),
+            None => {
+                drop(callbacks);
+                callback();
+            }
+        }
+    }
+
+    /// Runs the close callbacks once, outside the lock.
+    pub(crate) fn run_close_callbacks(&self) {
+        let callbacks = self
+            .shared
+            .close_callbacks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        for callback in callbacks.into_iter().flatten() {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
+                let panic = crate::panic_message(&*panic);
+                tracing::error!(
+                    conn_id = %self.id(),
+                    %panic,
+                    "close callback panicked"
+                );
+            }
+        }
+    }
+
+    /// The connection manager of the server this connection belongs to
+    /// (`None` once the server is gone).
+    #[must_use]
+    pub fn manager(&self) -> Option<ConnManager> {
+        self.shared.manager.upgrade().map(ConnManager::from_shared)
+    }
+
+    pub(crate) fn cancel_token(&self) -> &CancellationToken {
+        &self.shared.cancel
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    pub(crate) fn test_conn(queue: usize) -> (Connection, mpsc::Receiver<Message>) {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Connection::new(Parts {
+            id: ConnId(7),
+            peer: addr,
+            local: addr,
+            max_packet_size: 16,
+            send_queue: queue,
+            cancel: CancellationToken::new(),
+            manager: Weak::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn send_and_try_send_keep_order() {
+        let (conn, mut rx) = test_conn(8);
+        conn.send(1, "a").await.unwrap();
+        conn.try_send(2, "b").unwrap();
+        conn.send(3, "c").await.unwrap();
+        let got: Vec<u32> = [
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+        ]
+        .iter()
+        .map(|m| m.id.0)
+        .collect();
+        assert_eq!(got, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn try_send_on_full_queue_is_queue_full() {
+        let (conn, _rx) = test_conn(2);
+        conn.try_send(1, "a").unwrap();
+        conn.try_send(1, "b").unwrap();
+        assert!(conn.try_send(1, "c").unwrap_err().is_queue_full());
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_then_succeeds() {
+        let (conn, mut rx) = test_conn(1);
+        conn.try_send(1, "first").unwrap();
+        let sender = conn.clone();
+        let pending = tokio::spawn(async move { sender.send(2, "second").await });
+        tokio::task::yield_now().await;
+        assert!(!pending.is_finished());
+        assert_eq!(rx.recv().await.unwrap().id.0, 1);
+        pending.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await.unwrap().id.0, 2);
+    }
+
+    #[tokio::test]
+    async fn close_wakes_a_waiting_send_with_closed() {
+        let (conn, _rx) = test_conn(1);
+        conn.try_send(1, "fill").unwrap();
+        let sender = conn.clone();
+        let pending = tokio::spawn(async move { sender.send(2, "blocked").await });
+        tokio::task::yield_now().await;
+        conn.close();
+        assert!(pending.await.unwrap().unwrap_err().is_closed());
+    }
+
+    #[tokio::test]
+    async fn send_after_close_is_an_error() {
+        let (conn, _rx) = test_conn(4);
+        conn.close();
+        conn.close();
+        assert!(conn.is_closed());
+        assert!(conn.send(1, "x").await.unwrap_err().is_closed());
+        assert!(conn.try_send(1, "x").unwrap_err().is_closed());
+    }
+
+    #[tokio::test]
+    async fn send_after_writer_gone_is_an_error() {
+        let (conn, rx) = test_conn(4);
+        drop(rx);
+        assert!(conn.send(1, "x").await.unwrap_err().is_closed());
+        assert!(conn.try_send(1, "x").unwrap_err().is_closed());
+    }
+
+    #[tokio::test]
+    async fn oversized_send_is_rejected_before_queueing() {
+        let (conn, mut rx) = test_conn(4);
+        let err = conn.try_send(1, vec![0u8; 17]).unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 17, max: 16 }));
+        conn.try_send(1, vec![0u8; 16]).unwrap();
+        assert_eq!(rx.recv().await.unwrap().data.len(), 16);
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Name(String);
+
+    #[test]
+    fn typed_properties() {
+        let (conn, _rx) = test_conn(1);
+        assert_eq!(conn.property::<Name>(), None);
+        assert_eq!(conn.insert_property(Name("a".into())), None);
+        assert_eq!(conn.insert_property(7u32), None);
+        assert_eq!(conn.insert_property(Name("b".into())), Some(Name("a".into())));
+        assert_eq!(conn.property::<Name>(), Some(Name("b".into())));
+        assert_eq!(conn.property::<u32>(), Some(7));
+        assert_eq!(conn.remove_property::<Name>(), Some(Name("b".into())));
+        assert_eq!(conn.property::<Name>(), None);
+    }
+
+    #[test]
+    fn close_callbacks_run_once_and_late_ones_run_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (conn, _rx) = test_conn(1);
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        conn.add_close_callback(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        conn.add_close_callback(|| panic!("a panicking callback harms no other"));
+        let c = count.clone();
+        conn.add_close_callback(move || {
+            c.fetch_add(10, Ordering::SeqCst);
+        });
+        conn.run_close_callbacks();
+        conn.run_close_callbacks();
+        assert_eq!(count.load(Ordering::SeqCst), 11);
+        let c = count.clone();
+        conn.add_close_callback(move || {
+            c.fetch_add(100, Ordering::SeqCst);
+        });
+        assert_eq!(count.load(Ordering::SeqCst), 111);
+    }
+}

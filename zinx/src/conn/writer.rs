@@ -1,0 +1,252 @@
+//! The writer task: the only code that writes to a connection's socket.
+//!
+//! It takes every message waiting in the send queue at once (`recv_many`), encodes
+//! them into one buffer and writes and flushes that buffer. Under load many
+//! messages share one syscall; when idle a single message goes out at once. There
+//! are no timers in this path. On close it writes whatever is still queued (bounded
+//! by the linger time, so a peer that stopped reading cannot hold the task), then
+//! shuts the socket down.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::Codec;
+use crate::message::Message;
+
+/// Above this, an emptied write buffer is released instead of kept for reuse, so
+/// one burst does not pin memory for the rest of a connection's life.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// Settings of one writer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    pub(crate) codec: Codec,
+    /// Most messages taken from the queue per write.
+    pub(crate) batch: usize,
+    /// How long the final flush on close may take.
+    pub(crate) linger: Duration,
+}
+
+/// Runs the writer until the connection is cancelled, the queue's senders are all
+/// gone, or a write fails. Always cancels the connection on the way out, so a dead
+/// socket stops the reader too.
+pub(crate) async fn run<W>(
+    mut io: W,
+    mut rx: mpsc::Receiver<Message>,
+    cancel: CancellationToken,
+    cfg: WriterConfig,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let batch_len = cfg.batch.max(1);
+    let mut batch = Vec::new();
+    let mut buf = BytesMut::new();
+    let result: std::io::Result<()> = async {
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(()),
+                // Cancel-safe: recv_many takes messages only when it completes.
+                n = rx.recv_many(&mut batch, batch_len), if buf.is_empty() => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    encode_all(&cfg.codec, &mut batch, &mut buf);
+                }
+                // Cancel-safe: write_all_buf advances `buf` as bytes are written, so a
+                // write interrupted by close resumes from where it stopped.
+                r = io.write_all_buf(&mut buf), if !buf.is_empty() => {
+                    r?;
+                    io.flush().await?;
+                    if buf.capacity() > KEEP_BUFFER {
+                        buf = BytesMut::new();
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    match result {
+        Ok(()) => {
+            // Close the queue first: a send from now on fails instead of being lost.
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                batch.push(msg);
+            }
+            encode_all(&cfg.codec, &mut batch, &mut buf);
+            let flush = async {
+                io.write_all_buf(&mut buf).await?;
+                io.flush().await?;
+                io.shutdown().await
+            };
+            match tokio::time::timeout(cfg.linger, flush).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "final flush failed"),
+                Err(_) => tracing::debug!(
+                    unsent = buf.len(),
+                    "peer did not take the final writes within the linger time"
+                ),
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "write failed, closing connection"),
+    }
+    cancel.cancel();
+}
+
+fn encode_all(codec: &Codec, batch: &mut Vec<Message>, buf: &mut BytesMut) {
+    let total: usize = batch
+        .iter()
+        .map(|m| crate::codec::HEADER_LEN + m.data.len())
+        .sum();
+    buf.reserve(total);
+    for msg in batch.drain(..) {
+        // Connection::send checked the size already; a failure here would be a bug
+        // in that check, so it is logged and the message skipped.
+        if let Err(e) = codec.encode_into(msg.id, &msg.data, buf) {
+            tracing::error!(error = %e, msg_id = %msg.id, "dropping unencodable message");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::codec::Layout;
+    use crate::conn::tests::test_conn;
+
+    /// Records every write call; optionally stalls (never accepts bytes).
+    #[derive(Clone, Default)]
+    struct Recorder {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        flushes: Arc<Mutex<usize>>,
+        stalled: bool,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.stalled {
+                return Poll::Pending;
+            }
+            self.writes.lock().unwrap().push(data.to_vec());
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            *self.flushes.lock().unwrap() += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn cfg() -> WriterConfig {
+        WriterConfig {
+            codec: Codec::new(Layout::Tlv, 4096),
+            batch: 1024,
+            linger: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_messages_go_out_in_one_write_and_one_flush() {
+        let (conn, rx) = test_conn(64);
+        for i in 0..10u32 {
+            conn.try_send(i, vec![i as u8; 3]).unwrap();
+        }
+        let rec = Recorder::default();
+        let task = tokio::spawn(run(rec.clone(), rx, conn.cancel_token().clone(), cfg()));
+        // Wait for the first write: the writer had all ten queued when it started.
+        while rec.writes.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        {
+            let writes = rec.writes.lock().unwrap();
+            assert_eq!(writes.len(), 1, "one write for the whole batch");
+            assert_eq!(writes[0].len(), 10 * (8 + 3));
+            assert_eq!(*rec.flushes.lock().unwrap(), 1);
+        }
+        conn.close();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn order_is_preserved_on_the_wire() {
+        let (conn, rx) = test_conn(4);
+        let (client, server) = tokio::io::duplex(64);
+        let task = tokio::spawn(run(server, rx, conn.cancel_token().clone(), cfg()));
+        let sender = conn.clone();
+        let producer = tokio::spawn(async move {
+            for i in 0..200u32 {
+                sender.send(i, i.to_be_bytes().to_vec()).await.unwrap();
+            }
+            sender.close();
+        });
+        let mut wire = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut wire).await.unwrap();
+        producer.await.unwrap();
+        task.await.unwrap();
+        assert_eq!(wire.len(), 200 * 12);
+        for (i, frame) in wire.chunks(12).enumerate() {
+            assert_eq!(&frame[..4], &(i as u32).to_be_bytes());
+            assert_eq!(&frame[8..], &(i as u32).to_be_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn close_flushes_what_is_queued() {
+        let (conn, rx) = test_conn(16);
+        for i in 0..5u32 {
+            conn.try_send(i, "q").unwrap();
+        }
+        conn.close();
+        let (mut client, server) = tokio::io::duplex(1024);
+        run(server, rx, conn.cancel_token().clone(), cfg()).await;
+        let mut wire = Vec::new();
+        client.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(wire.len(), 5 * 9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_peer_cannot_hold_the_writer_past_linger() {
+        let (conn, rx) = test_conn(16);
+        conn.try_send(1, "stuck").unwrap();
+        let rec = Recorder {
+            stalled: true,
+            ..Recorder::default()
+        };
+        let task = tokio::spawn(run(rec, rx, conn.cancel_token().clone(), cfg()));
+        tokio::task::yield_now().await;
+        conn.close();
+        // Paused time: the linger timeout fires as soon as everything is idle.
+        task.await.unwrap();
+        assert!(conn.try_send(1, "late").unwrap_err().is_closed());
+    }
+
+    #[tokio::test]
+    async fn write_error_closes_the_connection() {
+        let (conn, rx) = test_conn(16);
+        let (client, server) = tokio::io::duplex(16);
+        drop(client);
+        conn.try_send(1, "to nobody").unwrap();
+        run(server, rx, conn.cancel_token().clone(), cfg()).await;
+        assert!(conn.is_closed());
+    }
+}

@@ -1,0 +1,105 @@
+//! The one public error type of the crate.
+//!
+//! Every fallible public function returns [`Error`]. It is `#[non_exhaustive]` so
+//! new failure kinds can be added without breaking callers; match the variants you
+//! care about and keep a wildcard arm, or use the `is_*` predicates.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `zinx`.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A frame header announced more data than the configured `MaxPacketSize`.
+    /// The connection that sent it is closed; nothing of that size was allocated.
+    #[error("frame announces {len} data bytes, more than the maximum of {max}")]
+    FrameTooLarge {
+        /// The data length announced by the peer.
+        len: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+
+    /// The peer closed the stream in the middle of a frame.
+    #[error("peer closed the stream in the middle of a frame ({buffered} bytes buffered)")]
+    TruncatedFrame {
+        /// How many bytes of the unfinished frame had arrived.
+        buffered: usize,
+    },
+
+    /// The connection's send queue is full (the fail-fast send, Zinx's `SendBuffMsg`).
+    #[error("the connection's send queue is full")]
+    QueueFull,
+
+    /// The connection is closed: nothing more can be sent on it.
+    #[error("the connection is closed")]
+    Closed,
+
+    /// An I/O error from the socket or a file.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A configuration file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    ConfigRead {
+        /// The file that was being read.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+
+    /// A configuration file (or string) is not valid zinx.json.
+    #[error("invalid config {}: {message} at line {line}, column {column}", path.display())]
+    ConfigParse {
+        /// The file that was parsed (`<string>` when parsed from memory).
+        path: PathBuf,
+        /// Line of the error, 1-based.
+        line: usize,
+        /// Column of the error, 1-based.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A configuration value is out of range or names an unknown option.
+    #[error("invalid config value for {key}: {message}")]
+    ConfigValue {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    /// True for [`Error::Closed`].
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed)
+    }
+
+    /// True for [`Error::QueueFull`].
+    #[must_use]
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, Error::QueueFull)
+    }
+
+    /// True for errors caused by a peer breaking the framing protocol
+    /// ([`Error::FrameTooLarge`], [`Error::TruncatedFrame`]).
+    #[must_use]
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::FrameTooLarge { .. } | Error::TruncatedFrame { .. })
+    }
+
+    /// True for configuration errors (reading, parsing or validating).
+    #[must_use]
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::ConfigRead { .. } | Error::ConfigParse { .. } | Error::ConfigValue { .. }
+        )
+    }
+}
+
+/// Shorthand for `std::result::Result<T, zinx::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

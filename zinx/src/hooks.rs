@@ -1,0 +1,57 @@
+//! Connection hooks: `on_connect` and `on_disconnect` (Zinx's `SetOnConnStart` /
+//! `SetOnConnStop`).
+//!
+//! The connection task calls each hook exactly once per connection: `on_connect`
+//! after the writer has started (so it may send) and before the first message is
+//! read; `on_disconnect` after the writer has finished and the connection has left
+//! the manager, while its properties are still readable. No framework lock is held
+//! while a hook runs, and a panicking hook is logged and harms nothing else.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::BoxFuture;
+use crate::conn::Connection;
+
+type Hook = Arc<dyn Fn(Connection) -> BoxFuture + Send + Sync>;
+
+/// The hooks of one server.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    on_connect: Option<Hook>,
+    on_disconnect: Option<Hook>,
+}
+
+pub(crate) fn boxed<F, Fut>(hook: F) -> Hook
+where
+    F: Fn(Connection) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |conn| Box::pin(hook(conn)))
+}
+
+impl Hooks {
+    pub(crate) fn set_on_connect(&mut self, hook: Hook) {
+        self.on_connect = Some(hook);
+    }
+
+    pub(crate) fn set_on_disconnect(&mut self, hook: Hook) {
+        self.on_disconnect = Some(hook);
+    }
+
+    pub(crate) async fn connect(&self, conn: &Connection) {
+        run(self.on_connect.as_ref(), conn, "on_connect").await;
+    }
+
+    pub(crate) async fn disconnect(&self, conn: &Connection) {
+        run(self.on_disconnect.as_ref(), conn, "on_disconnect").await;
+    }
+}
+
+async fn run(hook: Option<&Hook>, conn: &Connection, name: &'static str) {
+    let Some(hook) = hook else { return };
+    let call = conn.clone();
+    if let Err(panic) = crate::catch_panic(|| hook(call)).await {
+        tracing::error!(conn_id = %conn.id(), hook = name, %panic, "hook panicked");
+    }
+}

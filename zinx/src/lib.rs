@@ -1,0 +1,97 @@
+//! # Zinx for Rust
+//!
+//! A lightweight concurrent server framework for long-lived TCP connections (game
+//! servers, IoT gateways, message forwarding), wire-compatible with Go
+//! [Zinx](https://github.com/aceld/zinx): a Go Zinx client works against a `zinx`
+//! server and the other way round, in both packet layouts.
+//!
+//! ```no_run
+//! use zinx::{Config, Request, Router, Server};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), zinx::Error> {
+//!     let router = Router::new().route(1, |req: Request| async move {
+//!         // Echo: handlers never touch the socket, they queue for the writer.
+//!         req.conn().send(req.msg_id(), req.data().clone()).await
+//!     });
+//!     let server = Server::builder(Config::load()?).router(router).build();
+//!     server
+//!         .serve(async { let _ = tokio::signal::ctrl_c().await; })
+//!         .await
+//! }
+//! ```
+//!
+//! ## The data path, module by module
+//!
+//! ```text
+//! server        accept, MaxConn permit, one task per connection
+//!  -> conn::reader   FramedRead + codec: bytes -> Message -> Request
+//!  -> worker         lane: inline, or a bounded worker queue (Hash / Bind / DynamicBind)
+//!  -> router         message ID -> handler (async fn or Zinx pre/handle/post router)
+//!  -> Connection::send / try_send   bounded per-connection queue
+//!  -> conn::writer   recv_many -> encode all -> one write and flush
+//! side: manager (registry, broadcast), hooks (on_connect / on_disconnect), config
+//! ```
+//!
+//! - [`config`]: zinx.json as a value.
+//! - [`codec`]: TLV / LTV framing, length checked before allocation.
+//! - [`server`]: accept loop, connection lifecycle, graceful shutdown.
+//! - `conn`: the [`Connection`] handle and its reader and writer tasks.
+//! - `worker`: where handlers run.
+//! - [`router`]: routes by message ID.
+//! - [`manager`]: the live connections.
+//! - `hooks`: `on_connect` / `on_disconnect`.
+
+pub mod codec;
+pub mod config;
+mod conn;
+mod error;
+mod hooks;
+pub mod manager;
+mod message;
+mod request;
+pub mod router;
+pub mod server;
+mod worker;
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+
+use futures_util::FutureExt;
+
+pub use codec::{Codec, Layout};
+pub use config::{Config, WorkerMode};
+pub use conn::Connection;
+pub use error::{Error, Result};
+pub use manager::{ConnManager, Delivery};
+pub use message::{ConnId, Message, MsgId};
+pub use request::Request;
+pub use router::{HandlerOutput, Router, ZinxRouter};
+pub use server::{Server, ServerBuilder, ServerHandle};
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Calls `make` and awaits the future it returns, turning a panic in either into
+/// an `Err` with the panic message.
+async fn catch_panic(make: impl FnOnce() -> BoxFuture) -> Result<(), String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .map_err(|p| panic_message(&*p)),
+        Err(p) => Err(panic_message(&*p)),
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

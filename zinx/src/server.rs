@@ -1,0 +1,434 @@
+//! The server: accepts connections and runs each one until it ends.
+//!
+//! [`Server::run`] accepts on a listener until its shutdown future completes. For
+//! every accepted socket it takes a `MaxConn` permit (over the limit the socket is
+//! closed at once), registers a [`Connection`] with the [`ConnManager`], starts the
+//! writer task, runs `on_connect`, then reads until the connection ends. Cleanup
+//! happens in a fixed order: writer flushed, worker lane released, manager entry and
+//! permit dropped (guards, so a panic cannot skip them), then `on_disconnect` and
+//! the close callbacks.
+//!
+//! Shutdown cancels the root token, which every connection's token is a child of;
+//! `run` returns when the [`TaskTracker`] holding every connection, writer and
+//! worker task is empty.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::codec::{Codec, Layout};
+use crate::config::Config;
+use crate::conn::reader::{self, ReadEnd};
+use crate::conn::writer::{self, WriterConfig};
+use crate::conn::{Connection, Parts};
+use crate::error::Error;
+use crate::hooks::{self, Hooks};
+use crate::manager::ConnManager;
+use crate::message::ConnId;
+use crate::router::Router;
+use crate::worker::WorkerPool;
+
+/// Default time the writer may spend flushing queued messages when a connection
+/// closes.
+pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Longest pause after a failing `accept` (for example out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Builds a [`Server`] from a [`Config`], a [`Router`] and hooks.
+///
+/// # Examples
+///
+/// ```
+/// use zinx::{Config, Layout, Router, Server};
+///
+/// let server = Server::builder(Config::default())
+///     .router(Router::new())
+///     .layout(Layout::Ltv)
+///     .on_connect(|conn| async move { tracing::info!(id = %conn.id(), "hello") })
+///     .build();
+/// # let _ = server;
+/// ```
+#[must_use]
+pub struct ServerBuilder {
+    config: Config,
+    router: Router,
+    layout: Layout,
+    hooks: Hooks,
+    linger: Duration,
+}
+
+impl ServerBuilder {
+    /// Sets the router (default: an empty one).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Sets the packet layout (default: TLV big-endian, like Go Zinx).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    /// Runs `hook` once for every new connection, before its first message is read.
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.set_on_connect(hooks::boxed(hook));
+        self
+    }
+
+    /// Runs `hook` once for every connection that ended, after its queued writes
+    /// were flushed. Its properties are still readable.
+    pub fn on_disconnect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.set_on_disconnect(hooks::boxed(hook));
+        self
+    }
+
+    /// How long a closing connection may spend writing what is still queued
+    /// (default [`DEFAULT_CLOSE_LINGER`]). A peer that does not read within it is
+    /// cut off.
+    pub fn close_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Finishes the server. Nothing runs until [`Server::run`].
+    pub fn build(self) -> Server {
+        let cfg = &self.config;
+        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let codec = Codec::new(self.layout, cfg.max_packet_size);
+        let send_queue = to_usize(cfg.max_msg_chan_len).max(1);
+        let ctx = ConnContext {
+            codec,
+            read_buf: to_usize(cfg.io_read_buff_size).max(crate::codec::HEADER_LEN),
+            send_queue,
+            writer: WriterConfig {
+                codec,
+                batch: send_queue,
+                linger: self.linger,
+            },
+            hooks: self.hooks,
+            manager: ConnManager::new(),
+        };
+        let limit = (cfg.max_conn > 0).then(|| Arc::new(Semaphore::new(cfg.max_conn)));
+        Server {
+            handle: ServerHandle {
+                manager: ctx.manager.clone(),
+                tracker: TaskTracker::new(),
+                limit,
+            },
+            router: Arc::new(self.router),
+            ctx,
+            config: self.config,
+        }
+    }
+}
+
+/// A Zinx server.
+///
+/// # Examples
+///
+/// ```no_run
+/// use zinx::{Config, Request, Router, Server};
+///
+/// # async fn demo() -> Result<(), zinx::Error> {
+/// let router = Router::new().route(1, |req: Request| async move {
+///     req.conn().send(1, req.data().clone()).await
+/// });
+/// let server = Server::builder(Config::load()?).router(router).build();
+/// server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+pub struct Server {
+    config: Config,
+    router: Arc<Router>,
+    ctx: ConnContext,
+    handle: ServerHandle,
+}
+
+/// A cheap clonable view of a server, usable while it runs: its connections and
+/// what it holds.
+#[derive(Clone)]
+pub struct ServerHandle {
+    manager: ConnManager,
+    tracker: TaskTracker,
+    limit: Option<Arc<Semaphore>>,
+}
+
+impl ServerHandle {
+    /// The server's connection manager.
+    #[must_use]
+    pub fn manager(&self) -> ConnManager {
+        self.manager.clone()
+    }
+
+    /// Tasks the server is running: two per connection (connection and writer)
+    /// plus its workers.
+    #[must_use]
+    pub fn task_count(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Free `MaxConn` slots (`None` without a limit).
+    #[must_use]
+    pub fn free_slots(&self) -> Option<usize> {
+        self.limit.as_ref().map(|s| s.available_permits())
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("connections", &self.manager.len())
+            .field("tasks", &self.task_count())
+            .field("free_slots", &self.free_slots())
+            .finish()
+    }
+}
+
+/// What every connection of a server shares.
+struct ConnContext {
+    codec: Codec,
+    read_buf: usize,
+    send_queue: usize,
+    writer: WriterConfig,
+    hooks: Hooks,
+    manager: ConnManager,
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            router: Router::new(),
+            layout: Layout::Tlv,
+            hooks: Hooks::default(),
+            linger: DEFAULT_CLOSE_LINGER,
+        }
+    }
+
+    /// The configuration the server was built with.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A handle for watching the server while it runs.
+    #[must_use]
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The connection manager.
+    #[must_use]
+    pub fn manager(&self) -> ConnManager {
+        self.handle.manager()
+    }
+
+    /// Binds `Host:TCPPort` from the config and runs until `shutdown` completes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the address cannot be bound.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let listener = TcpListener::bind(self.config.tcp_addr()).await?;
+        self.run(listener, shutdown).await
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then closes
+    /// every connection (flushing what each has queued and running
+    /// `on_disconnect`) and returns once every task the server started has ended.
+    ///
+    /// # Errors
+    ///
+    /// None at present: accept errors are logged and retried with a backoff. The
+    /// `Result` leaves room for transports whose setup can fail.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let Server {
+            config,
+            router,
+            ctx,
+            handle,
+        } = self;
+        let tracker = handle.tracker.clone();
+        let pool = WorkerPool::start(
+            config.worker_mode,
+            usize::try_from(config.worker_pool_size).unwrap_or(usize::MAX),
+            usize::try_from(config.max_worker_task_len).unwrap_or(usize::MAX),
+            router,
+            tracker.clone(),
+        );
+        let ctx = Arc::new(ctx);
+        let root = CancellationToken::new();
+        let local = listener.local_addr()?;
+        tracing::info!(name = %config.name, addr = %local, "server started");
+
+        let mut next_id = 0u64;
+        let mut backoff = Duration::ZERO;
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                // Cancel-safe: TcpListener::accept loses no connection when dropped.
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::ZERO;
+                    pair
+                }
+                Err(e) if is_per_connection(&e) => continue,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(1), MAX_ACCEPT_BACKOFF);
+                    tracing::warn!(error = %e, ?backoff, "accept failed, backing off");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+            let permit = match &handle.limit {
+                None => None,
+                Some(limit) => {
+                    if let Ok(permit) = limit.clone().try_acquire_owned() {
+                        Some(permit)
+                    } else {
+                        tracing::warn!(%peer, max_conn = config.max_conn, "MaxConn reached, closing new connection");
+                        drop(stream);
+                        continue;
+                    }
+                }
+            };
+            next_id += 1;
+            let id = ConnId(next_id);
+            let span = tracing::info_span!("conn", conn_id = id.0, %peer);
+            let conn_ctx = Context {
+                shared: ctx.clone(),
+                pool: pool.clone(),
+                tracker: tracker.clone(),
+            };
+            let cancel = root.child_token();
+            tracker.spawn(
+                async move {
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().unwrap_or(local);
+                    let (r, w) = stream.into_split();
+                    conn_ctx.drive(r, w, id, peer, local, cancel, permit).await;
+                }
+                .instrument(span),
+            );
+        }
+
+        drop(listener);
+        tracing::info!(
+            connections = ctx.manager.len(),
+            "server shutting down: closing connections"
+        );
+        root.cancel();
+        pool.close();
+        drop(pool);
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Errors of one incoming connection that say nothing about the listener.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
+
+/// Everything one connection task needs.
+struct Context {
+    shared: Arc<ConnContext>,
+    pool: Arc<WorkerPool>,
+    tracker: TaskTracker,
+}
+
+impl Context {
+    /// Runs one connection from open to fully cleaned up.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive<R, W>(
+        self,
+        r: R,
+        w: W,
+        id: ConnId,
+        peer: SocketAddr,
+        local: SocketAddr,
+        cancel: CancellationToken,
+        permit: Option<OwnedSemaphorePermit>,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let ctx = &self.shared;
+        let (conn, rx) = Connection::new(Parts {
+            id,
+            peer,
+            local,
+            max_packet_size: ctx.codec.max_packet_size(),
+            send_queue: ctx.send_queue,
+            cancel: cancel.clone(),
+            manager: ctx.manager.downgrade(),
+        });
+        let registration = ctx.manager.register(conn.clone());
+        let writer = self
+            .tracker
+            .spawn(writer::run(w, rx, cancel, ctx.writer).in_current_span());
+        let lane = self.pool.assign(id);
+        tracing::debug!("connection opened");
+
+        ctx.hooks.connect(&conn).await;
+        let end = reader::run(r, &conn, &lane, ctx.codec, ctx.read_buf).await;
+        match &end {
+            ReadEnd::Failed(e) if e.is_protocol() => {
+                tracing::warn!(error = %e, "protocol error, closing connection");
+            }
+            ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
+            ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+        }
+        conn.close();
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "writer task failed");
+        }
+        drop(lane);
+        drop(registration);
+        drop(permit);
+        tracing::debug!(reason = ?end_reason(&end), "connection closed");
+        ctx.hooks.disconnect(&conn).await;
+        conn.run_close_callbacks();
+    }
+}
+
+fn end_reason(end: &ReadEnd) -> &'static str {
+    match end {
+        ReadEnd::PeerClosed => "peer closed",
+        ReadEnd::Cancelled => "closed locally",
+        ReadEnd::Failed(_) => "error",
+    }
+}
