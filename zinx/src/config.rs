@@ -88,7 +88,6 @@ macro_rules! config {
         /// Build one with [`Config::default`] and struct update syntax, or read one
         /// with [`Config::load`] / [`Config::from_file`].
         #[derive(Debug, Clone, PartialEq, Serialize)]
-        #[non_exhaustive]
         pub struct Config {
             $( $(#[$doc])* #[serde(rename = $key)] pub $field: $ty, )*
         }

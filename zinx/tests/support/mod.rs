@@ -1,0 +1,164 @@
+//! Shared helpers: a real server on 127.0.0.1 port 0 and a raw-bytes client.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+use zinx::{Codec, Config, Layout, Message, MsgId, ServerBuilder, ServerHandle};
+
+/// Upper bound for any single wait in a test: a guard against hangs, not a
+/// performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test if it takes longer than [`PATIENCE`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(PATIENCE, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A config for tests: loopback, small defaults left as in Zinx.
+pub fn config() -> Config {
+    Config {
+        host: "127.0.0.1".into(),
+        tcp_port: 0,
+        ..Config::default()
+    }
+}
+
+/// A server running on 127.0.0.1 port 0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<zinx::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(builder: ServerBuilder) -> TestServer {
+        let server = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = server.handle();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            handle,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn connect(&self, layout: Layout) -> RawClient {
+        RawClient::connect(self.addr, layout).await
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().unwrap();
+        within("server shutdown", task).await.unwrap().unwrap();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A client speaking raw Zinx frames.
+pub struct RawClient {
+    pub layout: Layout,
+    reader: FramedRead<OwnedReadHalf, Codec>,
+    pub writer: OwnedWriteHalf,
+}
+
+pub fn frame(layout: Layout, id: u32, data: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    Codec::new(layout, 0)
+        .encode_into(MsgId(id), data, &mut buf)
+        .unwrap();
+    buf.to_vec()
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, layout: Layout) -> RawClient {
+        let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (r, w) = stream.into_split();
+        RawClient {
+            layout,
+            reader: FramedRead::new(r, Codec::new(layout, 0)),
+            writer: w,
+        }
+    }
+
+    pub async fn send(&mut self, id: u32, data: impl AsRef<[u8]>) {
+        let bytes = frame(self.layout, id, data.as_ref());
+        self.write_raw(&bytes).await;
+    }
+
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        within("write", self.writer.write_all(bytes)).await.unwrap();
+    }
+
+    /// The next message; panics on EOF or error.
+    pub async fn recv(&mut self) -> Message {
+        match within("a reply", self.reader.next()).await {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => panic!("read error: {e}"),
+            None => panic!("server closed the connection"),
+        }
+    }
+
+    pub async fn roundtrip(&mut self, id: u32, data: impl AsRef<[u8]>) -> Message {
+        self.send(id, data).await;
+        self.recv().await
+    }
+
+    /// Reads until EOF, returning the messages that came before it.
+    pub async fn recv_until_closed(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        loop {
+            match within("EOF", self.reader.next()).await {
+                Some(Ok(msg)) => out.push(msg),
+                Some(Err(_)) | None => return out,
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection, with no message before it.
+    pub async fn expect_closed(&mut self) {
+        let msgs = self.recv_until_closed().await;
+        assert!(msgs.is_empty(), "expected EOF, got {msgs:?}");
+    }
+
+    /// True when the raw socket reads EOF (or a reset) without data.
+    pub async fn read_eof(self) -> bool {
+        let mut stream = self.reader.into_inner();
+        let mut buf = [0u8; 64];
+        matches!(within("EOF", stream.read(&mut buf)).await, Ok(0) | Err(_))
+    }
+}
+
+pub fn bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
