@@ -5,7 +5,8 @@
 //! after the writer has started (so it may send) and before the first message is
 //! read; `on_disconnect` after the writer has finished and the connection has left
 //! the manager, while its properties are still readable. No framework lock is held
-//! while a hook runs, and a panicking hook is logged and harms nothing else.
+//! while a hook runs. A panicking hook is logged and harms no other connection; a
+//! panic in `on_connect` closes its own connection, whose setup is incomplete.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,8 +40,12 @@ impl Hooks {
         self.on_disconnect = Some(hook);
     }
 
+    /// Runs `on_connect`; a panic in it closes the connection, since whatever
+    /// state it was setting up is missing.
     pub(crate) async fn connect(&self, conn: &Connection) {
-        run(self.on_connect.as_ref(), conn, "on_connect").await;
+        if !run(self.on_connect.as_ref(), conn, "on_connect").await {
+            conn.close();
+        }
     }
 
     pub(crate) async fn disconnect(&self, conn: &Connection) {
@@ -48,10 +53,15 @@ impl Hooks {
     }
 }
 
-async fn run(hook: Option<&Hook>, conn: &Connection, name: &'static str) {
-    let Some(hook) = hook else { return };
+/// Runs a hook if set; false if it panicked.
+async fn run(hook: Option<&Hook>, conn: &Connection, name: &'static str) -> bool {
+    let Some(hook) = hook else { return true };
     let call = conn.clone();
-    if let Err(panic) = crate::catch_panic(|| hook(call)).await {
-        tracing::error!(conn_id = %conn.id(), hook = name, %panic, "hook panicked");
+    match crate::catch_panic(|| hook(call)).await {
+        Ok(()) => true,
+        Err(panic) => {
+            tracing::error!(conn_id = %conn.id(), hook = name, %panic, "hook panicked");
+            false
+        }
     }
 }
