@@ -39,7 +39,10 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
     // RUST_LOG, when set, wins over the config's LogIsolationLevel.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level().to_string()));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let router = Router::new()
         .route(1, |req: Request| async move {
@@ -54,36 +57,39 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
         .router(router)
         .layout(args.format)
         .build();
+    let shutdown = shutdown_signal();
     #[allow(clippy::print_stdout)]
     {
         println!("zinx echo server listening on {addr} ({:?})", args.format);
     }
-    server.run(listener, shutdown_signal()).await
+    server.run(listener, shutdown).await
 }
 
-/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere). The handlers are installed
+/// when this is called, not when it is first polled, so a signal that arrives
+/// right after the address is printed is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => {
+        signal(SignalKind::interrupt()).and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            Ok((mut int, mut term)) => {
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
             }
-            _ => {
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install signal handlers, using Ctrl-C");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }

@@ -327,7 +327,16 @@ mod tests {
 
         let too_big = frame(Layout::Tlv, 1, &vec![7u8; max + 1]);
         let err = decode_all(&mut Codec::new(Layout::Tlv, 4096), &[&too_big]).unwrap_err();
-        assert!(matches!(err, Error::FrameTooLarge { len: 4097, max: 4096 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::FrameTooLarge {
+                    len: 4097,
+                    max: 4096
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -358,7 +367,12 @@ mod tests {
         let mut header = BytesMut::new();
         header.put_u32(1);
         header.put_u32(u32::MAX);
-        assert!(Codec::new(Layout::Tlv, 0).decode(&mut header).unwrap().is_none());
+        assert!(
+            Codec::new(Layout::Tlv, 0)
+                .decode(&mut header)
+                .unwrap()
+                .is_none()
+        );
         assert!(header.capacity() <= HEADER_LEN + UNBOUNDED_RESERVE);
     }
 

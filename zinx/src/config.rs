@@ -305,7 +305,10 @@ mod tests {
         assert_eq!(c.name, "ZinxServerApp");
         assert_eq!(c.host, "0.0.0.0");
         assert_eq!(c.tcp_port, 8999);
-        assert_eq!((c.ws_port, c.ws_path.as_str(), c.kcp_port), (9000, "/", 9001));
+        assert_eq!(
+            (c.ws_port, c.ws_path.as_str(), c.kcp_port),
+            (9000, "/", 9001)
+        );
         assert_eq!(c.max_conn, 12000);
         assert_eq!(c.max_packet_size, 4096);
         assert_eq!(c.worker_pool_size, 10);
@@ -360,7 +363,12 @@ mod tests {
     fn syntax_error_names_position() {
         let err = Config::from_json_str("{\n  \"TCPPort\": 1,\n  oops\n}").unwrap_err();
         match err {
-            Error::ConfigParse { line, column, ref path, .. } => {
+            Error::ConfigParse {
+                line,
+                column,
+                ref path,
+                ..
+            } => {
                 assert_eq!(line, 3);
                 assert_eq!(column, 3);
                 assert_eq!(path, Path::new("<string>"));
@@ -375,13 +383,24 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("TCPPort"), "{text}");
         assert!(text.contains("line 2"), "{text}");
-        assert!(!text.contains("column") || text.matches("column").count() == 1, "{text}");
+        assert!(
+            !text.contains("column") || text.matches("column").count() == 1,
+            "{text}"
+        );
     }
 
     #[test]
     fn out_of_range_and_bad_enum_are_errors() {
-        assert!(Config::from_json_str(r#"{"TCPPort": 70000}"#).unwrap_err().is_config());
-        assert!(Config::from_json_str(r#"{"MaxConn": -1}"#).unwrap_err().is_config());
+        assert!(
+            Config::from_json_str(r#"{"TCPPort": 70000}"#)
+                .unwrap_err()
+                .is_config()
+        );
+        assert!(
+            Config::from_json_str(r#"{"MaxConn": -1}"#)
+                .unwrap_err()
+                .is_config()
+        );
         let err = Config::from_json_str(r#"{"WorkerMode": "Round"}"#).unwrap_err();
         assert!(err.to_string().contains("Round"), "{err}");
     }
@@ -437,7 +456,10 @@ mod tests {
         std::fs::write(&file, "{\"TCPPort\": }").unwrap();
         let err = Config::from_file(&file).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("bad.json") && text.contains("line 1"), "{text}");
+        assert!(
+            text.contains("bad.json") && text.contains("line 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl Error {
     /// ([`Error::FrameTooLarge`], [`Error::TruncatedFrame`]).
     #[must_use]
     pub fn is_protocol(&self) -> bool {
-        matches!(self, Error::FrameTooLarge { .. } | Error::TruncatedFrame { .. })
+        matches!(
+            self,
+            Error::FrameTooLarge { .. } | Error::TruncatedFrame { .. }
+        )
     }
 
     /// True for configuration errors (reading, parsing or validating).

@@ -42,6 +42,9 @@
 //! - [`manager`]: the live connections.
 //! - `hooks`: `on_connect` / `on_disconnect`.
 
+// No unwrap or expect on anything a peer or a file can influence.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod codec;
 pub mod config;
 mod conn;

@@ -36,7 +36,9 @@ pub struct Delivery {
 
 impl std::fmt::Debug for ConnManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnManager").field("len", &self.len()).finish()
+        f.debug_struct("ConnManager")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -57,7 +59,10 @@ impl ConnManager {
 
     fn conns(&self) -> MutexGuard<'_, HashMap<ConnId, Connection>> {
         // Every critical section is a single map call, so a poisoned map is intact.
-        self.shared.conns.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Number of live connections.

@@ -121,7 +121,9 @@ impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut ids: Vec<_> = self.routes.keys().map(|id| id.0).collect();
         ids.sort_unstable();
-        f.debug_struct("Router").field("routes", &ids).finish_non_exhaustive()
+        f.debug_struct("Router")
+            .field("routes", &ids)
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,9 +275,7 @@ mod tests {
             .route(1, |req: Request| async move {
                 req.conn().try_send(100, req.data().clone())
             })
-            .fallback(|req: Request| async move {
-                req.conn().try_send(999, req.data().clone())
-            });
+            .fallback(|req: Request| async move { req.conn().try_send(999, req.data().clone()) });
         let (req, mut rx) = request(1, "one");
         router.dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap(), Message::new(100, "one"));
@@ -321,7 +321,9 @@ mod tests {
                     panic!("boom");
                 }
             })
-            .route(2, |_req: Request| -> std::future::Ready<()> { panic!("before await") });
+            .route(2, |_req: Request| -> std::future::Ready<()> {
+                panic!("before await")
+            });
         let (req, _rx) = request(1, "");
         let conn = req.conn().clone();
         router.dispatch(req).await;

@@ -42,7 +42,10 @@ async fn ids_addresses_and_typed_properties() {
     assert!(reply_a.contains(&a_local.to_string()), "{reply_a}");
     assert!(reply_a.contains(&server.addr.to_string()), "{reply_a}");
     assert!(reply_a.ends_with("Some(\"alice\")"), "{reply_a}");
-    assert!(reply_b.ends_with("None"), "properties are per connection: {reply_b}");
+    assert!(
+        reply_b.ends_with("None"),
+        "properties are per connection: {reply_b}"
+    );
     let id_a = reply_a.split(' ').next().unwrap();
     let id_b = reply_b.split(' ').next().unwrap();
     assert_ne!(id_a, id_b);
@@ -108,7 +111,10 @@ async fn try_send_reports_queue_full_and_loses_nothing_it_accepted() {
     let mut client = server.connect(Layout::Tlv).await;
     client.send(1, "flood").await;
     let (accepted, saw_full) = within("flood report", report_rx.recv()).await.unwrap();
-    assert!(saw_full, "try_send must fail with QueueFull, not another error");
+    assert!(
+        saw_full,
+        "try_send must fail with QueueFull, not another error"
+    );
     for _ in 0..accepted {
         assert_eq!(client.recv().await.data.len(), 4000);
     }
@@ -183,7 +189,9 @@ async fn close_callbacks_run_once_after_close() {
     client.send(1, "").await;
     drop(client);
     within("close callback", done_rx.recv()).await.unwrap();
-    within("second close callback", done_rx.recv()).await.unwrap();
+    within("second close callback", done_rx.recv())
+        .await
+        .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     server.stop().await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);

@@ -37,7 +37,11 @@ async fn both_layouts_echo_with_the_exact_wire_bytes() {
         };
         client.write_raw(&wire).await;
         let reply = client.recv().await;
-        assert_eq!((reply.id.0, &reply.data[..]), (7, &b"abc"[..]), "{layout:?}");
+        assert_eq!(
+            (reply.id.0, &reply.data[..]),
+            (7, &b"abc"[..]),
+            "{layout:?}"
+        );
         server.stop().await;
     }
 }

@@ -20,7 +20,11 @@ async fn hooks_run_once_per_connection_and_see_properties() {
     let on_connect_events = events.clone();
     let on_disconnect_events = events.clone();
     let router = Router::new().route(1, |req: Request| async move {
-        let g = req.conn().property::<Greeting>().map(|g| g.0).unwrap_or_default();
+        let g = req
+            .conn()
+            .property::<Greeting>()
+            .map(|g| g.0)
+            .unwrap_or_default();
         req.conn().send(1, g).await
     });
     let server = TestServer::start(
@@ -47,9 +51,7 @@ async fn hooks_run_once_per_connection_and_see_properties() {
                 let gone = gone_tx.clone();
                 async move {
                     let greeting = conn.property::<Greeting>().map(|g| g.0);
-                    let in_manager = conn
-                        .manager()
-                        .is_some_and(|m| m.get(conn.id()).is_some());
+                    let in_manager = conn.manager().is_some_and(|m| m.get(conn.id()).is_some());
                     events
                         .lock()
                         .unwrap()

@@ -15,14 +15,23 @@ struct Steps {
 
 impl ZinxRouter for Steps {
     async fn pre_handle(&self, req: &Request) {
-        self.log.lock().unwrap().push(format!("pre {}", req.msg_id()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("pre {}", req.msg_id()));
     }
     async fn handle(&self, req: &Request) {
-        self.log.lock().unwrap().push(format!("handle {}", req.msg_id()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("handle {}", req.msg_id()));
         let _ = req.conn().send(200, "handled").await;
     }
     async fn post_handle(&self, req: &Request) {
-        self.log.lock().unwrap().push(format!("post {}", req.msg_id()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("post {}", req.msg_id()));
         let _ = req.conn().send(201, "post").await;
     }
 }
@@ -53,7 +62,8 @@ async fn routes_async_fns_and_zinx_routers_by_id() {
 
 #[tokio::test]
 async fn unknown_id_goes_to_default_fallback_and_connection_stays_open() {
-    let server = TestServer::start(Server::builder(config()).router(Router::new().route(1, upper))).await;
+    let server =
+        TestServer::start(Server::builder(config()).router(Router::new().route(1, upper))).await;
     let mut client = server.connect(Layout::Tlv).await;
     client.send(12345, "nobody home").await;
     // Still open and still in order: the next message is answered.
@@ -81,9 +91,6 @@ async fn custom_fallback_sees_unknown_ids() {
 fn registering_an_id_twice_panics_naming_it() {
     let result = std::panic::catch_unwind(|| Router::new().route(42, upper).route(42, upper));
     let panic = result.unwrap_err();
-    let text = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(text.contains("42"), "{text}");
 }

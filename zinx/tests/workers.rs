@@ -135,7 +135,10 @@ async fn a_full_worker_queue_slows_the_reader_and_drops_nothing() {
         let mut data = vec![0u8; PAYLOAD];
         for i in 0..FRAMES {
             data[..4].copy_from_slice(&i.to_be_bytes());
-            writer.write_all(&frame(Layout::Tlv, 1, &data)).await.unwrap();
+            writer
+                .write_all(&frame(Layout::Tlv, 1, &data))
+                .await
+                .unwrap();
         }
         writer.write_all(&frame(Layout::Tlv, 2, b"")).await.unwrap();
         writer
@@ -145,10 +148,17 @@ async fn a_full_worker_queue_slows_the_reader_and_drops_nothing() {
     // so the peer cannot finish writing. (If it could, the server would be
     // buffering over 100 MiB.) This window can only hide a failure, never invent one.
     let stalled = tokio::time::timeout(Duration::from_secs(1), &mut write_task).await;
-    assert!(stalled.is_err(), "peer wrote 128 MiB while the handler was blocked");
+    assert!(
+        stalled.is_err(),
+        "peer wrote 128 MiB while the handler was blocked"
+    );
     gate.add_permits(1);
     client.writer = within("peer write", write_task).await.unwrap();
     let reply = client.recv().await;
-    assert_eq!(&reply.data[..], &FRAMES.to_be_bytes(), "every frame handled, in order");
+    assert_eq!(
+        &reply.data[..],
+        &FRAMES.to_be_bytes(),
+        "every frame handled, in order"
+    );
     server.stop().await;
 }

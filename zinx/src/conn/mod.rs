@@ -373,7 +373,10 @@ pub(crate) mod tests {
         assert_eq!(conn.property::<Name>(), None);
         assert_eq!(conn.insert_property(Name("a".into())), None);
         assert_eq!(conn.insert_property(7u32), None);
-        assert_eq!(conn.insert_property(Name("b".into())), Some(Name("a".into())));
+        assert_eq!(
+            conn.insert_property(Name("b".into())),
+            Some(Name("a".into()))
+        );
         assert_eq!(conn.property::<Name>(), Some(Name("b".into())));
         assert_eq!(conn.property::<u32>(), Some(7));
         assert_eq!(conn.remove_property::<Name>(), Some(Name("b".into())));

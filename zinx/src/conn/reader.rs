@@ -30,7 +30,13 @@ pub(crate) enum ReadEnd {
 /// error occurs. After a clean close by the peer it waits until the messages
 /// already dispatched are handled, so their replies are still queued before the
 /// connection closes.
-pub(crate) async fn run<R>(io: R, conn: &Connection, lane: &Lane, codec: Codec, buf: usize) -> ReadEnd
+pub(crate) async fn run<R>(
+    io: R,
+    conn: &Connection,
+    lane: &Lane,
+    codec: Codec,
+    buf: usize,
+) -> ReadEnd
 where
     R: AsyncRead + Unpin,
 {
@@ -48,7 +54,11 @@ where
             Some(Err(e)) => return ReadEnd::Failed(e),
             None => break,
         };
-        if lane.dispatch(Request::new(conn.clone(), msg), cancel).await.is_err() {
+        if lane
+            .dispatch(Request::new(conn.clone(), msg), cancel)
+            .await
+            .is_err()
+        {
             return ReadEnd::Cancelled;
         }
     }

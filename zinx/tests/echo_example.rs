@@ -1,0 +1,169 @@
+//! Items 1, 8 and 10 end to end: the `echo_server` example binary reads zinx.json
+//! from `ZINX_CONFIG_FILE_PATH`, echoes in both layouts, rejects a malformed file
+//! with a clear message, and exits 0 on SIGTERM and SIGINT.
+#![cfg(unix)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use support::{RawClient, within};
+use zinx::Layout;
+
+fn example(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps; `cargo test` builds the
+    // examples into target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo test` (which builds examples)",
+        path.display()
+    );
+    path
+}
+
+fn write_config(name: &str, json: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zinx-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn start(config: &PathBuf, args: &[&str]) -> Running {
+    let mut cmd = Command::new(example("echo_server"));
+    cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit());
+    start_with(cmd, config, args)
+}
+
+fn start_with(mut cmd: Command, config: &PathBuf, args: &[&str]) -> Running {
+    let mut child = cmd
+        .args(args)
+        .env("ZINX_CONFIG_FILE_PATH", config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    Running { child, addr }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(mut child: Child) -> std::process::ExitStatus {
+    within(
+        "echo_server to exit",
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+const CONFIG: &str = r#"{"Name": "example test", "Host": "127.0.0.1", "TcpPort": 0, "MaxConn": 8}"#;
+
+#[tokio::test]
+async fn echo_server_tlv_send_and_try_send_then_sigterm_exits_zero() {
+    let config = write_config("tlv.json", CONFIG);
+    let server = start(&config, &[]);
+    let mut client = RawClient::connect(server.addr, Layout::Tlv).await;
+    let m = client.roundtrip(1, "via send").await;
+    assert_eq!((m.id.0, &m.data[..]), (1, &b"via send"[..]));
+    let m = client.roundtrip(2, "via try_send").await;
+    assert_eq!((m.id.0, &m.data[..]), (2, &b"via try_send"[..]));
+    signal(&server.child, "-TERM");
+    // The open connection is closed by the shutdown, and the process exits 0.
+    assert!(client.recv_until_closed().await.is_empty());
+    let status = wait_exit(server.child).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn echo_server_ltv_format_then_sigint_exits_zero() {
+    let config = write_config("ltv.json", CONFIG);
+    let server = start(&config, &["--format", "ltv"]);
+    let mut client = RawClient::connect(server.addr, Layout::Ltv).await;
+    let m = client.roundtrip(1, "little").await;
+    assert_eq!((m.id.0, &m.data[..]), (1, &b"little"[..]));
+    signal(&server.child, "-INT");
+    let status = wait_exit(server.child).await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn echo_server_rejects_a_malformed_config_naming_file_and_position() {
+    let config = write_config(
+        "broken.json",
+        "{\n  \"TCPPort\": 0,\n  \"MaxConn\": oops\n}",
+    );
+    let out = Command::new(example("echo_server"))
+        .env("ZINX_CONFIG_FILE_PATH", &config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.json"), "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Runs the server with `LogIsolationLevel` and an optional `RUST_LOG`, stops it,
+/// and returns what it logged.
+async fn logs_with(level: u8, rust_log: Option<&str>) -> String {
+    let json = format!(r#"{{"Host": "127.0.0.1", "TCPPort": 0, "LogIsolationLevel": {level}}}"#);
+    let config = write_config(&format!("log{level}{}.json", rust_log.is_some()), &json);
+    let mut cmd = Command::new(example("echo_server"));
+    cmd.env_remove("RUST_LOG").stderr(Stdio::piped());
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let server = start_with(cmd, &config, &[]);
+    signal(&server.child, "-TERM");
+    let out = within(
+        "echo_server to exit",
+        tokio::task::spawn_blocking(move || server.child.wait_with_output().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn log_isolation_level_filters_and_rust_log_wins() {
+    let info = logs_with(1, None).await;
+    assert!(
+        info.contains("server started"),
+        "level 1 keeps info: {info}"
+    );
+    let warn_only = logs_with(2, None).await;
+    assert!(
+        !warn_only.contains("server started"),
+        "level 2 drops info: {warn_only}"
+    );
+    let overridden = logs_with(3, Some("info")).await;
+    assert!(
+        overridden.contains("server started"),
+        "RUST_LOG wins: {overridden}"
+    );
+}

@@ -1,0 +1,189 @@
+//! Items 8 and 9: graceful shutdown (queued writes flushed, on_disconnect for
+//! every connection, nothing left behind after many cycles) and handler panics.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use support::{TestServer, config, within};
+use tokio::sync::{Semaphore, mpsc};
+use zinx::{Config, Connection, Layout, Request, Router, Server, WorkerMode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_queued_writes_and_runs_on_disconnect_for_all() {
+    const CONNS: usize = 8;
+    const QUEUED: usize = 50;
+    let disconnects = Arc::new(AtomicUsize::new(0));
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(CONNS);
+    let d = disconnects.clone();
+    // Each connection gets 50 messages queued while its peer is not reading yet.
+    let router = Router::new().route(1, move |req: Request| {
+        let ready = ready_tx.clone();
+        async move {
+            for i in 0..QUEUED as u32 {
+                req.conn().send(1, Bytes::from(vec![i as u8; 1000])).await?;
+            }
+            let _ = ready.send(()).await;
+            Ok::<(), zinx::Error>(())
+        }
+    });
+    let server = TestServer::start(Server::builder(config()).router(router).on_disconnect(
+        move |_conn: Connection| {
+            let d = d.clone();
+            async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..CONNS {
+        let mut c = server.connect(Layout::Tlv).await;
+        c.send(1, "").await;
+        clients.push(c);
+    }
+    for _ in 0..CONNS {
+        within("handlers", ready_rx.recv()).await.unwrap();
+    }
+    let handle = server.handle.clone();
+    server.stop().await;
+    assert_eq!(disconnects.load(Ordering::SeqCst), CONNS);
+    assert_eq!(handle.task_count(), 0, "run returned with tasks left");
+    assert!(handle.manager().is_empty());
+    for mut c in clients {
+        let msgs = c.recv_until_closed().await;
+        assert_eq!(
+            msgs.len(),
+            QUEUED,
+            "every queued message reaches the peer before EOF"
+        );
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(m.data[0], i as u8);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connect_disconnect_cycles_leave_nothing_behind() {
+    for (mode, pool) in [
+        (WorkerMode::Hash, 3u32),
+        (WorkerMode::Bind, 3),
+        (WorkerMode::DynamicBind, 2),
+        (WorkerMode::Hash, 0),
+    ] {
+        let (gone_tx, mut gone_rx) = mpsc::channel::<()>(64);
+        let cfg = Config {
+            max_conn: 16,
+            worker_mode: mode,
+            worker_pool_size: pool,
+            ..config()
+        };
+        let server = TestServer::start(
+            Server::builder(cfg)
+                .router(Router::new().route(1, |req: Request| async move {
+                    req.conn().send(1, req.data().clone()).await
+                }))
+                .on_disconnect(move |_conn: Connection| {
+                    let gone = gone_tx.clone();
+                    async move {
+                        let _ = gone.send(()).await;
+                    }
+                }),
+        )
+        .await;
+        let baseline = match mode {
+            WorkerMode::Bind => 0,
+            _ => pool as usize,
+        };
+        for round in 0..20 {
+            let mut batch = Vec::new();
+            for _ in 0..10 {
+                let mut c = server.connect(Layout::Tlv).await;
+                assert_eq!(&c.roundtrip(1, "x").await.data[..], b"x");
+                batch.push(c);
+            }
+            // Half close themselves, half are closed by the peer vanishing mid-stream.
+            for (i, mut c) in batch.into_iter().enumerate() {
+                if i % 2 == 0 {
+                    c.send(1, "unanswered").await;
+                }
+                drop(c);
+            }
+            for _ in 0..10 {
+                within("on_disconnect", gone_rx.recv()).await.unwrap();
+            }
+            let handle = &server.handle;
+            assert!(handle.manager().is_empty(), "{mode:?} round {round}");
+            assert_eq!(handle.free_slots(), Some(16), "{mode:?} round {round}");
+        }
+        // The connection tasks end right after on_disconnect; wait for them.
+        let handle = server.handle.clone();
+        within("tasks to end", async {
+            while handle.task_count() > baseline {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert_eq!(
+            handle.task_count(),
+            baseline,
+            "{mode:?}: only the pool's workers remain"
+        );
+        server.stop().await;
+        assert_eq!(handle.task_count(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_closes_only_its_connection() {
+    for pool in [1u32, 0] {
+        let cfg = Config {
+            worker_pool_size: pool,
+            ..config()
+        };
+        let router = Router::new()
+            .route(1, |req: Request| async move {
+                req.conn().send(1, req.data().clone()).await
+            })
+            .route(66, |req: Request| async move {
+                if req.data().is_empty() {
+                    panic!("handler bug");
+                }
+            });
+        let server = TestServer::start(Server::builder(cfg).router(router)).await;
+        // With one worker, the victim and the bystander share it.
+        let mut bystander = server.connect(Layout::Tlv).await;
+        let mut victim = server.connect(Layout::Tlv).await;
+        victim.send(66, "").await;
+        victim.expect_closed().await;
+        assert_eq!(&bystander.roundtrip(1, "alive").await.data[..], b"alive");
+        let mut newcomer = server.connect(Layout::Tlv).await;
+        assert_eq!(&newcomer.roundtrip(1, "new").await.data[..], b"new");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_wakes_handlers_waiting_on_their_connection() {
+    // A handler waiting for something that never comes can watch its connection:
+    // shutdown closes it, the handler returns, and `run` can finish.
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let router = Router::new().route(1, move |req: Request| {
+        let gate = g.clone();
+        async move {
+            tokio::select! {
+                _ = gate.acquire() => {}
+                () = req.conn().closed() => {}
+            }
+        }
+    });
+    let server = TestServer::start(Server::builder(config()).router(router)).await;
+    let mut c = server.connect(Layout::Tlv).await;
+    c.send(1, "").await;
+    c.send(1, "").await;
+    server.stop().await;
+    assert!(c.recv_until_closed().await.is_empty());
+}
