@@ -98,3 +98,8 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         "non-string panic payload".to_owned()
     }
 }
+
+/// The README's code compiles: it is run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

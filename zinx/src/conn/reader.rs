@@ -69,3 +69,85 @@ where
         () = lane.drain() => ReadEnd::PeerClosed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::codec::Layout;
+    use crate::config::WorkerMode;
+    use crate::conn::tests::test_conn;
+    use crate::message::{ConnId, MsgId};
+    use crate::router::Router;
+    use crate::worker::WorkerPool;
+
+    fn inline_lane() -> Lane {
+        let router = Router::new().route(1, |req: Request| async move {
+            req.conn().try_send(req.msg_id(), req.data().clone())
+        });
+        WorkerPool::start(WorkerMode::Hash, 0, 1, Arc::new(router), TaskTracker::new())
+            .assign(ConnId(1))
+    }
+
+    fn wire(id: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = bytes::BytesMut::new();
+        Codec::new(Layout::Tlv, 0)
+            .encode_into(MsgId(id), data, &mut b)
+            .unwrap();
+        b.to_vec()
+    }
+
+    #[tokio::test]
+    async fn dispatches_each_frame_and_ends_on_peer_close() {
+        let (conn, mut rx) = test_conn(16);
+        let (mut peer, io) = tokio::io::duplex(64);
+        let mut bytes = wire(1, b"one");
+        bytes.extend(wire(1, b"two"));
+        peer.write_all(&bytes).await.unwrap();
+        drop(peer);
+        let end = run(io, &conn, &inline_lane(), Codec::default(), 16).await;
+        assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
+        assert_eq!(&rx.recv().await.unwrap().data[..], b"one");
+        assert_eq!(&rx.recv().await.unwrap().data[..], b"two");
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_fails_the_reader() {
+        let (conn, _rx) = test_conn(16);
+        let (mut peer, io) = tokio::io::duplex(64);
+        peer.write_all(&wire(1, &[0u8; 17])).await.unwrap();
+        let end = run(io, &conn, &inline_lane(), Codec::new(Layout::Tlv, 16), 16).await;
+        assert!(matches!(
+            end,
+            ReadEnd::Failed(Error::FrameTooLarge { len: 17, max: 16 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_at_eof_fails_the_reader() {
+        let (conn, _rx) = test_conn(16);
+        let (mut peer, io) = tokio::io::duplex(64);
+        peer.write_all(&wire(1, b"abcdef")[..10]).await.unwrap();
+        drop(peer);
+        let end = run(io, &conn, &inline_lane(), Codec::default(), 16).await;
+        assert!(matches!(
+            end,
+            ReadEnd::Failed(Error::TruncatedFrame { buffered: 10 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn close_stops_a_reader_waiting_for_bytes() {
+        let (conn, _rx) = test_conn(16);
+        let (_peer, io) = tokio::io::duplex(64);
+        let closer = conn.clone();
+        let lane = inline_lane();
+        let reading = run(io, &conn, &lane, Codec::default(), 16);
+        let (end, ()) = tokio::join!(reading, async move { closer.close() });
+        assert!(matches!(end, ReadEnd::Cancelled));
+    }
+}
