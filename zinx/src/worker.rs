@@ -214,6 +214,12 @@ mod tests {
         (pool, tracker)
     }
 
+    async fn shut_down(pool: &WorkerPool, tracker: TaskTracker) {
+        pool.close();
+        tracker.close();
+        tracker.wait().await;
+    }
+
     #[tokio::test]
     async fn dynamic_bind_borrows_then_spawns_then_returns() {
         let (pool, tracker) = pool(WorkerMode::DynamicBind, 2);
@@ -228,9 +234,7 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(pool.free_workers(), 2);
-        pool.close();
-        tracker.close();
-        tracker.wait().await;
+        shut_down(&pool, tracker).await;
     }
 
     #[tokio::test]
@@ -246,9 +250,7 @@ mod tests {
         assert!(same(&lanes[0], &lanes[3]));
         assert!(!same(&lanes[0], &lanes[1]));
         drop(lanes);
-        pool.close();
-        tracker.close();
-        tracker.wait().await;
+        shut_down(&pool, tracker).await;
     }
 
     #[tokio::test]
@@ -259,9 +261,7 @@ mod tests {
         let b = pool.assign(ConnId(2));
         assert_eq!(tracker.len(), 2);
         drop((a, b));
-        pool.close();
-        tracker.close();
-        tracker.wait().await;
+        shut_down(&pool, tracker).await;
     }
 
     #[tokio::test]
@@ -280,8 +280,6 @@ mod tests {
             assert!(rx.try_recv().is_ok(), "handled before drain returned");
         }
         drop(lane);
-        pool.close();
-        tracker.close();
-        tracker.wait().await;
+        shut_down(&pool, tracker).await;
     }
 }

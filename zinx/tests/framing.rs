@@ -3,17 +3,11 @@
 
 mod support;
 
-use support::{RawClient, TestServer, config, frame, within};
-use zinx::{Layout, Request, Router, Server};
+use support::{RawClient, TestServer, config, echo, frame, within};
+use zinx::{Layout, Router, Server};
 
 fn echo_router() -> Router {
-    Router::new()
-        .route(1, |req: Request| async move {
-            req.conn().send(req.msg_id(), req.data().clone()).await
-        })
-        .route(7, |req: Request| async move {
-            req.conn().send(req.msg_id(), req.data().clone()).await
-        })
+    Router::new().route(1, echo).route(7, echo)
 }
 
 async fn echo_server(layout: Layout) -> TestServer {

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use support::{TestServer, config, within};
+use support::{TestServer, config, echo, within};
 use tokio::sync::mpsc;
 use zinx::{ConnId, Connection, Layout, Request, Router, Server};
 
@@ -100,9 +100,7 @@ async fn a_panicking_hook_harms_nothing_else() {
     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let server = TestServer::start(
         Server::builder(config())
-            .router(Router::new().route(1, |req: Request| async move {
-                req.conn().send(1, req.data().clone()).await
-            }))
+            .router(Router::new().route(1, echo))
             .on_connect(move |_conn: Connection| {
                 let first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
                 async move {

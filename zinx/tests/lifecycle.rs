@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use support::{TestServer, config, within};
+use support::{TestServer, config, echo, within};
 use tokio::sync::{Semaphore, mpsc};
 use zinx::{Config, Connection, Layout, Request, Router, Server, WorkerMode};
 
@@ -82,9 +82,7 @@ async fn many_connect_disconnect_cycles_leave_nothing_behind() {
         };
         let server = TestServer::start(
             Server::builder(cfg)
-                .router(Router::new().route(1, |req: Request| async move {
-                    req.conn().send(1, req.data().clone()).await
-                }))
+                .router(Router::new().route(1, echo))
                 .on_disconnect(move |_conn: Connection| {
                     let gone = gone_tx.clone();
                     async move {
@@ -144,9 +142,7 @@ async fn a_panicking_handler_closes_only_its_connection() {
             ..config()
         };
         let router = Router::new()
-            .route(1, |req: Request| async move {
-                req.conn().send(1, req.data().clone()).await
-            })
+            .route(1, echo)
             .route(66, |req: Request| async move {
                 if req.data().is_empty() {
                     panic!("handler bug");

@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::{TestServer, config, within};
+use support::{TestServer, config, echo, within};
 use tokio::sync::mpsc;
 use zinx::{Config, ConnId, Connection, Layout, Request, Router, Server};
 
@@ -81,9 +81,7 @@ async fn max_conn_closes_the_extra_connection_and_frees_slots() {
     };
     let server = TestServer::start(
         Server::builder(cfg)
-            .router(Router::new().route(1, |req: Request| async move {
-                req.conn().send(1, req.data().clone()).await
-            }))
+            .router(Router::new().route(1, echo))
             .on_disconnect(move |conn: Connection| {
                 let gone = gone_tx.clone();
                 async move {

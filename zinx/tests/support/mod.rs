@@ -162,3 +162,8 @@ impl RawClient {
 pub fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
+
+/// The echo handler: replies with the same ID and data.
+pub async fn echo(req: zinx::Request) -> zinx::Result<()> {
+    req.conn().send(req.msg_id(), req.data().clone()).await
+}
