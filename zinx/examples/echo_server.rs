@@ -78,6 +78,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         #[cfg(unix)]
         match signals {
             Ok((mut int, mut term)) => {
+                // Cancel-safe: Signal::recv loses no signal when dropped.
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}

@@ -303,6 +303,7 @@ impl Server {
                 Err(e) => {
                     backoff = (backoff * 2).clamp(Duration::from_millis(1), MAX_ACCEPT_BACKOFF);
                     tracing::warn!(error = %e, ?backoff, "accept failed, backing off");
+                    // Cancel-safe: dropping an unfinished sleep only shortens the pause.
                     tokio::select! {
                         biased;
                         () = &mut shutdown => break,
