@@ -27,6 +27,14 @@ pub enum Error {
         buffered: usize,
     },
 
+    /// A frame that the framing cannot accept (for example an adjusted length
+    /// shorter than its own header, or a message ID out of the protocol's range).
+    #[error("bad frame: {reason}")]
+    BadFrame {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The connection's send queue is full (the fail-fast send, Zinx's `SendBuffMsg`).
     #[error("the connection's send queue is full")]
     QueueFull,
@@ -85,12 +93,12 @@ impl Error {
     }
 
     /// True for errors caused by a peer breaking the framing protocol
-    /// ([`Error::FrameTooLarge`], [`Error::TruncatedFrame`]).
+    /// ([`Error::FrameTooLarge`], [`Error::TruncatedFrame`], [`Error::BadFrame`]).
     #[must_use]
     pub fn is_protocol(&self) -> bool {
         matches!(
             self,
-            Error::FrameTooLarge { .. } | Error::TruncatedFrame { .. }
+            Error::FrameTooLarge { .. } | Error::TruncatedFrame { .. } | Error::BadFrame { .. }
         )
     }
 

@@ -35,6 +35,7 @@
 //!
 //! - [`config`]: zinx.json as a value.
 //! - [`codec`]: TLV / LTV framing, length checked before allocation.
+//! - [`framing`]: the `Framing` trait, length-field, delimiter and HTLV+CRC framings.
 //! - [`server`]: accept loop, connection lifecycle, graceful shutdown.
 //! - `conn`: the [`Connection`] handle and its reader and writer tasks.
 //! - `worker`: where handlers run.
@@ -49,6 +50,7 @@ pub mod codec;
 pub mod config;
 mod conn;
 mod error;
+pub mod framing;
 mod hooks;
 pub mod manager;
 mod message;
@@ -68,6 +70,7 @@ pub use codec::{Codec, Layout};
 pub use config::{Config, WorkerMode};
 pub use conn::Connection;
 pub use error::{Error, Result};
+pub use framing::Framing;
 pub use manager::{ConnManager, Delivery};
 pub use message::{ConnId, Message, MsgId};
 pub use request::Request;

@@ -30,6 +30,7 @@ use crate::conn::reader::{self, ReadEnd};
 use crate::conn::writer::{self, WriterConfig};
 use crate::conn::{Connection, Parts};
 use crate::error::Error;
+use crate::framing::Framing;
 use crate::hooks::{self, Hooks};
 use crate::manager::ConnManager;
 use crate::message::ConnId;
@@ -58,31 +59,48 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// # let _ = server;
 /// ```
 #[must_use]
-pub struct ServerBuilder {
+pub struct ServerBuilder<F = Codec> {
     config: Config,
-    router: Router,
-    layout: Layout,
+    router: Arc<Router>,
+    framing: F,
     hooks: Hooks,
     linger: Duration,
 }
 
-impl ServerBuilder {
-    /// Sets the router (default: an empty one).
-    pub fn router(mut self, router: Router) -> Self {
-        self.router = router;
+impl ServerBuilder<Codec> {
+    /// Sets the Zinx packet layout (default: TLV big-endian, like Go Zinx), with
+    /// the config's `MaxPacketSize`.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.framing = Codec::new(layout, self.config.max_packet_size);
+        self
+    }
+}
+
+impl<F: Framing> ServerBuilder<F> {
+    /// Sets the router (default: an empty one). Pass an `Arc<Router>` to share one
+    /// router between several servers.
+    pub fn router(mut self, router: impl Into<Arc<Router>>) -> Self {
+        self.router = router.into();
         self
     }
 
-    /// Sets the packet layout (default: TLV big-endian, like Go Zinx).
-    pub fn layout(mut self, layout: Layout) -> Self {
-        self.layout = layout;
-        self
+    /// Replaces the framing (default: Zinx TLV with `MaxPacketSize`), for example
+    /// with [`HtlvCrcCodec`](crate::framing::HtlvCrcCodec) or a
+    /// [`LengthFieldCodec`](crate::framing::LengthFieldCodec) and a mapper.
+    pub fn framing<G: Framing>(self, framing: G) -> ServerBuilder<G> {
+        ServerBuilder {
+            config: self.config,
+            router: self.router,
+            framing,
+            hooks: self.hooks,
+            linger: self.linger,
+        }
     }
 
     /// Runs `hook` once for every new connection, before its first message is read.
-    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    pub fn on_connect<H, Fut>(mut self, hook: H) -> Self
     where
-        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.hooks.set_on_connect(hooks::boxed(hook));
@@ -91,9 +109,9 @@ impl ServerBuilder {
 
     /// Runs `hook` once for every connection that ended, after its queued writes
     /// were flushed. Its properties are still readable.
-    pub fn on_disconnect<F, Fut>(mut self, hook: F) -> Self
+    pub fn on_disconnect<H, Fut>(mut self, hook: H) -> Self
     where
-        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.hooks.set_on_disconnect(hooks::boxed(hook));
@@ -109,17 +127,15 @@ impl ServerBuilder {
     }
 
     /// Finishes the server. Nothing runs until [`Server::run`].
-    pub fn build(self) -> Server {
+    pub fn build(self) -> Server<F> {
         let cfg = &self.config;
         let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-        let codec = Codec::new(self.layout, cfg.max_packet_size);
         let send_queue = to_usize(cfg.max_msg_chan_len).max(1);
         let ctx = ConnContext {
-            codec,
             read_buf: to_usize(cfg.io_read_buff_size).max(crate::codec::HEADER_LEN),
             send_queue,
             writer: WriterConfig {
-                codec,
+                framing: self.framing,
                 batch: send_queue,
                 linger: self.linger,
             },
@@ -133,7 +149,7 @@ impl ServerBuilder {
                 tracker: TaskTracker::new(),
                 limit,
             },
-            router: Arc::new(self.router),
+            router: self.router,
             ctx,
             config: self.config,
         }
@@ -155,10 +171,10 @@ impl ServerBuilder {
 /// server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
 /// # }
 /// ```
-pub struct Server {
+pub struct Server<F = Codec> {
     config: Config,
     router: Arc<Router>,
-    ctx: ConnContext,
+    ctx: ConnContext<F>,
     handle: ServerHandle,
 }
 
@@ -203,27 +219,29 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 /// What every connection of a server shares.
-struct ConnContext {
-    codec: Codec,
+struct ConnContext<F> {
     read_buf: usize,
     send_queue: usize,
-    writer: WriterConfig,
+    /// The framing, cloned for each reader and writer.
+    writer: WriterConfig<F>,
     hooks: Hooks,
     manager: ConnManager,
 }
 
 impl Server {
-    /// Starts building a server.
+    /// Starts building a server with Zinx TLV framing.
     pub fn builder(config: Config) -> ServerBuilder {
         ServerBuilder {
+            framing: Codec::new(Layout::Tlv, config.max_packet_size),
             config,
-            router: Router::new(),
-            layout: Layout::Tlv,
+            router: Arc::new(Router::new()),
             hooks: Hooks::default(),
             linger: DEFAULT_CLOSE_LINGER,
         }
     }
+}
 
+impl<F: Framing> Server<F> {
     /// The configuration the server was built with.
     #[must_use]
     pub fn config(&self) -> &Config {
@@ -365,13 +383,13 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 }
 
 /// Everything one connection task needs.
-struct Context {
-    shared: Arc<ConnContext>,
+struct Context<F> {
+    shared: Arc<ConnContext<F>>,
     pool: Arc<WorkerPool>,
     tracker: TaskTracker,
 }
 
-impl Context {
+impl<F: Framing> Context<F> {
     /// Runs one connection from open to fully cleaned up.
     #[allow(clippy::too_many_arguments)]
     async fn drive<R, W>(
@@ -392,7 +410,7 @@ impl Context {
             id,
             peer,
             local,
-            max_packet_size: ctx.codec.max_packet_size(),
+            max_data_len: ctx.writer.framing.max_data_len(),
             send_queue: ctx.send_queue,
             cancel: cancel.clone(),
             manager: ctx.manager.downgrade(),
@@ -400,12 +418,12 @@ impl Context {
         let registration = ctx.manager.register(conn.clone());
         let writer = self
             .tracker
-            .spawn(writer::run(w, rx, cancel, ctx.writer).in_current_span());
+            .spawn(writer::run(w, rx, cancel, ctx.writer.clone()).in_current_span());
         let lane = self.pool.assign(id);
         tracing::debug!("connection opened");
 
         ctx.hooks.connect(&conn).await;
-        let end = reader::run(r, &conn, &lane, ctx.codec, ctx.read_buf).await;
+        let end = reader::run(r, &conn, &lane, ctx.writer.framing.clone(), ctx.read_buf).await;
         match &end {
             ReadEnd::Failed(e) if e.is_protocol() => {
                 tracing::warn!(error = %e, "protocol error, closing connection");

@@ -41,7 +41,7 @@ struct Shared {
     id: ConnId,
     peer: SocketAddr,
     local: SocketAddr,
-    max_packet_size: u32,
+    max_data_len: Option<usize>,
     tx: mpsc::Sender<Message>,
     cancel: CancellationToken,
     properties: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
@@ -55,7 +55,7 @@ pub(crate) struct Parts {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
-    pub(crate) max_packet_size: u32,
+    pub(crate) max_data_len: Option<usize>,
     pub(crate) send_queue: usize,
     pub(crate) cancel: CancellationToken,
     pub(crate) manager: Weak<ManagerShared>,
@@ -69,7 +69,7 @@ impl Connection {
             id: parts.id,
             peer: parts.peer,
             local: parts.local,
-            max_packet_size: parts.max_packet_size,
+            max_data_len: parts.max_data_len,
             tx,
             cancel: parts.cancel,
             properties: Mutex::new(HashMap::new()),
@@ -109,8 +109,8 @@ impl Connection {
     /// # Errors
     ///
     /// [`Error::Closed`] if the connection is closed (or closes while waiting),
-    /// [`Error::FrameTooLarge`] if `data` is longer than the server's
-    /// `MaxPacketSize` (the peer would reject it).
+    /// [`Error::FrameTooLarge`] if `data` is longer than the framing allows
+    /// (`MaxPacketSize` for Zinx framing: the peer would reject it).
     pub async fn send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
         let msg = self.outgoing(id.into(), data.into())?;
         match self.shared.tx.try_send(msg) {
@@ -146,11 +146,12 @@ impl Connection {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let max = self.shared.max_packet_size;
-        if max != 0 && data.len() as u64 > u64::from(max) {
+        if let Some(max) = self.shared.max_data_len
+            && data.len() > max
+        {
             return Err(Error::FrameTooLarge {
                 len: data.len() as u64,
-                max: u64::from(max),
+                max: max as u64,
             });
         }
         Ok(Message { id, data })
@@ -281,7 +282,7 @@ pub(crate) mod tests {
             id: ConnId(7),
             peer: addr,
             local: addr,
-            max_packet_size: 16,
+            max_data_len: Some(16),
             send_queue: queue,
             cancel: CancellationToken::new(),
             manager: Weak::new(),

@@ -1,6 +1,6 @@
 //! The reader: the only code that reads from a connection's socket.
 //!
-//! It decodes frames with [`Codec`] over a `FramedRead` and hands each message,
+//! It decodes frames with the server's [`Framing`] over a `FramedRead` and hands each message,
 //! as a [`Request`], to the connection's [`Lane`]. Waiting on a full worker queue
 //! stops the reading, which is the backpressure that slows a fast peer. A framing
 //! error (oversized or truncated frame) ends this connection only.
@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead;
 
-use crate::codec::Codec;
 use crate::conn::Connection;
 use crate::error::Error;
+use crate::framing::Framing;
 use crate::request::Request;
 use crate::worker::Lane;
 
@@ -30,18 +30,19 @@ pub(crate) enum ReadEnd {
 /// error occurs. After a clean close by the peer it waits until the messages
 /// already dispatched are handled, so their replies are still queued before the
 /// connection closes.
-pub(crate) async fn run<R>(
+pub(crate) async fn run<R, F>(
     io: R,
     conn: &Connection,
     lane: &Lane,
-    codec: Codec,
+    framing: F,
     buf: usize,
 ) -> ReadEnd
 where
     R: AsyncRead + Unpin,
+    F: Framing,
 {
     let cancel = conn.cancel_token();
-    let mut frames = FramedRead::with_capacity(io, codec, buf);
+    let mut frames = FramedRead::with_capacity(io, framing, buf);
     loop {
         let next = tokio::select! {
             biased;
@@ -78,7 +79,7 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
-    use crate::codec::Layout;
+    use crate::codec::{Codec, Layout};
     use crate::config::WorkerMode;
     use crate::conn::tests::test_conn;
     use crate::message::{ConnId, MsgId};

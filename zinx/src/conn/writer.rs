@@ -14,7 +14,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::Codec;
+use crate::framing::Framing;
 use crate::message::Message;
 
 /// Above this, an emptied write buffer is released instead of kept for reuse, so
@@ -22,9 +22,9 @@ use crate::message::Message;
 const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Settings of one writer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WriterConfig {
-    pub(crate) codec: Codec,
+#[derive(Debug, Clone)]
+pub(crate) struct WriterConfig<F> {
+    pub(crate) framing: F,
     /// Most messages taken from the queue per write.
     pub(crate) batch: usize,
     /// How long the final flush on close may take.
@@ -34,15 +34,21 @@ pub(crate) struct WriterConfig {
 /// Runs the writer until the connection is cancelled, the queue's senders are all
 /// gone, or a write fails. Always cancels the connection on the way out, so a dead
 /// socket stops the reader too.
-pub(crate) async fn run<W>(
+pub(crate) async fn run<W, F>(
     mut io: W,
     mut rx: mpsc::Receiver<Message>,
     cancel: CancellationToken,
-    cfg: WriterConfig,
+    cfg: WriterConfig<F>,
 ) where
     W: AsyncWrite + Unpin,
+    F: Framing,
 {
-    let batch_len = cfg.batch.max(1);
+    let WriterConfig {
+        mut framing,
+        batch,
+        linger,
+    } = cfg;
+    let batch_len = batch.max(1);
     let mut batch = Vec::new();
     let mut buf = BytesMut::new();
     let result: std::io::Result<()> = async {
@@ -55,7 +61,7 @@ pub(crate) async fn run<W>(
                     if n == 0 {
                         return Ok(());
                     }
-                    encode_all(&cfg.codec, &mut batch, &mut buf);
+                    encode_all(&mut framing, &mut batch, &mut buf);
                 }
                 // Cancel-safe: write_all_buf advances `buf` as bytes are written, so a
                 // write interrupted by close resumes from where it stopped.
@@ -78,13 +84,13 @@ pub(crate) async fn run<W>(
             while let Ok(msg) = rx.try_recv() {
                 batch.push(msg);
             }
-            encode_all(&cfg.codec, &mut batch, &mut buf);
+            encode_all(&mut framing, &mut batch, &mut buf);
             let flush = async {
                 io.write_all_buf(&mut buf).await?;
                 io.flush().await?;
                 io.shutdown().await
             };
-            match tokio::time::timeout(cfg.linger, flush).await {
+            match tokio::time::timeout(linger, flush).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "final flush failed"),
                 Err(_) => tracing::debug!(
@@ -98,17 +104,17 @@ pub(crate) async fn run<W>(
     cancel.cancel();
 }
 
-fn encode_all(codec: &Codec, batch: &mut Vec<Message>, buf: &mut BytesMut) {
-    let total: usize = batch
-        .iter()
-        .map(|m| crate::codec::HEADER_LEN + m.data.len())
-        .sum();
+fn encode_all<F: Framing>(framing: &mut F, batch: &mut Vec<Message>, buf: &mut BytesMut) {
+    // Zinx framing adds 8 bytes a message; reserving for it saves regrowth for
+    // most framings, and encoders reserve for themselves anyway.
+    let total: usize = batch.iter().map(|m| 8 + m.data.len()).sum();
     buf.reserve(total);
     for msg in batch.drain(..) {
-        // Connection::send checked the size already; a failure here would be a bug
-        // in that check, so it is logged and the message skipped.
-        if let Err(e) = codec.encode_into(msg.id, &msg.data, buf) {
-            tracing::error!(error = %e, msg_id = %msg.id, "dropping unencodable message");
+        let id = msg.id;
+        // Connection::send checked the length already; what is left is a message
+        // the framing cannot express (an ID out of its range): logged and skipped.
+        if let Err(e) = framing.encode(msg, buf) {
+            tracing::warn!(error = %e, msg_id = %id, "dropping a message the framing cannot encode");
         }
     }
 }
@@ -124,7 +130,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::codec::Layout;
+    use crate::codec::{Codec, Layout};
     use crate::conn::tests::test_conn;
 
     /// Records every write call; optionally stalls (never accepts bytes).
@@ -156,9 +162,9 @@ mod tests {
         }
     }
 
-    fn cfg() -> WriterConfig {
+    fn cfg() -> WriterConfig<Codec> {
         WriterConfig {
-            codec: Codec::new(Layout::Tlv, 4096),
+            framing: Codec::new(Layout::Tlv, 4096),
             batch: 1024,
             linger: Duration::from_secs(5),
         }

@@ -45,7 +45,7 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(builder: ServerBuilder) -> TestServer {
+    pub async fn start<F: zinx::Framing>(builder: ServerBuilder<F>) -> TestServer {
         let server = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
