@@ -1,20 +1,28 @@
-//! Routing: from a message ID to the handler that serves it.
+//! Routing: from a message ID, through middleware, to the handler that serves it.
 //!
-//! [`Router`] is built by value before the server starts (`route`, `add_router`,
-//! `fallback`) and is read-only afterwards, shared by the reader tasks and workers.
-//! Two handler styles are accepted and stored the same way, boxed once at
-//! registration:
+//! [`Router`] is built by value before the server starts and compiled once when it
+//! runs: every route becomes a single boxed chain, so dispatching a message is one
+//! map lookup and the chain's calls. A message goes through, in order:
 //!
-//! - plain `async fn(Request)` returning `()` or a `Result` (an `Err` is logged);
-//! - Zinx's classic router with `pre_handle` / `handle` / `post_handle`
-//!   ([`ZinxRouter`]).
+//! 1. **interceptors** ([`Router::intercept`], Zinx's interceptors): every inbound
+//!    message, routed or not; they may rewrite the message ID or data, or drop it;
+//! 2. the route lookup (unknown IDs go to the fallback);
+//! 3. **global middleware** ([`Router::middleware`], Zinx's `Use`), then the
+//!    middleware of the route's **group** ([`Router::group`]), then the route's own
+//!    middleware ([`Router::route_with`]);
+//! 4. the handler: an `async fn(Request)` or a Zinx-style [`ZinxRouter`].
 //!
-//! A handler that panics is caught here: the panic is logged, the connection it
-//! was serving is closed, and the worker and the server go on.
+//! Middleware is `async fn(Request, Next)`: calling [`Next::run`] continues the
+//! chain, returning without calling it aborts it (Zinx's `Abort`). Values put in
+//! [`Request::extensions_mut`] travel down the chain with the request.
+//!
+//! A handler or middleware that panics is caught: the panic is logged, the
+//! connection it was serving is closed, and the worker and the server go on.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use crate::BoxFuture;
@@ -22,6 +30,7 @@ use crate::message::MsgId;
 use crate::request::Request;
 
 type BoxHandler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
+type BoxMiddleware = Arc<dyn Fn(Request, Next) -> BoxFuture + Send + Sync>;
 
 /// What a handler may return: `()` or `Result<(), E>`.
 ///
@@ -87,11 +96,80 @@ pub trait ZinxRouter: Send + Sync + 'static {
     }
 }
 
-/// Maps message IDs to handlers.
+/// The rest of a middleware chain.
+pub struct Next {
+    inner: BoxHandler,
+}
+
+impl Next {
+    /// Runs the rest of the chain (further middleware, then the handler) with `req`.
+    pub async fn run(self, req: Request) {
+        (self.inner)(req).await;
+    }
+}
+
+impl fmt::Debug for Next {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next").finish_non_exhaustive()
+    }
+}
+
+/// A middleware: `async fn(Request, Next)`, built with [`Middleware::from_fn`].
+#[derive(Clone)]
+pub struct Middleware {
+    inner: BoxMiddleware,
+}
+
+impl fmt::Debug for Middleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Middleware").finish_non_exhaustive()
+    }
+}
+
+impl Middleware {
+    /// Wraps an `async fn(Request, Next)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use zinx::router::{Middleware, Next};
+    /// use zinx::Request;
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// let auth = Middleware::from_fn(|mut req: Request, next: Next| async move {
+    ///     if req.data().starts_with(b"token:") {
+    ///         req.extensions_mut().insert(User("alice".into()));
+    ///         next.run(req).await; // continue
+    ///     } // else: abort, the handler never runs
+    /// });
+    /// # let _ = auth;
+    /// ```
+    pub fn from_fn<F, Fut>(f: F) -> Self
+    where
+        F: Fn(Request, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Middleware {
+            inner: Arc::new(move |req, next| Box::pin(f(req, next))),
+        }
+    }
+}
+
+struct Route {
+    handler: BoxHandler,
+    middleware: Vec<Middleware>,
+    /// Index into `Router::groups`.
+    group: Option<usize>,
+}
+
+/// Maps message IDs to handlers, with middleware, groups and interceptors.
 ///
 /// # Examples
 ///
 /// ```
+/// use zinx::router::Next;
 /// use zinx::{Request, Router};
 ///
 /// async fn echo(req: Request) -> Result<(), zinx::Error> {
@@ -99,16 +177,28 @@ pub trait ZinxRouter: Send + Sync + 'static {
 /// }
 ///
 /// let router = Router::new()
+///     .middleware(|req: Request, next: Next| async move {
+///         tracing::debug!(id = %req.msg_id(), "in");
+///         next.run(req).await;
+///     })
 ///     .route(1, echo)
-///     .route(2, |req: Request| async move {
-///         let _ = req.conn().try_send(2, req.data().clone());
+///     .group(100..=199, |g| {
+///         g.middleware(|req: Request, next: Next| async move {
+///             if !req.data().is_empty() {
+///                 next.run(req).await;
+///             }
+///         })
+///         .route(101, echo)
 ///     });
-/// assert!(router.has_route(1));
+/// assert!(router.has_route(101));
 /// ```
 #[must_use]
 pub struct Router {
-    routes: HashMap<MsgId, BoxHandler>,
+    routes: HashMap<MsgId, Route>,
     fallback: BoxHandler,
+    middleware: Vec<Middleware>,
+    interceptors: Vec<Middleware>,
+    groups: Vec<(RangeInclusive<u32>, Vec<Middleware>)>,
 }
 
 impl Default for Router {
@@ -123,6 +213,12 @@ impl fmt::Debug for Router {
         ids.sort_unstable();
         f.debug_struct("Router")
             .field("routes", &ids)
+            .field("middleware", &self.middleware.len())
+            .field("interceptors", &self.interceptors.len())
+            .field(
+                "groups",
+                &self.groups.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +236,9 @@ impl Router {
                     "no handler for message ID, message dropped"
                 );
             }),
+            middleware: Vec::new(),
+            interceptors: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -148,13 +247,49 @@ impl Router {
     /// # Panics
     ///
     /// If `id` is already routed: registering an ID twice is a programming error.
-    pub fn route<F, Fut>(mut self, id: impl Into<MsgId>, handler: F) -> Self
+    pub fn route<F, Fut>(self, id: impl Into<MsgId>, handler: F) -> Self
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: HandlerOutput,
     {
-        self.insert(id.into(), boxed(handler));
+        self.route_with(id, [], handler)
+    }
+
+    /// Routes message `id` through its own middleware chain to `handler` (Zinx's
+    /// `AddRouterSlices`). The chain runs after global and group middleware.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is already routed.
+    pub fn route_with<F, Fut>(
+        mut self,
+        id: impl Into<MsgId>,
+        middleware: impl IntoIterator<Item = Middleware>,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
+    {
+        let id = id.into();
+        assert!(
+            !self.routes.contains_key(&id),
+            "message ID {id} is already routed: each ID takes one handler"
+        );
+        let group = self
+            .groups
+            .iter()
+            .position(|(range, _)| range.contains(&id.0));
+        self.routes.insert(
+            id,
+            Route {
+                handler: boxed(handler),
+                middleware: middleware.into_iter().collect(),
+                group,
+            },
+        );
         self
     }
 
@@ -175,6 +310,74 @@ impl Router {
         })
     }
 
+    /// Adds global middleware (Zinx's `Use`): it wraps every routed message,
+    /// whether its route was added before or after. Middleware added first runs
+    /// first.
+    pub fn middleware<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Request, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.middleware.push(Middleware::from_fn(f));
+        self
+    }
+
+    /// Adds an interceptor: it sees every inbound message before routing, known
+    /// ID or not, and may rewrite it ([`Request::message_mut`]) or drop it (by not
+    /// calling `next`). Interceptors added first run first.
+    pub fn intercept<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Request, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.interceptors.push(Middleware::from_fn(f));
+        self
+    }
+
+    /// Declares a group of message IDs (`start..=end`, Zinx's `Group`) with its
+    /// own middleware; `build` adds the group's middleware and routes.
+    ///
+    /// # Panics
+    ///
+    /// If the range is empty or overlaps another group, if a route added through
+    /// the group lies outside its range, or on a duplicate ID.
+    pub fn group(mut self, ids: RangeInclusive<u32>, build: impl FnOnce(Group) -> Group) -> Self {
+        assert!(!ids.is_empty(), "group {ids:?} is empty");
+        for (other, _) in &self.groups {
+            assert!(
+                ids.end() < other.start() || ids.start() > other.end(),
+                "group {ids:?} overlaps group {other:?}"
+            );
+        }
+        let group = build(Group {
+            ids: ids.clone(),
+            middleware: Vec::new(),
+            routes: Vec::new(),
+        });
+        let index = self.groups.len();
+        self.groups.push((ids, group.middleware));
+        for (id, route) in group.routes {
+            assert!(
+                !self.routes.contains_key(&id),
+                "message ID {id} is already routed: each ID takes one handler"
+            );
+            self.routes.insert(
+                id,
+                Route {
+                    group: Some(index),
+                    ..route
+                },
+            );
+        }
+        // Routes added to the router directly before the group existed join it too.
+        for (id, route) in &mut self.routes {
+            if route.group.is_none() && self.groups[index].0.contains(&id.0) {
+                route.group = Some(index);
+            }
+        }
+        self
+    }
+
     /// Replaces the handler for messages whose ID has no route.
     pub fn fallback<F, Fut>(mut self, handler: F) -> Self
     where
@@ -192,21 +395,140 @@ impl Router {
         self.routes.contains_key(&id.into())
     }
 
-    fn insert(&mut self, id: MsgId, handler: BoxHandler) {
-        assert!(
-            !self.routes.contains_key(&id),
-            "message ID {id} is already routed: each ID takes one handler"
-        );
-        self.routes.insert(id, handler);
+    /// Composes every chain once: what the server dispatches with.
+    pub(crate) fn compile(&self) -> Dispatcher {
+        let routes: HashMap<MsgId, BoxHandler> = self
+            .routes
+            .iter()
+            .map(|(id, route)| {
+                let group = route
+                    .group
+                    .and_then(|g| self.groups.get(g))
+                    .map_or(&[][..], |(_, mw)| &mw[..]);
+                let chain = self.middleware.iter().chain(group).chain(&route.middleware);
+                (*id, wrap(chain, route.handler.clone()))
+            })
+            .collect();
+        let fallback = self.fallback.clone();
+        let lookup: BoxHandler = Arc::new(move |req: Request| {
+            let handler = routes.get(&req.msg_id()).unwrap_or(&fallback);
+            handler(req)
+        });
+        Dispatcher {
+            entry: wrap(self.interceptors.iter(), lookup),
+        }
+    }
+}
+
+/// Wraps `handler` in `chain`, the first middleware outermost.
+fn wrap<'a>(
+    chain: impl DoubleEndedIterator<Item = &'a Middleware>,
+    handler: BoxHandler,
+) -> BoxHandler {
+    chain.rev().fold(handler, |inner, mw| {
+        let mw = mw.inner.clone();
+        Arc::new(move |req| {
+            mw(
+                req,
+                Next {
+                    inner: inner.clone(),
+                },
+            )
+        })
+    })
+}
+
+/// A group of message IDs being built by [`Router::group`].
+#[must_use]
+pub struct Group {
+    ids: RangeInclusive<u32>,
+    middleware: Vec<Middleware>,
+    routes: Vec<(MsgId, Route)>,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("ids", &self.ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    /// Adds middleware for the group's routes (after global middleware).
+    pub fn middleware<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Request, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.middleware.push(Middleware::from_fn(f));
+        self
     }
 
-    /// Runs the handler for `req`, catching a panic. On panic the request's
+    /// Routes `id` (inside the group's range) to `handler`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is outside the group's range or already routed in the group.
+    pub fn route<F, Fut>(self, id: impl Into<MsgId>, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
+    {
+        self.route_with(id, [], handler)
+    }
+
+    /// Routes `id` through its own middleware to `handler`.
+    ///
+    /// # Panics
+    ///
+    /// As [`route`](Self::route).
+    pub fn route_with<F, Fut>(
+        mut self,
+        id: impl Into<MsgId>,
+        middleware: impl IntoIterator<Item = Middleware>,
+        handler: F,
+    ) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
+    {
+        let id = id.into();
+        assert!(
+            self.ids.contains(&id.0),
+            "message ID {id} is outside group {:?}",
+            self.ids
+        );
+        assert!(
+            self.routes.iter().all(|(other, _)| *other != id),
+            "message ID {id} is already routed: each ID takes one handler"
+        );
+        self.routes.push((
+            id,
+            Route {
+                handler: boxed(handler),
+                middleware: middleware.into_iter().collect(),
+                group: None,
+            },
+        ));
+        self
+    }
+}
+
+/// A compiled router: interceptors, lookup and every route's chain, composed.
+pub(crate) struct Dispatcher {
+    entry: BoxHandler,
+}
+
+impl Dispatcher {
+    /// Runs the chain for `req`, catching a panic. On panic the request's
     /// connection is closed.
     pub(crate) async fn dispatch(&self, req: Request) {
-        let handler = self.routes.get(&req.msg_id()).unwrap_or(&self.fallback);
         let conn = req.conn().clone();
         let msg_id = req.msg_id();
-        if let Err(panic) = crate::catch_panic(|| handler(req)).await {
+        if let Err(panic) = crate::catch_panic(|| (self.entry)(req)).await {
             tracing::error!(
                 conn_id = %conn.id(),
                 %msg_id,
@@ -238,17 +560,47 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use std::sync::Mutex;
 
     use super::*;
     use crate::conn::tests::test_conn;
     use crate::message::Message;
 
+    type Log = Arc<Mutex<Vec<String>>>;
+
     fn request(id: u32, data: &'static str) -> (Request, tokio::sync::mpsc::Receiver<Message>) {
         let (conn, rx) = test_conn(8);
         (Request::new(conn, Message::new(id, data)), rx)
+    }
+
+    async fn run(router: &Router, id: u32, data: &'static str) -> Request {
+        let (req, _rx) = request(id, data);
+        let conn = req.conn().clone();
+        router.compile().dispatch(req).await;
+        Request::new(conn, Message::new(id, data))
+    }
+
+    /// Middleware that logs its name, then continues.
+    fn mark(
+        log: &Log,
+        name: &'static str,
+    ) -> impl Fn(Request, Next) -> BoxFuture + Send + Sync + 'static {
+        let log = log.clone();
+        move |req, next| {
+            log.lock().unwrap().push(name.to_owned());
+            Box::pin(next.run(req))
+        }
+    }
+
+    fn handler(
+        log: &Log,
+        name: &'static str,
+    ) -> impl Fn(Request) -> BoxFuture + Send + Sync + 'static {
+        let log = log.clone();
+        move |_req| {
+            log.lock().unwrap().push(name.to_owned());
+            Box::pin(async {})
+        }
     }
 
     #[test]
@@ -269,6 +621,26 @@ mod tests {
         let _ = Router::new().add_router(6, R).add_router(6, R);
     }
 
+    #[test]
+    #[should_panic(expected = "message ID 15 is already routed")]
+    fn duplicate_between_router_and_group_panics() {
+        let _ = Router::new()
+            .route(15, |_req: Request| async {})
+            .group(10..=20, |g| g.route(15, |_req: Request| async {}));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside group")]
+    fn group_route_outside_range_panics() {
+        let _ = Router::new().group(10..=20, |g| g.route(21, |_req: Request| async {}));
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn overlapping_groups_panic() {
+        let _ = Router::new().group(10..=20, |g| g).group(20..=30, |g| g);
+    }
+
     #[tokio::test]
     async fn dispatches_by_id_and_falls_back() {
         let router = Router::new()
@@ -276,45 +648,128 @@ mod tests {
                 req.conn().try_send(100, req.data().clone())
             })
             .fallback(|req: Request| async move { req.conn().try_send(999, req.data().clone()) });
+        let d = router.compile();
         let (req, mut rx) = request(1, "one");
-        router.dispatch(req).await;
+        d.dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap(), Message::new(100, "one"));
         let (req, mut rx) = request(42, "unknown");
-        router.dispatch(req).await;
+        d.dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap(), Message::new(999, "unknown"));
     }
 
     #[tokio::test]
     async fn default_fallback_keeps_the_connection_open() {
-        let (req, _rx) = request(42, "x");
-        let conn = req.conn().clone();
-        Router::new().dispatch(req).await;
-        assert!(!conn.is_closed());
+        let req = run(&Router::new(), 42, "x").await;
+        assert!(!req.conn().is_closed());
     }
 
     #[tokio::test]
     async fn zinx_router_runs_pre_handle_post_in_order() {
-        struct Steps(Arc<Mutex<Vec<&'static str>>>);
+        struct Steps(Log);
         impl ZinxRouter for Steps {
             async fn pre_handle(&self, _req: &Request) {
-                self.0.lock().unwrap().push("pre");
+                self.0.lock().unwrap().push("pre".into());
             }
             async fn handle(&self, _req: &Request) {
-                self.0.lock().unwrap().push("handle");
+                self.0.lock().unwrap().push("handle".into());
             }
             async fn post_handle(&self, _req: &Request) {
-                self.0.lock().unwrap().push("post");
+                self.0.lock().unwrap().push("post".into());
             }
         }
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Log::default();
         let router = Router::new().add_router(3, Steps(log.clone()));
-        let (req, _rx) = request(3, "");
-        router.dispatch(req).await;
+        run(&router, 3, "").await;
         assert_eq!(*log.lock().unwrap(), ["pre", "handle", "post"]);
     }
 
     #[tokio::test]
-    async fn panicking_handler_closes_only_its_connection() {
+    async fn chain_order_interceptor_global_group_route_handler() {
+        let log = Log::default();
+        let router = Router::new()
+            .route_with(
+                11,
+                [Middleware::from_fn(mark(&log, "route mw"))],
+                handler(&log, "h11"),
+            )
+            .middleware(mark(&log, "global 1"))
+            .intercept(mark(&log, "interceptor"))
+            .group(10..=19, |g| {
+                g.middleware(mark(&log, "group"))
+                    .route(12, handler(&log, "h12"))
+            })
+            .middleware(mark(&log, "global 2"))
+            .route(30, handler(&log, "h30"));
+        for id in [11, 12, 30, 99] {
+            run(&router, id, "").await;
+        }
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                // 11 was routed before the group existed and still joins it.
+                "interceptor",
+                "global 1",
+                "global 2",
+                "group",
+                "route mw",
+                "h11",
+                "interceptor",
+                "global 1",
+                "global 2",
+                "group",
+                "h12",
+                "interceptor",
+                "global 1",
+                "global 2",
+                "h30",
+                // Unknown IDs see interceptors only.
+                "interceptor",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn middleware_that_skips_next_aborts_and_extensions_travel() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct User(&'static str);
+        let router = Router::new()
+            .middleware(|mut req: Request, next: Next| async move {
+                if req.data().as_ref() == b"ok" {
+                    req.extensions_mut().insert(User("alice"));
+                    next.run(req).await;
+                }
+            })
+            .route(1, |req: Request| async move {
+                let user = req.extensions().get::<User>().map_or("none", |u| u.0);
+                req.conn().try_send(1, user)
+            });
+        let d = router.compile();
+        let (req, mut rx) = request(1, "ok");
+        d.dispatch(req).await;
+        assert_eq!(&rx.recv().await.unwrap().data[..], b"alice");
+        let (req, mut rx) = request(1, "denied");
+        d.dispatch(req).await;
+        assert!(rx.try_recv().is_err(), "aborted: the handler never ran");
+    }
+
+    #[tokio::test]
+    async fn interceptor_rewrites_the_id_before_routing() {
+        let router = Router::new()
+            .intercept(|mut req: Request, next: Next| async move {
+                req.message_mut().id = MsgId(2);
+                next.run(req).await;
+            })
+            .route(
+                2,
+                |req: Request| async move { req.conn().try_send(2, "two") },
+            );
+        let (req, mut rx) = request(1, "");
+        router.compile().dispatch(req).await;
+        assert_eq!(rx.recv().await.unwrap().id, MsgId(2));
+    }
+
+    #[tokio::test]
+    async fn panicking_handler_or_middleware_closes_only_its_connection() {
         let router = Router::new()
             .route(1, |_req: Request| async {
                 if true {
@@ -323,23 +778,21 @@ mod tests {
             })
             .route(2, |_req: Request| -> std::future::Ready<()> {
                 panic!("before await")
+            })
+            .group(10..=10, |g| {
+                g.middleware(|_req: Request, _next: Next| async { panic!("middleware") })
+                    .route(10, |_req: Request| async {})
             });
-        let (req, _rx) = request(1, "");
-        let conn = req.conn().clone();
-        router.dispatch(req).await;
-        assert!(conn.is_closed());
-        let (req, _rx) = request(2, "");
-        let conn = req.conn().clone();
-        router.dispatch(req).await;
-        assert!(conn.is_closed());
+        for id in [1, 2, 10] {
+            let req = run(&router, id, "").await;
+            assert!(req.conn().is_closed(), "{id}");
+        }
     }
 
     #[tokio::test]
     async fn handler_error_keeps_the_connection_open() {
         let router = Router::new().route(1, |_req: Request| async { Err("bad input") });
-        let (req, _rx) = request(1, "");
-        let conn = req.conn().clone();
-        router.dispatch(req).await;
-        assert!(!conn.is_closed());
+        let req = run(&router, 1, "").await;
+        assert!(!req.conn().is_closed());
     }
 }

@@ -294,7 +294,7 @@ impl<F: Framing> Server<F> {
             config.worker_mode,
             usize::try_from(config.worker_pool_size).unwrap_or(usize::MAX),
             usize::try_from(config.max_worker_task_len).unwrap_or(usize::MAX),
-            router,
+            Arc::new(router.compile()),
             tracker.clone(),
         );
         let ctx = Arc::new(ctx);

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::WorkerMode;
 use crate::message::ConnId;
 use crate::request::Request;
-use crate::router::Router;
+use crate::router::Dispatcher;
 
 /// What a worker is asked to do.
 pub(crate) enum Job {
@@ -39,7 +39,7 @@ pub(crate) struct WorkerPool {
     mode: WorkerMode,
     size: usize,
     queue_len: usize,
-    router: Arc<Router>,
+    router: Arc<Dispatcher>,
     tracker: TaskTracker,
     /// Hash: the fixed workers. DynamicBind: the free workers. `None` once closed.
     workers: Mutex<Option<Vec<JobSender>>>,
@@ -51,7 +51,7 @@ impl WorkerPool {
         mode: WorkerMode,
         size: usize,
         queue_len: usize,
-        router: Arc<Router>,
+        router: Arc<Dispatcher>,
         tracker: TaskTracker,
     ) -> Arc<WorkerPool> {
         let pool = Arc::new(WorkerPool {
@@ -126,7 +126,7 @@ impl WorkerPool {
     }
 }
 
-async fn run_worker(mut rx: mpsc::Receiver<Job>, router: Arc<Router>) {
+async fn run_worker(mut rx: mpsc::Receiver<Job>, router: Arc<Dispatcher>) {
     while let Some(job) = rx.recv().await {
         match job {
             Job::Handle(req) => router.dispatch(req).await,
@@ -145,7 +145,7 @@ pub(crate) struct Lane {
 }
 
 enum LaneKind {
-    Inline(Arc<Router>),
+    Inline(Arc<Dispatcher>),
     Worker(JobSender),
 }
 
@@ -204,13 +204,14 @@ mod tests {
     use super::*;
     use crate::conn::tests::test_conn;
     use crate::message::Message;
+    use crate::router::Router;
 
     fn pool(mode: WorkerMode, size: usize) -> (Arc<WorkerPool>, TaskTracker) {
         let tracker = TaskTracker::new();
         let router = Router::new().route(1, |req: Request| async move {
             req.conn().try_send(1, req.data().clone())
         });
-        let pool = WorkerPool::start(mode, size, 4, Arc::new(router), tracker.clone());
+        let pool = WorkerPool::start(mode, size, 4, Arc::new(router.compile()), tracker.clone());
         (pool, tracker)
     }
 

@@ -94,3 +94,51 @@ fn registering_an_id_twice_panics_naming_it() {
     let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(text.contains("42"), "{text}");
 }
+
+#[tokio::test]
+async fn middleware_groups_and_interceptors_on_a_real_server() {
+    use zinx::Next;
+
+    #[derive(Clone)]
+    struct Authed(String);
+
+    let router = Router::new()
+        // Interceptor: a message whose data starts with '!' is dropped before routing.
+        .intercept(|req: Request, next: Next| async move {
+            if !req.data().starts_with(b"!") {
+                next.run(req).await;
+            }
+        })
+        .route(1, upper)
+        .group(100..=199, |g| {
+            // The group requires "user:" data and passes the user down the chain.
+            g.middleware(|mut req: Request, next: Next| async move {
+                if let Some(user) = req.data().strip_prefix(b"user:") {
+                    let user = String::from_utf8_lossy(user).into_owned();
+                    req.extensions_mut().insert(Authed(user));
+                    next.run(req).await;
+                } else {
+                    let _ = req.conn().send(403, "denied").await;
+                }
+            })
+            .route(100, |req: Request| async move {
+                let user = req.extensions().get::<Authed>().map(|a| a.0.clone());
+                req.conn().send(100, user.unwrap_or_default()).await
+            })
+        });
+    let server = TestServer::start(Server::builder(config()).router(router)).await;
+    let mut client = server.connect(Layout::Tlv).await;
+    client.send(1, "!dropped").await;
+    client.send(100, "nobody").await;
+    let m = client.roundtrip(100, "user:bob").await;
+    assert_eq!((m.id.0, &m.data[..]), (403, &b"denied"[..]));
+    let m = client.recv().await;
+    assert_eq!((m.id.0, &m.data[..]), (100, &b"bob"[..]));
+    let m = client.roundtrip(1, "ok").await;
+    assert_eq!(
+        &m.data[..],
+        b"OK",
+        "the intercepted message produced no reply"
+    );
+    server.stop().await;
+}

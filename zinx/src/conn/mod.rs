@@ -11,8 +11,7 @@
 pub(crate) mod reader;
 pub(crate) mod writer;
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -23,6 +22,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::extensions::Extensions;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
 
@@ -44,7 +44,7 @@ struct Shared {
     max_data_len: Option<usize>,
     tx: mpsc::Sender<Message>,
     cancel: CancellationToken,
-    properties: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
@@ -72,7 +72,7 @@ impl Connection {
             max_data_len: parts.max_data_len,
             tx,
             cancel: parts.cancel,
-            properties: Mutex::new(HashMap::new()),
+            properties: Mutex::new(Extensions::new()),
             close_callbacks: Mutex::new(Some(Vec::new())),
             manager: parts.manager,
         };
@@ -180,28 +180,28 @@ impl Connection {
     /// Properties are keyed by type, like `http::Extensions`: define a small
     /// newtype per property (`struct PlayerId(u32)`).
     pub fn insert_property<T: Any + Send + Sync>(&self, value: T) -> Option<T> {
-        self.properties()
-            .insert(TypeId::of::<T>(), Box::new(value))
-            .and_then(|old| old.downcast().ok().map(|b| *b))
+        self.properties().insert(value)
     }
 
     /// A clone of the property of type `T`, if set.
     #[must_use]
     pub fn property<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
-        self.properties()
-            .get(&TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref::<T>())
-            .cloned()
+        self.properties().get::<T>().cloned()
     }
 
     /// Removes and returns the property of type `T`.
     pub fn remove_property<T: Any + Send + Sync>(&self) -> Option<T> {
-        self.properties()
-            .remove(&TypeId::of::<T>())
-            .and_then(|old| old.downcast().ok().map(|b| *b))
+        self.properties().remove::<T>()
     }
 
-    fn properties(&self) -> MutexGuard<'_, HashMap<TypeId, Box<dyn Any + Send + Sync>>> {
+    /// Runs `f` with the property of type `T` (mutably), under the property lock.
+    /// Keep `f` short: it must not block or call back into this connection's
+    /// properties.
+    pub fn with_property<T: Any + Send + Sync, R>(&self, f: impl FnOnce(Option<&mut T>) -> R) -> R {
+        f(self.properties().get_mut::<T>())
+    }
+
+    fn properties(&self) -> MutexGuard<'_, Extensions> {
         // A poisoned map only means a panic elsewhere while it was held; the map
         // itself is still consistent (inserts and removes are single calls).
         self.shared

@@ -90,8 +90,14 @@ mod tests {
         let router = Router::new().route(1, |req: Request| async move {
             req.conn().try_send(req.msg_id(), req.data().clone())
         });
-        WorkerPool::start(WorkerMode::Hash, 0, 1, Arc::new(router), TaskTracker::new())
-            .assign(ConnId(1))
+        WorkerPool::start(
+            WorkerMode::Hash,
+            0,
+            1,
+            Arc::new(router.compile()),
+            TaskTracker::new(),
+        )
+        .assign(ConnId(1))
     }
 
     fn wire(id: u32, data: &[u8]) -> Vec<u8> {
