@@ -396,8 +396,14 @@ impl Router {
     }
 
     /// Composes every chain once: what the server dispatches with.
-    pub(crate) fn compile(&self) -> Dispatcher {
-        let routes: HashMap<MsgId, BoxHandler> = self
+    /// `heartbeat` gets a default route (log at debug) if it has none; `first`
+    /// runs before every other interceptor (the client's reply matcher).
+    pub(crate) fn compile(
+        &self,
+        heartbeat: Option<MsgId>,
+        first: Option<Middleware>,
+    ) -> Dispatcher {
+        let mut routes: HashMap<MsgId, BoxHandler> = self
             .routes
             .iter()
             .map(|(id, route)| {
@@ -409,13 +415,21 @@ impl Router {
                 (*id, wrap(chain, route.handler.clone()))
             })
             .collect();
+        if let Some(id) = heartbeat {
+            routes.entry(id).or_insert_with(|| {
+                let log = boxed(|req: Request| async move {
+                    tracing::debug!(conn_id = %req.conn().id(), len = req.data().len(), "heartbeat received");
+                });
+                wrap(self.middleware.iter(), log)
+            });
+        }
         let fallback = self.fallback.clone();
         let lookup: BoxHandler = Arc::new(move |req: Request| {
             let handler = routes.get(&req.msg_id()).unwrap_or(&fallback);
             handler(req)
         });
         Dispatcher {
-            entry: wrap(self.interceptors.iter(), lookup),
+            entry: wrap(first.iter().chain(&self.interceptors), lookup),
         }
     }
 }
@@ -576,7 +590,7 @@ mod tests {
     async fn run(router: &Router, id: u32, data: &'static str) -> Request {
         let (req, _rx) = request(id, data);
         let conn = req.conn().clone();
-        router.compile().dispatch(req).await;
+        router.compile(None, None).dispatch(req).await;
         Request::new(conn, Message::new(id, data))
     }
 
@@ -648,7 +662,7 @@ mod tests {
                 req.conn().try_send(100, req.data().clone())
             })
             .fallback(|req: Request| async move { req.conn().try_send(999, req.data().clone()) });
-        let d = router.compile();
+        let d = router.compile(None, None);
         let (req, mut rx) = request(1, "one");
         d.dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap(), Message::new(100, "one"));
@@ -743,7 +757,7 @@ mod tests {
                 let user = req.extensions().get::<User>().map_or("none", |u| u.0);
                 req.conn().try_send(1, user)
             });
-        let d = router.compile();
+        let d = router.compile(None, None);
         let (req, mut rx) = request(1, "ok");
         d.dispatch(req).await;
         assert_eq!(&rx.recv().await.unwrap().data[..], b"alice");
@@ -764,7 +778,7 @@ mod tests {
                 |req: Request| async move { req.conn().try_send(2, "two") },
             );
         let (req, mut rx) = request(1, "");
-        router.compile().dispatch(req).await;
+        router.compile(None, None).dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap().id, MsgId(2));
     }
 

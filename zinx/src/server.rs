@@ -13,24 +13,22 @@
 //! worker task is empty.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::codec::{Codec, Layout};
 use crate::config::Config;
-use crate::conn::reader::{self, ReadEnd};
-use crate::conn::writer::{self, WriterConfig};
-use crate::conn::{Connection, Parts};
+use crate::conn::Connection;
+use crate::conn::driver::{Endpoint, Engine};
 use crate::error::Error;
 use crate::framing::Framing;
+use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
 use crate::manager::ConnManager;
 use crate::message::ConnId;
@@ -65,6 +63,7 @@ pub struct ServerBuilder<F = Codec> {
     framing: F,
     hooks: Hooks,
     linger: Duration,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl ServerBuilder<Codec> {
@@ -94,7 +93,15 @@ impl<F: Framing> ServerBuilder<F> {
             framing,
             hooks: self.hooks,
             linger: self.linger,
+            heartbeat: self.heartbeat,
         }
+    }
+
+    /// Sends heartbeats and closes silent peers (Zinx's `StartHeartBeat`). Unless
+    /// the heartbeat sets its own limit, the config's `HeartbeatMax` applies.
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = Some(heartbeat.with_default_limit(self.config.heartbeat_max));
+        self
     }
 
     /// Runs `hook` once for every new connection, before its first message is read.
@@ -128,29 +135,19 @@ impl<F: Framing> ServerBuilder<F> {
 
     /// Finishes the server. Nothing runs until [`Server::run`].
     pub fn build(self) -> Server<F> {
-        let cfg = &self.config;
-        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-        let send_queue = to_usize(cfg.max_msg_chan_len).max(1);
-        let ctx = ConnContext {
-            read_buf: to_usize(cfg.io_read_buff_size).max(crate::codec::HEADER_LEN),
-            send_queue,
-            writer: WriterConfig {
-                framing: self.framing,
-                batch: send_queue,
-                linger: self.linger,
-            },
-            hooks: self.hooks,
-            manager: ConnManager::new(),
-        };
-        let limit = (cfg.max_conn > 0).then(|| Arc::new(Semaphore::new(cfg.max_conn)));
+        let limit =
+            (self.config.max_conn > 0).then(|| Arc::new(Semaphore::new(self.config.max_conn)));
         Server {
             handle: ServerHandle {
-                manager: ctx.manager.clone(),
+                manager: ConnManager::new(),
                 tracker: TaskTracker::new(),
                 limit,
             },
             router: self.router,
-            ctx,
+            framing: self.framing,
+            hooks: self.hooks,
+            linger: self.linger,
+            heartbeat: self.heartbeat,
             config: self.config,
         }
     }
@@ -174,7 +171,10 @@ impl<F: Framing> ServerBuilder<F> {
 pub struct Server<F = Codec> {
     config: Config,
     router: Arc<Router>,
-    ctx: ConnContext<F>,
+    framing: F,
+    hooks: Hooks,
+    linger: Duration,
+    heartbeat: Option<Heartbeat>,
     handle: ServerHandle,
 }
 
@@ -218,16 +218,6 @@ impl std::fmt::Debug for ServerHandle {
     }
 }
 
-/// What every connection of a server shares.
-struct ConnContext<F> {
-    read_buf: usize,
-    send_queue: usize,
-    /// The framing, cloned for each reader and writer.
-    writer: WriterConfig<F>,
-    hooks: Hooks,
-    manager: ConnManager,
-}
-
 impl Server {
     /// Starts building a server with Zinx TLV framing.
     pub fn builder(config: Config) -> ServerBuilder {
@@ -237,6 +227,7 @@ impl Server {
             router: Arc::new(Router::new()),
             hooks: Hooks::default(),
             linger: DEFAULT_CLOSE_LINGER,
+            heartbeat: None,
         }
     }
 }
@@ -286,18 +277,32 @@ impl<F: Framing> Server<F> {
         let Server {
             config,
             router,
-            ctx,
+            framing,
+            hooks,
+            linger,
+            heartbeat,
             handle,
         } = self;
         let tracker = handle.tracker.clone();
+        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
         let pool = WorkerPool::start(
             config.worker_mode,
-            usize::try_from(config.worker_pool_size).unwrap_or(usize::MAX),
-            usize::try_from(config.max_worker_task_len).unwrap_or(usize::MAX),
-            Arc::new(router.compile()),
+            to_usize(config.worker_pool_size),
+            to_usize(config.max_worker_task_len),
+            Arc::new(router.compile(heartbeat.as_ref().map(|hb| hb.msg_id), None)),
             tracker.clone(),
         );
-        let ctx = Arc::new(ctx);
+        let engine = Arc::new(Engine {
+            framing,
+            read_buf: to_usize(config.io_read_buff_size).max(crate::codec::HEADER_LEN),
+            send_queue: to_usize(config.max_msg_chan_len).max(1),
+            linger,
+            hooks,
+            manager: handle.manager.clone(),
+            heartbeat,
+            pool: pool.clone(),
+            tracker: tracker.clone(),
+        });
         let root = CancellationToken::new();
         let local = listener.local_addr()?;
         tracing::info!(name = %config.name, addr = %local, "server started");
@@ -344,18 +349,20 @@ impl<F: Framing> Server<F> {
             next_id += 1;
             let id = ConnId(next_id);
             let span = tracing::info_span!("conn", conn_id = id.0, %peer);
-            let conn_ctx = Context {
-                shared: ctx.clone(),
-                pool: pool.clone(),
-                tracker: tracker.clone(),
-            };
+            let engine = engine.clone();
             let cancel = root.child_token();
             tracker.spawn(
                 async move {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(local);
                     let (r, w) = stream.into_split();
-                    conn_ctx.drive(r, w, id, peer, local, cancel, permit).await;
+                    let endpoint = Endpoint {
+                        id,
+                        peer,
+                        local,
+                        cancel,
+                    };
+                    engine.drive(r, w, endpoint, permit, None).await;
                 }
                 .instrument(span),
             );
@@ -363,12 +370,13 @@ impl<F: Framing> Server<F> {
 
         drop(listener);
         tracing::info!(
-            connections = ctx.manager.len(),
+            connections = handle.manager.len(),
             "server shutting down: closing connections"
         );
         root.cancel();
         pool.close();
         drop(pool);
+        drop(engine);
         tracker.close();
         tracker.wait().await;
         tracing::info!("server stopped");
@@ -380,74 +388,4 @@ impl<F: Framing> Server<F> {
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
-}
-
-/// Everything one connection task needs.
-struct Context<F> {
-    shared: Arc<ConnContext<F>>,
-    pool: Arc<WorkerPool>,
-    tracker: TaskTracker,
-}
-
-impl<F: Framing> Context<F> {
-    /// Runs one connection from open to fully cleaned up.
-    #[allow(clippy::too_many_arguments)]
-    async fn drive<R, W>(
-        self,
-        r: R,
-        w: W,
-        id: ConnId,
-        peer: SocketAddr,
-        local: SocketAddr,
-        cancel: CancellationToken,
-        permit: Option<OwnedSemaphorePermit>,
-    ) where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        let ctx = &self.shared;
-        let (conn, rx) = Connection::new(Parts {
-            id,
-            peer,
-            local,
-            max_data_len: ctx.writer.framing.max_data_len(),
-            send_queue: ctx.send_queue,
-            cancel: cancel.clone(),
-            manager: ctx.manager.downgrade(),
-        });
-        let registration = ctx.manager.register(conn.clone());
-        let writer = self
-            .tracker
-            .spawn(writer::run(w, rx, cancel, ctx.writer.clone()).in_current_span());
-        let lane = self.pool.assign(id);
-        tracing::debug!("connection opened");
-
-        ctx.hooks.connect(&conn).await;
-        let end = reader::run(r, &conn, &lane, ctx.writer.framing.clone(), ctx.read_buf).await;
-        match &end {
-            ReadEnd::Failed(e) if e.is_protocol() => {
-                tracing::warn!(error = %e, "protocol error, closing connection");
-            }
-            ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
-            ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
-        }
-        conn.close();
-        if let Err(e) = writer.await {
-            tracing::error!(error = %e, "writer task failed");
-        }
-        drop(lane);
-        drop(registration);
-        drop(permit);
-        tracing::debug!(reason = ?end_reason(&end), "connection closed");
-        ctx.hooks.disconnect(&conn).await;
-        conn.run_close_callbacks();
-    }
-}
-
-fn end_reason(end: &ReadEnd) -> &'static str {
-    match end {
-        ReadEnd::PeerClosed => "peer closed",
-        ReadEnd::Cancelled => "closed locally",
-        ReadEnd::Failed(_) => "error",
-    }
 }

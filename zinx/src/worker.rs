@@ -211,7 +211,13 @@ mod tests {
         let router = Router::new().route(1, |req: Request| async move {
             req.conn().try_send(1, req.data().clone())
         });
-        let pool = WorkerPool::start(mode, size, 4, Arc::new(router.compile()), tracker.clone());
+        let pool = WorkerPool::start(
+            mode,
+            size,
+            4,
+            Arc::new(router.compile(None, None)),
+            tracker.clone(),
+        );
         (pool, tracker)
     }
 

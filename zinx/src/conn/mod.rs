@@ -8,6 +8,7 @@
 //! which both tasks watch. Because the queue and the token are owned values, a send
 //! after close is an [`Error::Closed`], never a panic or a lost wake-up.
 
+pub(crate) mod driver;
 pub(crate) mod reader;
 pub(crate) mod writer;
 

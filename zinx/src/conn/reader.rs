@@ -3,15 +3,18 @@
 //! It decodes frames with the server's [`Framing`] over a `FramedRead` and hands each message,
 //! as a [`Request`], to the connection's [`Lane`]. Waiting on a full worker queue
 //! stops the reading, which is the backpressure that slows a fast peer. A framing
-//! error (oversized or truncated frame) ends this connection only.
+//! error (oversized or truncated frame) ends this connection only. The reader
+//! also runs the connection's heartbeat, since it is what hears from the peer.
 
 use futures_util::StreamExt;
 use tokio::io::AsyncRead;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 
 use crate::conn::Connection;
 use crate::error::Error;
 use crate::framing::Framing;
+use crate::heartbeat::Heartbeat;
 use crate::request::Request;
 use crate::worker::Lane;
 
@@ -26,6 +29,17 @@ pub(crate) enum ReadEnd {
     Failed(Error),
 }
 
+impl ReadEnd {
+    /// A word for logs.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            ReadEnd::PeerClosed => "peer closed",
+            ReadEnd::Cancelled => "closed locally",
+            ReadEnd::Failed(_) => "error",
+        }
+    }
+}
+
 /// Reads and dispatches until the peer closes, the connection is cancelled or an
 /// error occurs. After a clean close by the peer it waits until the messages
 /// already dispatched are handled, so their replies are still queued before the
@@ -36,6 +50,7 @@ pub(crate) async fn run<R, F>(
     lane: &Lane,
     framing: F,
     buf: usize,
+    heartbeat: Option<&Heartbeat>,
 ) -> ReadEnd
 where
     R: AsyncRead + Unpin,
@@ -43,18 +58,32 @@ where
 {
     let cancel = conn.cancel_token();
     let mut frames = FramedRead::with_capacity(io, framing, buf);
+    let mut ticker = heartbeat.map(|hb| {
+        let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
+    let mut last_heard = Instant::now();
     loop {
         let next = tokio::select! {
             biased;
             () = cancel.cancelled() => return ReadEnd::Cancelled,
             // Cancel-safe: FramedRead keeps a partial frame in its buffer.
             next = frames.next() => next,
+            // Cancel-safe: Interval::tick only records a tick when it completes.
+            _ = tick(ticker.as_mut()) => {
+                if let Some(hb) = heartbeat {
+                    beat(hb, conn, last_heard);
+                }
+                continue;
+            }
         };
         let msg = match next {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => return ReadEnd::Failed(e),
             None => break,
         };
+        last_heard = Instant::now();
         if lane
             .dispatch(Request::new(conn.clone(), msg), cancel)
             .await
@@ -68,6 +97,27 @@ where
         () = cancel.cancelled() => ReadEnd::Cancelled,
         // Cancel-safe: the barrier only signals; dropping the wait loses nothing.
         () = lane.drain() => ReadEnd::PeerClosed,
+    }
+}
+
+/// The next heartbeat tick, or never without a heartbeat.
+async fn tick(ticker: Option<&mut Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One heartbeat tick: declare the peer dead, or send a heartbeat.
+fn beat(hb: &Heartbeat, conn: &Connection, last_heard: Instant) {
+    if last_heard.elapsed() > hb.limit() {
+        (hb.on_dead)(conn);
+    } else if let Err(e) = conn.try_send(hb.msg_id, (hb.payload)(conn)) {
+        // A full queue means the peer is not reading; that is for the silence
+        // check (or the send-queue policy) to judge, not a reason to wait here.
+        tracing::debug!(error = %e, "heartbeat not sent");
     }
 }
 
@@ -94,7 +144,7 @@ mod tests {
             WorkerMode::Hash,
             0,
             1,
-            Arc::new(router.compile()),
+            Arc::new(router.compile(None, None)),
             TaskTracker::new(),
         )
         .assign(ConnId(1))
@@ -116,7 +166,7 @@ mod tests {
         bytes.extend(wire(1, b"two"));
         peer.write_all(&bytes).await.unwrap();
         drop(peer);
-        let end = run(io, &conn, &inline_lane(), Codec::default(), 16).await;
+        let end = run(io, &conn, &inline_lane(), Codec::default(), 16, None).await;
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"one");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"two");
@@ -127,7 +177,15 @@ mod tests {
         let (conn, _rx) = test_conn(16);
         let (mut peer, io) = tokio::io::duplex(64);
         peer.write_all(&wire(1, &[0u8; 17])).await.unwrap();
-        let end = run(io, &conn, &inline_lane(), Codec::new(Layout::Tlv, 16), 16).await;
+        let end = run(
+            io,
+            &conn,
+            &inline_lane(),
+            Codec::new(Layout::Tlv, 16),
+            16,
+            None,
+        )
+        .await;
         assert!(matches!(
             end,
             ReadEnd::Failed(Error::FrameTooLarge { len: 17, max: 16 })
@@ -140,7 +198,7 @@ mod tests {
         let (mut peer, io) = tokio::io::duplex(64);
         peer.write_all(&wire(1, b"abcdef")[..10]).await.unwrap();
         drop(peer);
-        let end = run(io, &conn, &inline_lane(), Codec::default(), 16).await;
+        let end = run(io, &conn, &inline_lane(), Codec::default(), 16, None).await;
         assert!(matches!(
             end,
             ReadEnd::Failed(Error::TruncatedFrame { buffered: 10 })
@@ -153,7 +211,7 @@ mod tests {
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
         let lane = inline_lane();
-        let reading = run(io, &conn, &lane, Codec::default(), 16);
+        let reading = run(io, &conn, &lane, Codec::default(), 16, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));
     }

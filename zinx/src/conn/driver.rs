@@ -1,0 +1,285 @@
+//! The connection lifecycle, shared by the server and the client.
+//!
+//! [`Engine::drive`] runs one connection from open to fully cleaned up: create the
+//! handle, register it with the manager, start the writer, take a worker lane, run
+//! `on_connect`, read until the end, then close, wait for the writer to flush,
+//! release the lane, the registration and the caller's guard (a `MaxConn` permit),
+//! and only then run `on_disconnect` and the close callbacks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::conn::reader::{self, ReadEnd};
+use crate::conn::writer::{self, WriterConfig};
+use crate::conn::{Connection, Parts};
+use crate::framing::Framing;
+use crate::heartbeat::Heartbeat;
+use crate::hooks::Hooks;
+use crate::manager::ConnManager;
+use crate::message::ConnId;
+use crate::worker::WorkerPool;
+
+/// Everything the connections of one server (or one client) share.
+pub(crate) struct Engine<F> {
+    pub(crate) framing: F,
+    pub(crate) read_buf: usize,
+    pub(crate) send_queue: usize,
+    pub(crate) linger: Duration,
+    pub(crate) hooks: Hooks,
+    pub(crate) manager: ConnManager,
+    pub(crate) heartbeat: Option<Heartbeat>,
+    pub(crate) pool: Arc<WorkerPool>,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Who a new connection is.
+pub(crate) struct Endpoint {
+    pub(crate) id: ConnId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl<F: Framing> Engine<F> {
+    /// Runs one connection to its end. `guard` is dropped with the framework's own
+    /// resources, before `on_disconnect`; `current`, if given, holds the live
+    /// connection while it is open (the client's view of it).
+    pub(crate) async fn drive<R, W, G>(
+        &self,
+        r: R,
+        w: W,
+        endpoint: Endpoint,
+        guard: G,
+        current: Option<&watch::Sender<Option<Connection>>>,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let Endpoint {
+            id,
+            peer,
+            local,
+            cancel,
+        } = endpoint;
+        let (conn, rx) = Connection::new(Parts {
+            id,
+            peer,
+            local,
+            max_data_len: self.framing.max_data_len(),
+            send_queue: self.send_queue,
+            cancel: cancel.clone(),
+            manager: self.manager.downgrade(),
+        });
+        let registration = self.manager.register(conn.clone());
+        let writer = self.tracker.spawn(
+            writer::run(
+                w,
+                rx,
+                cancel,
+                WriterConfig {
+                    framing: self.framing.clone(),
+                    batch: self.send_queue,
+                    linger: self.linger,
+                },
+            )
+            .in_current_span(),
+        );
+        let lane = self.pool.assign(id);
+        tracing::debug!("connection opened");
+        if let Some(current) = current {
+            current.send_replace(Some(conn.clone()));
+        }
+
+        self.hooks.connect(&conn).await;
+        let end = reader::run(
+            r,
+            &conn,
+            &lane,
+            self.framing.clone(),
+            self.read_buf,
+            self.heartbeat.as_ref(),
+        )
+        .await;
+        match &end {
+            ReadEnd::Failed(e) if e.is_protocol() => {
+                tracing::warn!(error = %e, "protocol error, closing connection");
+            }
+            ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
+            ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+        }
+        conn.close();
+        if let Some(current) = current {
+            current.send_replace(None);
+        }
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "writer task failed");
+        }
+        drop(lane);
+        drop(registration);
+        drop(guard);
+        tracing::debug!(reason = end.reason(), "connection closed");
+        self.hooks.disconnect(&conn).await;
+        conn.run_close_callbacks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio_util::codec::Encoder;
+
+    use super::*;
+    use crate::codec::Codec;
+    use crate::config::WorkerMode;
+    use crate::message::Message;
+    use crate::request::Request;
+    use crate::router::Router;
+
+    fn engine(heartbeat: Option<Heartbeat>, router: Router) -> Engine<Codec> {
+        let tracker = TaskTracker::new();
+        let hb_id = heartbeat.as_ref().map(|hb| hb.msg_id);
+        Engine {
+            framing: Codec::default(),
+            read_buf: 1024,
+            send_queue: 16,
+            linger: Duration::from_secs(1),
+            hooks: Hooks::default(),
+            manager: ConnManager::new(),
+            heartbeat,
+            pool: WorkerPool::start(
+                WorkerMode::Hash,
+                0,
+                1,
+                Arc::new(router.compile(hb_id, None)),
+                tracker.clone(),
+            ),
+            tracker,
+        }
+    }
+
+    /// Drives a connection over an in-memory pipe; returns the peer's end.
+    fn start(engine: Arc<Engine<Codec>>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (peer, io) = tokio::io::duplex(64 * 1024);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let task = tokio::spawn(async move {
+            let (r, w) = tokio::io::split(io);
+            let endpoint = Endpoint {
+                id: ConnId(1),
+                peer: addr,
+                local: addr,
+                cancel: CancellationToken::new(),
+            };
+            engine.drive(r, w, endpoint, (), None).await;
+        });
+        (peer, task)
+    }
+
+    async fn read_frame(peer: &mut DuplexStream) -> Message {
+        let mut header = [0u8; 8];
+        peer.read_exact(&mut header).await.unwrap();
+        let id = u32::from_be_bytes(header[..4].try_into().unwrap());
+        let len = u32::from_be_bytes(header[4..].try_into().unwrap()) as usize;
+        let mut data = vec![0u8; len];
+        peer.read_exact(&mut data).await.unwrap();
+        Message::new(id, data)
+    }
+
+    fn frame(id: u32, data: &'static str) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        Codec::default()
+            .encode(Message::new(id, data), &mut buf)
+            .unwrap();
+        buf.to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_are_sent_every_interval() {
+        let hb = Heartbeat::new(Duration::from_secs(1))
+            .max_silence(Duration::from_secs(60))
+            .payload(|_| bytes::Bytes::from_static(b"hb"));
+        let (mut peer, task) = start(Arc::new(engine(Some(hb), Router::new())));
+        let start = tokio::time::Instant::now();
+        for n in 1..=3u64 {
+            let msg = read_frame(&mut peer).await;
+            assert_eq!((msg.id.0, &msg.data[..]), (99999, &b"hb"[..]));
+            assert_eq!(start.elapsed(), Duration::from_secs(n));
+        }
+        drop(peer);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_closed_after_the_limit() {
+        let hb = Heartbeat::new(Duration::from_secs(1)).max_silence(Duration::from_secs(5));
+        let (mut peer, task) = start(Arc::new(engine(Some(hb), Router::new())));
+        let start = tokio::time::Instant::now();
+        // Read (and ignore) heartbeats until the server closes: the peer is silent.
+        let mut sink = Vec::new();
+        peer.read_to_end(&mut sink).await.unwrap();
+        task.await.unwrap();
+        let waited = start.elapsed();
+        assert!(
+            waited > Duration::from_secs(5) && waited <= Duration::from_secs(6),
+            "closed after {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_inbound_message_counts_as_activity() {
+        let hb = Heartbeat::new(Duration::from_secs(1)).max_silence(Duration::from_secs(3));
+        let router = Router::new().route(1, |_req: Request| async {});
+        let (peer, task) = start(Arc::new(engine(Some(hb), router)));
+        let (mut peer_r, mut peer_w) = tokio::io::split(peer);
+        // Drain heartbeats in the background.
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = peer_r.read_to_end(&mut sink).await;
+        });
+        // A data message (not a heartbeat) every 2 s keeps the connection alive
+        // for 20 s, far past the 3 s limit.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            peer_w.write_all(&frame(1, "data")).await.unwrap();
+            assert!(!task.is_finished(), "closed while the peer was talking");
+        }
+        // Then silence: closed within the limit plus one interval.
+        let silent_from = tokio::time::Instant::now();
+        task.await.unwrap();
+        assert!(silent_from.elapsed() <= Duration::from_secs(4));
+        reader.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_dead_replaces_close_and_inbound_heartbeats_are_routed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dead_calls = Arc::new(AtomicUsize::new(0));
+        let calls = dead_calls.clone();
+        let hb = Heartbeat::new(Duration::from_secs(1))
+            .max_silence(Duration::from_secs(2))
+            .on_dead(move |conn| {
+                if calls.fetch_add(1, Ordering::SeqCst) == 2 {
+                    conn.close();
+                }
+            });
+        let (mut peer, task) = start(Arc::new(engine(Some(hb), Router::new())));
+        // An inbound heartbeat goes to the default route (logged, no reply) and
+        // counts as activity; nothing else is sent by the peer.
+        peer.write_all(&frame(99999, "ping")).await.unwrap();
+        let mut sink = Vec::new();
+        peer.read_to_end(&mut sink).await.unwrap();
+        task.await.unwrap();
+        assert_eq!(
+            dead_calls.load(Ordering::SeqCst),
+            3,
+            "callback ran each tick until it closed"
+        );
+    }
+}
