@@ -1,30 +1,27 @@
-//! A minimal Zinx client: sends `--count` pings (message ID `--msg-id`) to a Zinx
-//! server, ours or Go Zinx, and prints each reply.
+//! A Zinx echo client: sends `--count` echo requests (message ID 1, sizes varied up
+//! to 4000 bytes) to any Zinx echo server, ours or Go Zinx, checks every reply,
+//! prints a summary and exits non-zero on any mismatch.
 //!
 //! ```text
-//! cargo run --release --example client -- --addr 127.0.0.1:8999 --count 3 [--format ltv]
+//! cargo run --release --example client -- --addr 127.0.0.1:8999 --count 1000 [--format ltv]
 //! ```
 
-use std::time::Duration;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use clap::Parser;
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
-use zinx::{Codec, Layout, MsgId};
+use zinx::{Client, Layout};
 
 #[derive(Parser)]
-#[command(about = "Ping a Zinx server and print the replies")]
+#[command(about = "Send echo requests to a Zinx server and check every reply")]
 struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8999")]
     addr: String,
-    /// Number of pings.
+    /// Number of requests.
     #[arg(long, default_value_t = 3)]
     count: u32,
-    /// Message ID of the pings.
+    /// Message ID of the requests (and of the expected replies).
     #[arg(long, default_value_t = 1)]
     msg_id: u32,
     /// Packet layout: tlv or ltv.
@@ -33,32 +30,80 @@ struct Args {
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    /// Print every reply.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Payload `i`: a size from 0 to 4000 and bytes that depend on `i` and position,
+/// so a reply from another request or a shifted reply cannot match.
+fn payload(i: u32) -> Vec<u8> {
+    let mut x = i.wrapping_mul(2_654_435_761).wrapping_add(1);
+    x ^= x >> 13;
+    let len = (x % 4001) as usize;
+    (0..len).map(|p| (i as usize + p * 7) as u8).collect()
 }
 
 #[allow(clippy::print_stdout)]
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let codec = Codec::new(args.format, 0);
-    let stream = TcpStream::connect(&args.addr).await?;
-    stream.set_nodelay(true)?;
-    let (r, mut w) = stream.into_split();
-    let mut replies = FramedRead::new(r, codec);
+    let client = match Client::builder(args.addr.clone())
+        .layout(args.format)
+        .connect()
+        .await
+    {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("client: cannot connect to {}: {e}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = Duration::from_secs(args.timeout);
+    let started = Instant::now();
+    let (mut ok, mut mismatched, mut failed) = (0u32, 0u32, 0u32);
     for i in 0..args.count {
-        let data = format!("ping {i}");
-        let mut frame = BytesMut::new();
-        codec.encode_into(MsgId(args.msg_id), data.as_bytes(), &mut frame)?;
-        w.write_all(&frame).await?;
-        let reply = tokio::time::timeout(Duration::from_secs(args.timeout), replies.next())
+        let data = payload(i);
+        match client
+            .request(args.msg_id, data.clone(), args.msg_id, timeout)
             .await
-            .map_err(|_| format!("no reply to ping {i} within {}s", args.timeout))?
-            .ok_or("server closed the connection")??;
-        println!(
-            "reply: msgID={} len={} data={:?}",
-            reply.id,
-            reply.data.len(),
-            String::from_utf8_lossy(&reply.data)
-        );
+        {
+            Ok(reply) if reply.data[..] == data[..] => {
+                ok += 1;
+                if args.verbose {
+                    println!("reply {i}: msgID={} len={}", reply.id, reply.data.len());
+                }
+            }
+            Ok(reply) => {
+                mismatched += 1;
+                println!(
+                    "reply {i}: mismatch: sent {} bytes, got {} bytes",
+                    data.len(),
+                    reply.data.len()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("request {i}: {e}");
+                if e.is_closed() {
+                    break;
+                }
+            }
+        }
     }
-    Ok(())
+    let elapsed = started.elapsed();
+    println!(
+        "{} requests to {} ({:?}): {ok} ok, {mismatched} mismatched, {failed} failed in {:.3}s ({:.0} req/s)",
+        args.count,
+        args.addr,
+        args.format,
+        elapsed.as_secs_f64(),
+        f64::from(ok) / elapsed.as_secs_f64().max(1e-9)
+    );
+    client.close().await;
+    if ok == args.count {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -43,6 +43,10 @@ pub enum Error {
     #[error("the connection is closed")]
     Closed,
 
+    /// A request got no reply in time.
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
+
     /// An I/O error from the socket or a file.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -84,6 +88,12 @@ impl Error {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         matches!(self, Error::Closed)
+    }
+
+    /// True for [`Error::Timeout`].
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
     }
 
     /// True for [`Error::QueueFull`].

@@ -36,7 +36,8 @@
 //! - [`config`]: zinx.json as a value.
 //! - [`codec`]: TLV / LTV framing, length checked before allocation.
 //! - [`framing`]: the `Framing` trait, length-field, delimiter and HTLV+CRC framings.
-//! - [`server`]: accept loop, connection lifecycle, graceful shutdown.
+//! - [`server`]: accept loop, `MaxConn`, graceful shutdown.
+//! - [`client`]: one connection to a Zinx server, reconnect, request/response.
 //! - `conn`: the [`Connection`] handle and its reader and writer tasks.
 //! - `worker`: where handlers run.
 //! - [`router`]: routes by message ID.
@@ -46,6 +47,7 @@
 // No unwrap or expect on anything a peer or a file can influence.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod client;
 pub mod codec;
 pub mod config;
 mod conn;
@@ -68,6 +70,7 @@ use std::pin::Pin;
 
 use futures_util::FutureExt;
 
+pub use client::{Client, ClientBuilder, Reconnect};
 pub use codec::{Codec, Layout};
 pub use config::{Config, WorkerMode};
 pub use conn::Connection;

@@ -401,7 +401,7 @@ impl Router {
     pub(crate) fn compile(
         &self,
         heartbeat: Option<MsgId>,
-        first: Option<Middleware>,
+        first: Option<&Middleware>,
     ) -> Dispatcher {
         let mut routes: HashMap<MsgId, BoxHandler> = self
             .routes
@@ -429,7 +429,7 @@ impl Router {
             handler(req)
         });
         Dispatcher {
-            entry: wrap(first.iter().chain(&self.interceptors), lookup),
+            entry: wrap(first.into_iter().chain(&self.interceptors), lookup),
         }
     }
 }

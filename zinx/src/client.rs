@@ -1,0 +1,494 @@
+//! The client: one connection to a Zinx server (ours or Go Zinx), driven by the
+//! same engine as a server's connections.
+//!
+//! A [`Client`] uses the same framing, [`Router`], hooks, properties and
+//! [`Connection`] handle as the server side: inbound messages are routed to
+//! handlers, `on_connect` runs for every connection. Beyond Go Zinx:
+//!
+//! - **reconnect** (opt-in, [`Reconnect`]): when the connection ends the client
+//!   dials again with capped exponential backoff, and `on_connect` fires again;
+//! - **request/response** ([`Client::request`]): send a message and await the next
+//!   message with a given ID, with a timeout. Replies awaited this way are taken
+//!   before routing; other messages are routed as usual.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::codec::{Codec, Layout};
+use crate::config::{Config, WorkerMode};
+use crate::conn::Connection;
+use crate::conn::driver::{Endpoint, Engine};
+use crate::error::Error;
+use crate::framing::Framing;
+use crate::heartbeat::Heartbeat;
+use crate::hooks::{self, Hooks};
+use crate::manager::ConnManager;
+use crate::message::{ConnId, Message, MsgId};
+use crate::request::Request;
+use crate::router::{Middleware, Next, Router};
+use crate::server::DEFAULT_CLOSE_LINGER;
+use crate::worker::WorkerPool;
+
+/// Capped exponential backoff between reconnect attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    initial: Duration,
+    max: Duration,
+}
+
+impl Reconnect {
+    /// Waits `initial` before the first attempt, doubling after each failure up to
+    /// `max`; a successful connection resets the delay.
+    #[must_use]
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        Reconnect {
+            initial,
+            max: max.max(initial),
+        }
+    }
+
+    fn next(&self, delay: Duration) -> Duration {
+        (delay * 2).min(self.max)
+    }
+}
+
+impl Default for Reconnect {
+    /// 100 ms, doubling up to 10 s.
+    fn default() -> Self {
+        Reconnect::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+/// Builds a [`Client`].
+#[must_use]
+pub struct ClientBuilder<F = Codec> {
+    addr: String,
+    config: Config,
+    layout: Layout,
+    framing: F,
+    router: Arc<Router>,
+    hooks: Hooks,
+    heartbeat: Option<Heartbeat>,
+    reconnect: Option<Reconnect>,
+}
+
+impl ClientBuilder<Codec> {
+    /// The Zinx packet layout (default TLV).
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self.framing = Codec::new(layout, self.config.max_packet_size);
+        self
+    }
+
+    /// Queue sizes, `MaxPacketSize`, `IOReadBuffSize` and `HeartbeatMax` from a
+    /// config (default: Zinx's defaults).
+    pub fn config(mut self, config: Config) -> Self {
+        self.framing = Codec::new(self.layout, config.max_packet_size);
+        self.config = config;
+        self
+    }
+}
+
+impl<F: Framing> ClientBuilder<F> {
+    /// Replaces the framing.
+    pub fn framing<G: Framing>(self, framing: G) -> ClientBuilder<G> {
+        ClientBuilder {
+            addr: self.addr,
+            config: self.config,
+            layout: self.layout,
+            framing,
+            router: self.router,
+            hooks: self.hooks,
+            heartbeat: self.heartbeat,
+            reconnect: self.reconnect,
+        }
+    }
+
+    /// Routes messages from the server (default: none; unknown IDs are logged).
+    pub fn router(mut self, router: impl Into<Arc<Router>>) -> Self {
+        self.router = router.into();
+        self
+    }
+
+    /// Runs `hook` after every (re)connect.
+    pub fn on_connect<H, Fut>(mut self, hook: H) -> Self
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.set_on_connect(hooks::boxed(hook));
+        self
+    }
+
+    /// Runs `hook` after every disconnect.
+    pub fn on_disconnect<H, Fut>(mut self, hook: H) -> Self
+    where
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.set_on_disconnect(hooks::boxed(hook));
+        self
+    }
+
+    /// Sends heartbeats and treats a silent server as dead. Unless the heartbeat
+    /// sets its own limit, the config's `HeartbeatMax` applies.
+    pub fn heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = Some(heartbeat.with_default_limit(self.config.heartbeat_max));
+        self
+    }
+
+    /// Reconnects with `backoff` whenever the connection ends (default: off).
+    pub fn reconnect(mut self, backoff: Reconnect) -> Self {
+        self.reconnect = Some(backoff);
+        self
+    }
+
+    /// Connects and starts the client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the first connection attempt fails (reconnects apply only
+    /// after a connection was made).
+    pub async fn connect(self) -> Result<Client, Error> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        let waiters = Arc::new(Waiters::default());
+        let tracker = TaskTracker::new();
+        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let first = {
+            let waiters = waiters.clone();
+            Middleware::from_fn(move |req: Request, next: Next| {
+                let unclaimed = waiters.deliver(req);
+                async move {
+                    if let Some(req) = unclaimed {
+                        next.run(req).await;
+                    }
+                }
+            })
+        };
+        let dispatcher = self
+            .router
+            .compile(self.heartbeat.as_ref().map(|hb| hb.msg_id), Some(&first));
+        let pool = WorkerPool::start(
+            WorkerMode::Hash,
+            0,
+            1,
+            Arc::new(dispatcher),
+            tracker.clone(),
+        );
+        let engine = Engine {
+            framing: self.framing,
+            read_buf: to_usize(self.config.io_read_buff_size).max(crate::codec::HEADER_LEN),
+            send_queue: to_usize(self.config.max_msg_chan_len).max(1),
+            linger: DEFAULT_CLOSE_LINGER,
+            hooks: self.hooks,
+            manager: ConnManager::new(),
+            heartbeat: self.heartbeat,
+            pool: pool.clone(),
+            tracker: tracker.clone(),
+        };
+        let (current, _) = watch::channel(None);
+        let shared = Arc::new(ClientShared {
+            current,
+            stop: CancellationToken::new(),
+            waiters,
+            next_id: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(
+            run(
+                shared.clone(),
+                engine,
+                pool,
+                tracker,
+                self.addr,
+                self.reconnect,
+                stream,
+            )
+            .in_current_span(),
+        );
+        Ok(Client {
+            shared,
+            task: Mutex::new(Some(task)),
+        })
+    }
+}
+
+/// A connected client. Dropping it closes the connection and stops reconnecting.
+pub struct Client {
+    shared: Arc<ClientShared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct ClientShared {
+    current: watch::Sender<Option<Connection>>,
+    stop: CancellationToken,
+    waiters: Arc<Waiters>,
+    next_id: AtomicU64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("connection", &*self.shared.current.borrow())
+            .field("stopped", &self.shared.stop.is_cancelled())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts building a client for `addr` (`host:port`) with Zinx TLV framing.
+    pub fn builder(addr: impl Into<String>) -> ClientBuilder {
+        let config = Config::default();
+        ClientBuilder {
+            addr: addr.into(),
+            framing: Codec::new(Layout::Tlv, config.max_packet_size),
+            layout: Layout::Tlv,
+            config,
+            router: Arc::new(Router::new()),
+            hooks: Hooks::default(),
+            heartbeat: None,
+            reconnect: None,
+        }
+    }
+
+    /// The live connection, if the client is connected right now.
+    #[must_use]
+    pub fn conn(&self) -> Option<Connection> {
+        self.shared.current.borrow().clone()
+    }
+
+    /// The live connection, waiting for one while the client reconnects.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the client has stopped for good.
+    pub async fn connection(&self) -> Result<Connection, Error> {
+        let mut rx = self.shared.current.subscribe();
+        tokio::select! {
+            biased;
+            () = self.shared.stop.cancelled() => Err(Error::Closed),
+            // Cancel-safe: wait_for only observes the watch.
+            conn = rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed())) => match conn {
+                Ok(conn) => conn.clone().ok_or(Error::Closed),
+                Err(_) => Err(Error::Closed),
+            },
+        }
+    }
+
+    /// Sends a message on the live connection (waiting for one while reconnecting).
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`], and [`Error::Closed`] once the client stopped.
+    pub async fn send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
+        self.connection().await?.send(id, data).await
+    }
+
+    /// Sends a message and waits for the next message with ID `reply_id`, which is
+    /// then returned instead of routed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if no such message arrives within `timeout`,
+    /// [`Error::Closed`] if the connection ends first, and the errors of
+    /// [`send`](Self::send).
+    pub async fn request(
+        &self,
+        id: impl Into<MsgId>,
+        data: impl Into<Bytes>,
+        reply_id: impl Into<MsgId>,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let conn = self.connection().await?;
+        let reply = self.shared.waiters.register(reply_id.into());
+        conn.send(id, data).await?;
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(msg)) => Ok(msg),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Closes the connection, stops reconnecting, and waits until the client's
+    /// tasks (including `on_disconnect`) have finished.
+    pub async fn close(&self) {
+        self.shared.stop.cancel();
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "client task failed");
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}
+
+/// The client's connection loop: drive, then reconnect while allowed.
+async fn run<F: Framing>(
+    shared: Arc<ClientShared>,
+    engine: Engine<F>,
+    pool: Arc<WorkerPool>,
+    tracker: TaskTracker,
+    addr: String,
+    reconnect: Option<Reconnect>,
+    first: TcpStream,
+) {
+    let mut stream = Some(first);
+    while let Some(s) = stream.take() {
+        let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed) + 1);
+        let _ = s.set_nodelay(true);
+        match (s.peer_addr(), s.local_addr()) {
+            (Ok(peer), Ok(local)) => {
+                let (r, w) = s.into_split();
+                let endpoint = Endpoint {
+                    id,
+                    peer,
+                    local,
+                    cancel: shared.stop.child_token(),
+                };
+                let span = tracing::info_span!("client", conn_id = id.0, %peer);
+                engine
+                    .drive(r, w, endpoint, (), Some(&shared.current))
+                    .instrument(span)
+                    .await;
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "connection lost at once"),
+        }
+        // Pending requests fail now instead of at their timeouts.
+        shared.waiters.clear();
+        let Some(backoff) = reconnect else { break };
+        stream = redial(&shared.stop, &addr, backoff).await;
+    }
+    shared.stop.cancel();
+    pool.close();
+    drop(pool);
+    drop(engine);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Dials until it connects or the client stops.
+async fn redial(stop: &CancellationToken, addr: &str, backoff: Reconnect) -> Option<TcpStream> {
+    let mut delay = backoff.initial;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return None,
+            // Cancel-safe: an abandoned sleep or connect attempt has no effect.
+            () = tokio::time::sleep(delay) => {}
+        }
+        let attempt = tokio::select! {
+            biased;
+            () = stop.cancelled() => return None,
+            attempt = TcpStream::connect(addr) => attempt,
+        };
+        match attempt {
+            Ok(stream) => {
+                tracing::info!(%addr, "reconnected");
+                return Some(stream);
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, ?delay, "reconnect failed");
+                delay = backoff.next(delay);
+            }
+        }
+    }
+}
+
+/// Requests waiting for a reply, by reply ID.
+#[derive(Default)]
+struct Waiters {
+    /// Fast path: no lock on the inbound path while nobody waits.
+    pending: AtomicUsize,
+    map: Mutex<HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>>,
+}
+
+impl Waiters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, id: MsgId) -> oneshot::Receiver<Message> {
+        let (tx, rx) = oneshot::channel();
+        let mut map = self.lock();
+        let queue = map.entry(id).or_default();
+        // Drop waiters that timed out, so the queue stays as long as what is live.
+        queue.retain(|w| !w.is_closed());
+        queue.push_back(tx);
+        self.pending
+            .store(map.values().map(VecDeque::len).sum(), Ordering::Release);
+        rx
+    }
+
+    /// Hands the message to the oldest live waiter for its ID; returns the
+    /// request if nobody claimed it.
+    fn deliver(&self, req: Request) -> Option<Request> {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return Some(req);
+        }
+        let (conn, mut msg) = req.into_parts();
+        let mut map = self.lock();
+        if let Some(queue) = map.get_mut(&msg.id) {
+            while let Some(waiter) = queue.pop_front() {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                match waiter.send(msg) {
+                    Ok(()) => return None,
+                    Err(back) => msg = back,
+                }
+            }
+        }
+        Some(Request::new(conn, msg))
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+        self.pending.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Reconnect::new(Duration::from_millis(10), Duration::from_millis(50));
+        let mut d = b.initial;
+        let mut seen = vec![d];
+        for _ in 0..5 {
+            d = b.next(d);
+            seen.push(d);
+        }
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [10, 20, 40, 50, 50, 50]);
+        // A cap below the start is raised to it; zero is raised to 1 ms.
+        let b = Reconnect::new(Duration::ZERO, Duration::ZERO);
+        assert_eq!(
+            (b.initial, b.max),
+            (Duration::from_millis(1), Duration::from_millis(1))
+        );
+    }
+}
