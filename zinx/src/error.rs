@@ -43,6 +43,10 @@ pub enum Error {
     #[error("the connection is closed")]
     Closed,
 
+    /// No live connection for the given connection ID or user.
+    #[error("no live connection for that target")]
+    NotConnected,
+
     /// A request got no reply in time.
     #[error("no reply within {0:?}")]
     Timeout(std::time::Duration),

@@ -78,7 +78,7 @@ pub use error::{Error, Result};
 pub use extensions::Extensions;
 pub use framing::Framing;
 pub use heartbeat::{DEFAULT_HEARTBEAT_ID, Heartbeat};
-pub use manager::{ConnManager, Delivery};
+pub use manager::{ConnManager, Delivery, UserId};
 pub use message::{ConnId, Message, MsgId};
 pub use request::Request;
 pub use router::{HandlerOutput, Middleware, Next, Router, ZinxRouter};
