@@ -10,7 +10,9 @@ use zinx::{Config, Request, Router, Server, UserId};
 
 #[tokio::main]
 async fn main() -> Result<(), zinx::Error> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let router = Router::new()
         .route(1, |req: Request| async move {
             let user = String::from_utf8_lossy(req.data()).into_owned();

@@ -61,6 +61,7 @@ mod message;
 mod request;
 pub mod router;
 pub mod server;
+mod timer;
 mod worker;
 
 use std::any::Any;
@@ -83,6 +84,7 @@ pub use message::{ConnId, Message, MsgId};
 pub use request::Request;
 pub use router::{HandlerOutput, Middleware, Next, Router, ZinxRouter};
 pub use server::{Server, ServerBuilder, ServerHandle};
+pub use timer::{TimerHandle, Timers};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 

@@ -37,14 +37,16 @@ fn chat_router() -> Router {
 #[tokio::test]
 async fn push_to_users_by_id_across_connections() {
     let (gone_tx, mut gone_rx) = mpsc::channel::<()>(4);
-    let server = TestServer::start(Server::builder(config()).router(chat_router()).on_disconnect(
-        move |_conn: Connection| {
-            let gone = gone_tx.clone();
-            async move {
-                let _ = gone.send(()).await;
-            }
-        },
-    ))
+    let server = TestServer::start(
+        Server::builder(config())
+            .router(chat_router())
+            .on_disconnect(move |_conn: Connection| {
+                let gone = gone_tx.clone();
+                async move {
+                    let _ = gone.send(()).await;
+                }
+            }),
+    )
     .await;
     let manager = server.handle.manager();
     let mut alice = server.connect(Layout::Tlv).await;
@@ -57,13 +59,19 @@ async fn push_to_users_by_id_across_connections() {
     assert_eq!((m.id.0, &m.data[..]), (3, &b"hello bob"[..]));
 
     // From outside any handler, waiting variant.
-    manager.send_to_user(&UserId::from("alice"), 3, "from the server").await.unwrap();
+    manager
+        .send_to_user(&UserId::from("alice"), 3, "from the server")
+        .await
+        .unwrap();
     assert_eq!(&alice.recv().await.data[..], b"from the server");
 
     // Bob leaves: his binding goes with his connection.
     drop(bob);
     within("bob's disconnect", gone_rx.recv()).await.unwrap();
-    assert_eq!(&alice.roundtrip(2, "bob:are you there").await.data[..], b"offline");
+    assert_eq!(
+        &alice.roundtrip(2, "bob:are you there").await.data[..],
+        b"offline"
+    );
     assert!(manager.user_conn(&UserId::from("bob")).is_none());
     let d = manager.broadcast(4, "to all");
     assert_eq!((d.delivered, d.failed, d.missing), (1, 0, 0));
