@@ -273,12 +273,10 @@ async fn drive(shared: Arc<Shared>, stop: CancellationToken) {
             }
             let mut state = shared.lock();
             let id = entry.id;
-            match (entry.period, state.slots.remove(&id)) {
-                (Some(period), Some(Slot::Running)) => {
-                    let key = state.queue.insert_at(entry, deadline + period);
-                    state.slots.insert(id, Slot::Queued(key));
-                }
-                _ => {}
+            // Re-arm a periodic timer unless it was cancelled while running.
+            if let (Some(period), Some(Slot::Running)) = (entry.period, state.slots.remove(&id)) {
+                let key = state.queue.insert_at(entry, deadline + period);
+                state.slots.insert(id, Slot::Queued(key));
             }
         }
     }
