@@ -298,7 +298,7 @@ mod tests {
             move || {
                 log.lock()
                     .unwrap()
-                    .push((name, start.elapsed().as_millis()))
+                    .push((name, start.elapsed().as_millis()));
             }
         };
         timers.after(Duration::from_millis(300), stamp("after 300"));
