@@ -27,7 +27,7 @@ fn chat_router() -> Router {
             let (to, body) = text.split_once(':').unwrap_or((&text, ""));
             let status = match manager.try_send_to_user(&UserId::from(to), 3, body.to_owned()) {
                 Ok(()) => "sent",
-                Err(e) if matches!(e, zinx::Error::NotConnected) => "offline",
+                Err(zinx::Error::NotConnected) => "offline",
                 Err(_) => "failed",
             };
             req.conn().send(2, status).await
