@@ -403,6 +403,8 @@ mod tests {
             send_queue: queue,
             cancel: CancellationToken::new(),
             manager: manager.downgrade(),
+            jobs: None,
+            tracker: None,
         })
     }
 

@@ -19,20 +19,26 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::BoxFuture;
 use crate::config::WorkerMode;
 use crate::message::ConnId;
 use crate::request::Request;
 use crate::router::Dispatcher;
 
+/// A callback delivered to a connection's lane (an async op's result).
+pub(crate) type Callback = Box<dyn FnOnce() -> BoxFuture + Send>;
+
 /// What a worker is asked to do.
 pub(crate) enum Job {
     /// Run the handler for a request.
     Handle(Request),
+    /// Run a callback in the connection's handler context.
+    Run(Callback),
     /// Signal once every earlier job in this queue is done.
     Barrier(oneshot::Sender<()>),
 }
 
-type JobSender = mpsc::Sender<Job>;
+pub(crate) type JobSender = mpsc::Sender<Job>;
 
 /// The pool's workers and how connections are assigned to them.
 pub(crate) struct WorkerPool {
@@ -82,8 +88,13 @@ impl WorkerPool {
     /// The lane for a new connection.
     pub(crate) fn assign(self: &Arc<Self>, id: ConnId) -> Lane {
         if self.size == 0 {
+            let (tx, rx) = mpsc::channel(self.queue_len);
             return Lane {
-                kind: LaneKind::Inline(self.router.clone()),
+                kind: LaneKind::Inline {
+                    router: self.router.clone(),
+                    tx,
+                    rx,
+                },
                 pool: None,
             };
         }
@@ -128,11 +139,20 @@ impl WorkerPool {
 
 async fn run_worker(mut rx: mpsc::Receiver<Job>, router: Arc<Dispatcher>) {
     while let Some(job) = rx.recv().await {
-        match job {
-            Job::Handle(req) => router.dispatch(req).await,
-            Job::Barrier(done) => {
-                let _ = done.send(());
+        run_job(&router, job).await;
+    }
+}
+
+async fn run_job(router: &Dispatcher, job: Job) {
+    match job {
+        Job::Handle(req) => router.dispatch(req).await,
+        Job::Run(callback) => {
+            if let Err(panic) = crate::catch_panic(callback).await {
+                tracing::error!(%panic, "async op callback panicked");
             }
+        }
+        Job::Barrier(done) => {
+            let _ = done.send(());
         }
     }
 }
@@ -145,7 +165,13 @@ pub(crate) struct Lane {
 }
 
 enum LaneKind {
-    Inline(Arc<Dispatcher>),
+    /// Handlers run on the reader task; callbacks arrive on `rx`, and the lane
+    /// keeps `tx` so the channel never reports closed while the lane lives.
+    Inline {
+        router: Arc<Dispatcher>,
+        tx: JobSender,
+        rx: mpsc::Receiver<Job>,
+    },
     Worker(JobSender),
 }
 
@@ -163,7 +189,7 @@ impl Lane {
         cancel: &CancellationToken,
     ) -> Result<(), LaneClosed> {
         match &self.kind {
-            LaneKind::Inline(router) => {
+            LaneKind::Inline { router, .. } => {
                 router.dispatch(req).await;
                 Ok(())
             }
@@ -173,6 +199,33 @@ impl Lane {
                 // Cancel-safe: an abandoned send queues nothing.
                 sent = tx.send(Job::Handle(req)) => sent.map_err(|_| LaneClosed),
             },
+        }
+    }
+
+    /// Where callbacks for this connection's handler context go.
+    pub(crate) fn jobs(&self) -> JobSender {
+        match &self.kind {
+            LaneKind::Inline { tx, .. } | LaneKind::Worker(tx) => tx.clone(),
+        }
+    }
+
+    /// The next callback queued for an inline lane; never completes for a worker
+    /// lane (its worker runs them). Cancel-safe: `recv` loses nothing when dropped.
+    pub(crate) async fn next_inline_job(&mut self) -> Job {
+        match &mut self.kind {
+            LaneKind::Inline { rx, .. } => match rx.recv().await {
+                Some(job) => job,
+                // The lane holds a sender, so the channel cannot close.
+                None => std::future::pending().await,
+            },
+            LaneKind::Worker(_) => std::future::pending().await,
+        }
+    }
+
+    /// Runs a job taken by [`next_inline_job`](Self::next_inline_job).
+    pub(crate) async fn run_inline_job(&self, job: Job) {
+        if let LaneKind::Inline { router, .. } = &self.kind {
+            run_job(router, job).await;
         }
     }
 

@@ -68,6 +68,7 @@ impl<F: Framing> Engine<F> {
             local,
             cancel,
         } = endpoint;
+        let mut lane = self.pool.assign(id);
         let (conn, rx) = Connection::new(Parts {
             id,
             peer,
@@ -76,6 +77,8 @@ impl<F: Framing> Engine<F> {
             send_queue: self.send_queue,
             cancel: cancel.clone(),
             manager: self.manager.downgrade(),
+            jobs: Some(lane.jobs()),
+            tracker: Some(self.tracker.clone()),
         });
         let registration = self.manager.register(conn.clone());
         let writer = self.tracker.spawn(
@@ -91,7 +94,6 @@ impl<F: Framing> Engine<F> {
             )
             .in_current_span(),
         );
-        let lane = self.pool.assign(id);
         tracing::debug!("connection opened");
         if let Some(current) = current {
             current.send_replace(Some(conn.clone()));
@@ -101,7 +103,7 @@ impl<F: Framing> Engine<F> {
         let end = reader::run(
             r,
             &conn,
-            &lane,
+            &mut lane,
             self.framing.clone(),
             self.read_buf,
             self.heartbeat.as_ref(),

@@ -18,14 +18,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
+use crate::worker::{Callback, Job, JobSender};
 
 type CloseCallback = Box<dyn FnOnce() + Send>;
 
@@ -49,6 +51,11 @@ struct Shared {
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
+    jobs: Option<JobSender>,
+    tracker: Option<TaskTracker>,
+    /// Completes when the previous async op's result was handed to the lane, so
+    /// results are delivered in the order the ops were started.
+    op_tail: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// What a new connection's two tasks are made of.
@@ -60,6 +67,10 @@ pub(crate) struct Parts {
     pub(crate) send_queue: usize,
     pub(crate) cancel: CancellationToken,
     pub(crate) manager: Weak<ManagerShared>,
+    /// The lane's callback queue, for async op results.
+    pub(crate) jobs: Option<JobSender>,
+    /// Where async op tasks are tracked, so shutdown waits for them.
+    pub(crate) tracker: Option<TaskTracker>,
 }
 
 impl Connection {
@@ -76,6 +87,9 @@ impl Connection {
             properties: Mutex::new(Extensions::new()),
             close_callbacks: Mutex::new(Some(Vec::new())),
             manager: parts.manager,
+            jobs: parts.jobs,
+            tracker: parts.tracker,
+            op_tail: Mutex::new(None),
         };
         (
             Connection {
@@ -249,6 +263,76 @@ impl Connection {
         }
     }
 
+    /// Runs blocking `work` (a database call, file I/O) on tokio's blocking pool,
+    /// then runs `then` with its result in this connection's handler context
+    /// (Zinx's `zasync_op`): on the connection's worker, one at a time with its
+    /// message handlers, so `then` needs no locks against them. Other messages
+    /// are handled while `work` runs. Results are delivered in the order the ops
+    /// were started; a result that arrives after the connection closed is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the connection is closed (or not driven by a server
+    /// or client).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use zinx::Request;
+    ///
+    /// async fn lookup(req: Request) -> Result<(), zinx::Error> {
+    ///     let key = req.data().clone();
+    ///     req.conn().async_op(
+    ///         move || key.len() * 2, // pretend this blocks on a database
+    ///         |conn, value| async move {
+    ///             let _ = conn.send(2, value.to_string()).await;
+    ///         },
+    ///     )
+    /// }
+    /// ```
+    pub fn async_op<T, W, C, Fut>(&self, work: W, then: C) -> Result<(), Error>
+    where
+        T: Send + 'static,
+        W: FnOnce() -> T + Send + 'static,
+        C: FnOnce(Connection, T) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (Some(jobs), Some(tracker)) = (&self.shared.jobs, &self.shared.tracker) else {
+            return Err(Error::Closed);
+        };
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (done, next_tail) = oneshot::channel();
+        let previous = self
+            .shared
+            .op_tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(next_tail);
+        let jobs = jobs.clone();
+        let conn = self.clone();
+        tracker.spawn(async move {
+            let result = tokio::task::spawn_blocking(work).await;
+            if let Some(previous) = previous {
+                // Err only means the previous op's task is gone: nothing to wait for.
+                let _ = previous.await;
+            }
+            match result {
+                Ok(value) if !conn.is_closed() => {
+                    let callback: Callback = Box::new(move || Box::pin(then(conn, value)));
+                    // Fails only when the lane is gone, i.e. the connection ended.
+                    let _ = jobs.send(Job::Run(callback)).await;
+                }
+                Ok(_) => tracing::debug!("async op finished after its connection closed"),
+                Err(e) => tracing::error!(error = %e, "async op work panicked"),
+            }
+            let _ = done.send(());
+        });
+        Ok(())
+    }
+
     /// The connection manager of the server this connection belongs to
     /// (`None` once the server is gone).
     #[must_use]
@@ -287,6 +371,8 @@ pub(crate) mod tests {
             send_queue: queue,
             cancel: CancellationToken::new(),
             manager: Weak::new(),
+            jobs: None,
+            tracker: None,
         })
     }
 

@@ -47,7 +47,7 @@ impl ReadEnd {
 pub(crate) async fn run<R, F>(
     io: R,
     conn: &Connection,
-    lane: &Lane,
+    lane: &mut Lane,
     framing: F,
     buf: usize,
     heartbeat: Option<&Heartbeat>,
@@ -68,8 +68,12 @@ where
         let next = tokio::select! {
             biased;
             () = cancel.cancelled() => return ReadEnd::Cancelled,
-            // Cancel-safe: FramedRead keeps a partial frame in its buffer.
-            next = frames.next() => next,
+            // Cancel-safe: recv loses nothing (never ready for worker lanes); the
+            // job runs in the branch body, so no other branch can interrupt it.
+            job = lane.next_inline_job() => {
+                lane.run_inline_job(job).await;
+                continue;
+            }
             // Cancel-safe: Interval::tick only records a tick when it completes.
             _ = tick(ticker.as_mut()) => {
                 if let Some(hb) = heartbeat {
@@ -77,6 +81,8 @@ where
                 }
                 continue;
             }
+            // Cancel-safe: FramedRead keeps a partial frame in its buffer.
+            next = frames.next() => next,
         };
         let msg = match next {
             Some(Ok(msg)) => msg,
@@ -166,7 +172,7 @@ mod tests {
         bytes.extend(wire(1, b"two"));
         peer.write_all(&bytes).await.unwrap();
         drop(peer);
-        let end = run(io, &conn, &inline_lane(), Codec::default(), 16, None).await;
+        let end = run(io, &conn, &mut inline_lane(), Codec::default(), 16, None).await;
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"one");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"two");
@@ -198,7 +204,7 @@ mod tests {
         let (mut peer, io) = tokio::io::duplex(64);
         peer.write_all(&wire(1, b"abcdef")[..10]).await.unwrap();
         drop(peer);
-        let end = run(io, &conn, &inline_lane(), Codec::default(), 16, None).await;
+        let end = run(io, &conn, &mut inline_lane(), Codec::default(), 16, None).await;
         assert!(matches!(
             end,
             ReadEnd::Failed(Error::TruncatedFrame { buffered: 10 })
@@ -210,8 +216,8 @@ mod tests {
         let (conn, _rx) = test_conn(16);
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
-        let lane = inline_lane();
-        let reading = run(io, &conn, &lane, Codec::default(), 16, None);
+        let mut lane = inline_lane();
+        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));
     }
