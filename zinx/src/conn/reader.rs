@@ -186,7 +186,7 @@ mod tests {
         let end = run(
             io,
             &conn,
-            &inline_lane(),
+            &mut inline_lane(),
             Codec::new(Layout::Tlv, 16),
             16,
             None,
