@@ -284,4 +284,38 @@ mod tests {
             "callback ran each tick until it closed"
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_to_a_peer_that_never_reads_stay_bounded_and_harmless() {
+        let hb = Heartbeat::new(Duration::from_millis(10))
+            .max_silence(Duration::from_secs(3600))
+            .payload(|_| bytes::Bytes::from(vec![0u8; 1000]));
+        let engine = Arc::new(engine(Some(hb), Router::new()));
+        let manager = engine.manager.clone();
+        // A 64-byte pipe the peer never reads: the writer blocks almost at once.
+        let (peer, io) = tokio::io::duplex(64);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let e = engine.clone();
+        let task = tokio::spawn(async move {
+            let (r, w) = tokio::io::split(io);
+            let endpoint = Endpoint {
+                id: ConnId(1),
+                peer: addr,
+                local: addr,
+                cancel: CancellationToken::new(),
+            };
+            e.drive(r, w, endpoint, (), None).await;
+        });
+        // 100 s of heartbeats at 10 ms: 10,000 ticks against a 16-slot queue.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let conn = manager.get(ConnId(1)).expect("still connected");
+        assert!(!task.is_finished());
+        assert!(
+            conn.try_send(1, "x").unwrap_err().is_queue_full(),
+            "queue at its bound"
+        );
+        drop(peer);
+        conn.close();
+        task.await.unwrap();
+    }
 }
