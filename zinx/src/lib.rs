@@ -24,13 +24,13 @@
 //! ## The data path, module by module
 //!
 //! ```text
-//! server        accept, MaxConn permit, one task per connection
-//!  -> conn::reader   FramedRead + codec: bytes -> Message -> Request
+//! server / client   accept or dial; one task per connection (conn::driver)
+//!  -> conn::reader   FramedRead + Framing: bytes -> Message -> Request (+ heartbeat)
 //!  -> worker         lane: inline, or a bounded worker queue (Hash / Bind / DynamicBind)
-//!  -> router         message ID -> handler (async fn or Zinx pre/handle/post router)
+//!  -> router         interceptors -> message ID -> middleware -> handler
 //!  -> Connection::send / try_send   bounded per-connection queue
 //!  -> conn::writer   recv_many -> encode all -> one write and flush
-//! side: manager (registry, broadcast), hooks (on_connect / on_disconnect), config
+//! side: manager (registry, notify), hooks, Timers, Connection::async_op, config
 //! ```
 //!
 //! - [`config`]: zinx.json as a value.
@@ -43,6 +43,7 @@
 //! - [`router`]: routes by message ID.
 //! - [`manager`]: the live connections.
 //! - `hooks`: `on_connect` / `on_disconnect`.
+//! - [`Heartbeat`], [`Timers`], [`Connection::async_op`]: keep-alive, timers, blocking work.
 
 // No unwrap or expect on anything a peer or a file can influence.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
