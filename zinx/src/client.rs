@@ -367,7 +367,7 @@ async fn run<F: Framing>(
                     local,
                     cancel: shared.stop.child_token(),
                 };
-                let span = tracing::info_span!("client", conn_id = id.0, %peer);
+                let span = tracing::debug_span!("client", conn_id = id.0, %peer);
                 engine
                     .drive(r, w, endpoint, (), Some(&shared.current))
                     .instrument(span)

@@ -348,7 +348,7 @@ impl<F: Framing> Server<F> {
             };
             next_id += 1;
             let id = ConnId(next_id);
-            let span = tracing::info_span!("conn", conn_id = id.0, %peer);
+            let span = tracing::debug_span!("conn", conn_id = id.0, %peer);
             let engine = engine.clone();
             let cancel = root.child_token();
             tracker.spawn(

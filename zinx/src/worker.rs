@@ -13,10 +13,12 @@
 //! - **DynamicBind**: a connection borrows a free pooled worker for its lifetime,
 //!   or gets a temporary one when all are taken.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFuture;
 use tokio_util::task::TaskTracker;
 
 use crate::BoxFuture;
@@ -186,18 +188,22 @@ impl Lane {
     pub(crate) async fn dispatch(
         &self,
         req: Request,
-        cancel: &CancellationToken,
+        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> Result<(), LaneClosed> {
         match &self.kind {
             LaneKind::Inline { router, .. } => {
                 router.dispatch(req).await;
                 Ok(())
             }
-            LaneKind::Worker(tx) => tokio::select! {
-                biased;
-                () = cancel.cancelled() => Err(LaneClosed),
-                // Cancel-safe: an abandoned send queues nothing.
-                sent = tx.send(Job::Handle(req)) => sent.map_err(|_| LaneClosed),
+            LaneKind::Worker(tx) => match tx.try_send(Job::Handle(req)) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Closed(_)) => Err(LaneClosed),
+                Err(TrySendError::Full(job)) => tokio::select! {
+                    biased;
+                    () = cancelled => Err(LaneClosed),
+                    // Cancel-safe: an abandoned send queues nothing.
+                    sent = tx.send(job) => sent.map_err(|_| LaneClosed),
+                },
             },
         }
     }
@@ -329,11 +335,16 @@ mod tests {
         let (pool, tracker) = pool(WorkerMode::Hash, 1);
         let lane = pool.assign(ConnId(1));
         let (conn, mut rx) = test_conn(8);
-        let never = CancellationToken::new();
+        let never = tokio_util::sync::CancellationToken::new();
+        let cancelled = never.cancelled();
+        tokio::pin!(cancelled);
         for _ in 0..3 {
-            lane.dispatch(Request::new(conn.clone(), Message::new(1, "x")), &never)
-                .await
-                .unwrap();
+            lane.dispatch(
+                Request::new(conn.clone(), Message::new(1, "x")),
+                cancelled.as_mut(),
+            )
+            .await
+            .unwrap();
         }
         lane.drain().await;
         for _ in 0..3 {

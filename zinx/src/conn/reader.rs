@@ -64,10 +64,14 @@ where
         t
     });
     let mut last_heard = Instant::now();
+    // One cancellation future for the whole loop: creating one per select! costs a
+    // registration with the token's notifier each time.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let next = tokio::select! {
             biased;
-            () = cancel.cancelled() => return ReadEnd::Cancelled,
+            () = &mut cancelled => return ReadEnd::Cancelled,
             // Cancel-safe: recv loses nothing (never ready for worker lanes); the
             // job runs in the branch body, so no other branch can interrupt it.
             job = lane.next_inline_job() => {
@@ -91,7 +95,7 @@ where
         };
         last_heard = Instant::now();
         if lane
-            .dispatch(Request::new(conn.clone(), msg), cancel)
+            .dispatch(Request::new(conn.clone(), msg), cancelled.as_mut())
             .await
             .is_err()
         {
@@ -100,7 +104,7 @@ where
     }
     tokio::select! {
         biased;
-        () = cancel.cancelled() => ReadEnd::Cancelled,
+        () = &mut cancelled => ReadEnd::Cancelled,
         // Cancel-safe: the barrier only signals; dropping the wait loses nothing.
         () = lane.drain() => ReadEnd::PeerClosed,
     }

@@ -52,10 +52,13 @@ pub(crate) async fn run<W, F>(
     let mut batch = Vec::new();
     let mut buf = BytesMut::new();
     let result: std::io::Result<()> = async {
+        // One cancellation future for the whole loop (see the reader).
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Ok(()),
+                () = &mut cancelled => return Ok(()),
                 // Cancel-safe: recv_many takes messages only when it completes.
                 n = rx.recv_many(&mut batch, batch_len), if buf.is_empty() => {
                     if n == 0 {

@@ -1,0 +1,354 @@
+//! Pieces of the benchmark tools: Zinx frames written from scratch (so the
+//! yardstick does not share code with the framework it measures), request
+//! payloads that make every reply checkable, the result record, and the
+//! PERFORMANCE.md report.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The two Zinx packet layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `[msgID u32 BE][len u32 BE][data]`.
+    Tlv,
+    /// `[len u32 LE][msgID u32 LE][data]`.
+    Ltv,
+}
+
+/// Header length of both layouts.
+pub const HEADER: usize = 8;
+
+impl Format {
+    /// Appends a header for `id` and `len`.
+    pub fn put_header(self, id: u32, len: u32, dst: &mut Vec<u8>) {
+        match self {
+            Format::Tlv => {
+                dst.extend_from_slice(&id.to_be_bytes());
+                dst.extend_from_slice(&len.to_be_bytes());
+            }
+            Format::Ltv => {
+                dst.extend_from_slice(&len.to_le_bytes());
+                dst.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+
+    /// `(id, len)` of the header at the start of `buf`, if 8 bytes are there.
+    #[must_use]
+    pub fn parse_header(self, buf: &[u8]) -> Option<(u32, u32)> {
+        let h: &[u8; HEADER] = buf.get(..HEADER)?.try_into().ok()?;
+        let a = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        let b = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        Some(match self {
+            Format::Tlv => (a, b),
+            Format::Ltv => (b.swap_bytes(), a.swap_bytes()),
+        })
+    }
+}
+
+/// Request payloads: 16 bytes identifying the connection and the sequence number,
+/// then a filler pattern that starts at an offset depending on both. A reply from
+/// another connection, out of order, truncated or altered does not match.
+#[derive(Debug, Clone)]
+pub struct Payloads {
+    len: usize,
+    pattern: Vec<u8>,
+}
+
+const PATTERN_PERIOD: usize = 251;
+
+impl Payloads {
+    /// Payloads of `len` bytes.
+    #[must_use]
+    pub fn new(len: usize) -> Self {
+        let pattern = (0..len + PATTERN_PERIOD)
+            .map(|i| (i * 7 + 3) as u8)
+            .collect();
+        Payloads { len, pattern }
+    }
+
+    /// Payload length.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for zero-length payloads.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// First a mix of both numbers (so even 8 bytes tell connection and sequence
+    /// apart), then the connection.
+    fn tag(conn: u64, seq: u64) -> [u8; 16] {
+        let mixed =
+            seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ conn.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let mut tag = [0u8; 16];
+        tag[..8].copy_from_slice(&mixed.to_be_bytes());
+        tag[8..].copy_from_slice(&conn.to_be_bytes());
+        tag
+    }
+
+    fn offset(conn: u64, seq: u64) -> usize {
+        (conn.wrapping_mul(31).wrapping_add(seq) % PATTERN_PERIOD as u64) as usize
+    }
+
+    /// Appends the payload of request `seq` on connection `conn`.
+    pub fn put(&self, conn: u64, seq: u64, dst: &mut Vec<u8>) {
+        let tag = Self::tag(conn, seq);
+        let head = self.len.min(16);
+        dst.extend_from_slice(&tag[..head]);
+        let off = Self::offset(conn, seq);
+        dst.extend_from_slice(&self.pattern[off + head..off + self.len]);
+    }
+
+    /// True if `data` is exactly the payload of request `seq` on `conn`.
+    #[must_use]
+    pub fn matches(&self, conn: u64, seq: u64, data: &[u8]) -> bool {
+        if data.len() != self.len {
+            return false;
+        }
+        let head = self.len.min(16);
+        let off = Self::offset(conn, seq);
+        data[..head] == Self::tag(conn, seq)[..head]
+            && data[head..] == self.pattern[off + head..off + self.len]
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// One run of the load generator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// A name for the scenario (set by the caller, e.g. the bench script).
+    pub scenario: String,
+    /// Which server was measured.
+    pub server: String,
+    /// Connections.
+    pub conns: usize,
+    /// Requests in flight per connection (0 in open-loop mode).
+    pub pipeline: usize,
+    /// Payload bytes.
+    pub payload: usize,
+    /// Replies counted in the measured window.
+    pub replies: u64,
+    /// Length of the measured window in seconds.
+    pub seconds: f64,
+    /// Replies per second.
+    pub replies_per_sec: f64,
+    /// Latency of the measured replies.
+    pub latency_us: Latency,
+    /// Replies that did not match their request (ID, length, bytes, order).
+    pub mismatches: u64,
+    /// Connections that failed (connect, I/O, early close).
+    pub errors: u64,
+    /// Server CPU seconds (user + system) during the measured window.
+    pub server_cpu_secs: Option<f64>,
+    /// Server CPU microseconds per reply.
+    pub server_cpu_us_per_reply: Option<f64>,
+    /// Server resident memory before connecting, in KiB.
+    pub server_rss_start_kib: Option<u64>,
+    /// Server resident memory at the end (or once connected), in KiB.
+    pub server_rss_kib: Option<u64>,
+    /// Server resident memory after one message on every connection, in KiB
+    /// (connect-only mode).
+    pub server_rss_after_message_kib: Option<u64>,
+}
+
+impl RunReport {
+    /// Server RSS growth per connection in bytes, once connected.
+    #[must_use]
+    pub fn rss_per_conn(&self) -> Option<f64> {
+        per_conn(self.server_rss_start_kib?, self.server_rss_kib?, self.conns)
+    }
+
+    /// Server RSS growth per connection in bytes, after one message each.
+    #[must_use]
+    pub fn rss_per_conn_after_message(&self) -> Option<f64> {
+        per_conn(
+            self.server_rss_start_kib?,
+            self.server_rss_after_message_kib?,
+            self.conns,
+        )
+    }
+}
+
+fn per_conn(start_kib: u64, end_kib: u64, conns: usize) -> Option<f64> {
+    (conns > 0).then(|| end_kib.saturating_sub(start_kib) as f64 * 1024.0 / conns as f64)
+}
+
+/// CPU seconds (user + system) a process has used, from /proc (Linux).
+#[must_use]
+pub fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident set size of a process in KiB, from /proc (Linux).
+#[must_use]
+pub fn process_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Renders the throughput and latency tables of PERFORMANCE.md from runs: for
+/// each scenario, the median run of each server, and the ratios of `server`
+/// against `baseline`.
+#[must_use]
+pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String {
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in runs {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | server | replies/s | server CPU µs/reply | p50 µs | p99 µs | p99.9 µs | max µs | RSS MiB | errors |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ratios = String::new();
+    let _ = writeln!(
+        ratios,
+        "| scenario | replies/s ratio | CPU/reply ratio | p99 ratio |"
+    );
+    let _ = writeln!(ratios, "|---|---:|---:|---:|");
+    for scenario in scenarios {
+        let pick = |name: &str| {
+            median(
+                runs.iter()
+                    .filter(|r| r.scenario == scenario && r.server == name),
+            )
+        };
+        for run in [pick(baseline), pick(server)].into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                run.scenario,
+                run.server,
+                run.replies_per_sec,
+                run.server_cpu_us_per_reply
+                    .map_or("-".to_owned(), |c| format!("{c:.2}")),
+                run.latency_us.p50,
+                run.latency_us.p99,
+                run.latency_us.p999,
+                run.latency_us.max,
+                run.server_rss_kib
+                    .map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                run.errors + run.mismatches,
+            );
+        }
+        if let (Some(s), Some(b)) = (pick(server), pick(baseline)) {
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                ratios,
+                "| {} | {} | {} | {} |",
+                scenario,
+                ratio(Some(s.replies_per_sec), Some(b.replies_per_sec)),
+                ratio(s.server_cpu_us_per_reply, b.server_cpu_us_per_reply),
+                ratio(Some(s.latency_us.p99 as f64), Some(b.latency_us.p99 as f64)),
+            );
+        }
+    }
+    format!("{out}\nRatios of `{server}` to `{baseline}` (same run, medians):\n\n{ratios}")
+}
+
+/// The run with the median replies/s.
+fn median<'a>(runs: impl Iterator<Item = &'a RunReport>) -> Option<&'a RunReport> {
+    let mut v: Vec<&RunReport> = runs.collect();
+    v.sort_by(|a, b| a.replies_per_sec.total_cmp(&b.replies_per_sec));
+    v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_in_both_layouts() {
+        for format in [Format::Tlv, Format::Ltv] {
+            let mut buf = Vec::new();
+            format.put_header(0x0102_0304, 77, &mut buf);
+            assert_eq!(format.parse_header(&buf), Some((0x0102_0304, 77)));
+        }
+        let mut buf = Vec::new();
+        Format::Ltv.put_header(1, 3, &mut buf);
+        assert_eq!(buf, [3, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(Format::Tlv.parse_header(&buf[..7]), None);
+    }
+
+    #[test]
+    fn payloads_detect_mixups() {
+        for len in [0usize, 1, 8, 16, 17, 64, 4096] {
+            let p = Payloads::new(len);
+            let mut a = Vec::new();
+            p.put(3, 10, &mut a);
+            assert_eq!(a.len(), len);
+            assert!(p.matches(3, 10, &a));
+            if len >= 8 {
+                assert!(!p.matches(4, 10, &a), "other connection, len {len}");
+                assert!(!p.matches(3, 11, &a), "other sequence, len {len}");
+            }
+            if len > 0 {
+                let mut bad = a.clone();
+                let last = bad.len() - 1;
+                bad[last] ^= 1;
+                assert!(!p.matches(3, 10, &bad), "flipped byte, len {len}");
+                assert!(!p.matches(3, 10, &a[..len - 1]));
+            }
+        }
+    }
+
+    #[test]
+    fn report_picks_medians_and_ratios() {
+        let run = |server: &str, rps: f64, cpu: f64| RunReport {
+            scenario: "s".into(),
+            server: server.into(),
+            replies_per_sec: rps,
+            server_cpu_us_per_reply: Some(cpu),
+            latency_us: Latency {
+                p99: 100,
+                ..Latency::default()
+            },
+            ..RunReport::default()
+        };
+        let runs = [
+            run("base", 100.0, 1.0),
+            run("base", 300.0, 1.0),
+            run("base", 200.0, 1.0),
+            run("zinx", 180.0, 1.2),
+        ];
+        let text = render_tables(&runs, "zinx", "base");
+        assert!(text.contains("| s | base | 200 |"), "{text}");
+        assert!(text.contains("| s | 0.90 | 1.20 | 1.00 |"), "{text}");
+    }
+}
