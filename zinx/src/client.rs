@@ -181,12 +181,11 @@ impl<F: Framing> ClientBuilder<F> {
         let dispatcher = self
             .router
             .compile(self.heartbeat.as_ref().map(|hb| hb.msg_id), Some(&first));
-        let pool = WorkerPool::start(
+        let pool = WorkerPool::new(
             WorkerMode::Hash,
             0,
-            1,
+            to_usize(self.config.max_worker_task_len),
             Arc::new(dispatcher),
-            tracker.clone(),
         );
         let engine = Engine {
             framing: self.framing,
@@ -196,7 +195,7 @@ impl<F: Framing> ClientBuilder<F> {
             hooks: self.hooks,
             manager: ConnManager::new(),
             heartbeat: self.heartbeat,
-            pool: pool.clone(),
+            pool,
             tracker: tracker.clone(),
         };
         let (current, _) = watch::channel(None);
@@ -210,7 +209,6 @@ impl<F: Framing> ClientBuilder<F> {
             run(
                 shared.clone(),
                 engine,
-                pool,
                 tracker,
                 self.addr,
                 self.reconnect,
@@ -348,7 +346,6 @@ impl Drop for Client {
 async fn run<F: Framing>(
     shared: Arc<ClientShared>,
     engine: Engine<F>,
-    pool: Arc<WorkerPool>,
     tracker: TaskTracker,
     addr: String,
     reconnect: Option<Reconnect>,
@@ -381,8 +378,6 @@ async fn run<F: Framing>(
         stream = redial(&shared.stop, &addr, backoff).await;
     }
     shared.stop.cancel();
-    pool.close();
-    drop(pool);
     drop(engine);
     tracker.close();
     tracker.wait().await;

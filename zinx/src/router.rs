@@ -403,7 +403,7 @@ impl Router {
         heartbeat: Option<MsgId>,
         first: Option<&Middleware>,
     ) -> Dispatcher {
-        let mut routes: HashMap<MsgId, BoxHandler> = self
+        let mut routes: HashMap<MsgId, BoxHandler, IdHasher> = self
             .routes
             .iter()
             .map(|(id, route)| {
@@ -431,6 +431,36 @@ impl Router {
         Dispatcher {
             entry: wrap(first.into_iter().chain(&self.interceptors), lookup),
         }
+    }
+}
+
+/// A hasher for message IDs: the lookup runs for every message, and a `u32` key
+/// needs no DoS-resistant hashing (the routes are fixed at start; a peer can only
+/// pick among them).
+#[derive(Clone, Copy, Default)]
+struct IdHasher;
+
+impl std::hash::BuildHasher for IdHasher {
+    type Hasher = IdHash;
+    fn build_hasher(&self) -> IdHash {
+        IdHash(0)
+    }
+}
+
+struct IdHash(u64);
+
+impl std::hash::Hasher for IdHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        // Fibonacci hashing: spreads consecutive IDs over the table.
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

@@ -285,12 +285,11 @@ impl<F: Framing> Server<F> {
         } = self;
         let tracker = handle.tracker.clone();
         let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-        let pool = WorkerPool::start(
+        let pool = WorkerPool::new(
             config.worker_mode,
             to_usize(config.worker_pool_size),
             to_usize(config.max_worker_task_len),
             Arc::new(router.compile(heartbeat.as_ref().map(|hb| hb.msg_id), None)),
-            tracker.clone(),
         );
         let engine = Arc::new(Engine {
             framing,
@@ -300,7 +299,7 @@ impl<F: Framing> Server<F> {
             hooks,
             manager: handle.manager.clone(),
             heartbeat,
-            pool: pool.clone(),
+            pool,
             tracker: tracker.clone(),
         });
         let root = CancellationToken::new();
@@ -374,8 +373,6 @@ impl<F: Framing> Server<F> {
             "server shutting down: closing connections"
         );
         root.cancel();
-        pool.close();
-        drop(pool);
         drop(engine);
         tracker.close();
         tracker.wait().await;

@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::conn::reader::{self, ReadEnd};
+use crate::conn::reader::{self, ReadEnd, ReadSource};
 use crate::conn::writer::{self, WriterConfig};
 use crate::conn::{Connection, Parts};
 use crate::framing::Framing;
@@ -59,7 +59,7 @@ impl<F: Framing> Engine<F> {
         guard: G,
         current: Option<&watch::Sender<Option<Connection>>>,
     ) where
-        R: AsyncRead + Unpin + Send + 'static,
+        R: ReadSource,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let Endpoint {
@@ -156,12 +156,11 @@ mod tests {
             hooks: Hooks::default(),
             manager: ConnManager::new(),
             heartbeat,
-            pool: WorkerPool::start(
+            pool: WorkerPool::new(
                 WorkerMode::Hash,
                 0,
                 1,
                 Arc::new(router.compile(hb_id, None)),
-                tracker.clone(),
             ),
             tracker,
         }

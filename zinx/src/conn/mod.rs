@@ -15,6 +15,7 @@ pub(crate) mod writer;
 use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -46,6 +47,7 @@ struct Shared {
     local: SocketAddr,
     max_data_len: Option<usize>,
     tx: mpsc::Sender<Message>,
+    closed: AtomicBool,
     cancel: CancellationToken,
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
@@ -83,6 +85,7 @@ impl Connection {
             local: parts.local,
             max_data_len: parts.max_data_len,
             tx,
+            closed: AtomicBool::new(false),
             cancel: parts.cancel,
             properties: Mutex::new(Extensions::new()),
             close_callbacks: Mutex::new(Some(Vec::new())),
@@ -176,13 +179,17 @@ impl Connection {
     /// queued and closes the socket, then `on_disconnect` and the close callbacks
     /// run. Closing twice is harmless.
     pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.cancel.cancel();
     }
 
     /// True once [`close`](Self::close) was called or the connection ended.
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        self.shared.cancel.is_cancelled()
+        // An atomic flag rather than the token's state, which is behind a mutex:
+        // this is checked on every send. Every way a connection ends goes through
+        // `close` (the connection task calls it when reading stops).
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Completes when the connection is closed.

@@ -1,20 +1,25 @@
 //! The reader: the only code that reads from a connection's socket.
 //!
-//! It decodes frames with the server's [`Framing`] over a `FramedRead` and hands each message,
-//! as a [`Request`], to the connection's [`Lane`]. Waiting on a full worker queue
+//! It reads into a buffer sized adaptively (and dropped while idle), decodes
+//! every whole frame with the server's [`Framing`] and hands them, as one batch of
+//! [`Request`]s, to the connection's [`Lane`]. Waiting on a full worker queue
 //! stops the reading, which is the backpressure that slows a fast peer. A framing
 //! error (oversized or truncated frame) ends this connection only. The reader
 //! also runs the connection's heartbeat, since it is what hears from the peer.
 
-use futures_util::StreamExt;
-use tokio::io::AsyncRead;
+use std::future::Future;
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
 
 use crate::conn::Connection;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
+use crate::message::Message;
 use crate::request::Request;
 use crate::worker::Lane;
 
@@ -40,24 +45,77 @@ impl ReadEnd {
     }
 }
 
+/// A connection's read half.
+///
+/// The default reads straight into the buffer, so the buffer must exist while the
+/// read waits; TCP waits for readiness first and only then makes room, so an idle
+/// connection holds no read buffer at all.
+pub(crate) trait ReadSource: AsyncRead + Unpin + Send + 'static {
+    /// Waits for bytes and appends some to `buf` (making room for `chunk` first).
+    /// `Ok(0)` is the end of the stream. Cancel-safe: nothing is lost if dropped.
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        chunk: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        async move {
+            make_room(buf, chunk);
+            self.read_buf(buf).await
+        }
+    }
+}
+
+impl ReadSource for OwnedReadHalf {
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        chunk: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        async move {
+            loop {
+                self.readable().await?;
+                make_room(buf, chunk);
+                match self.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    other => return other,
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {}
+
+impl ReadSource for tokio::io::DuplexStream {}
+
+fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() < chunk / 2 {
+        buf.reserve(chunk);
+    }
+}
+
+/// Largest read chunk the adaptive sizing grows to.
+const MAX_CHUNK: usize = 64 * 1024;
+
 /// Reads and dispatches until the peer closes, the connection is cancelled or an
-/// error occurs. After a clean close by the peer it waits until the messages
-/// already dispatched are handled, so their replies are still queued before the
-/// connection closes.
+/// error occurs. Every frame decoded from one read goes to the lane as one batch,
+/// handled before the next read.
 pub(crate) async fn run<R, F>(
-    io: R,
+    mut io: R,
     conn: &Connection,
     lane: &mut Lane,
-    framing: F,
-    buf: usize,
+    mut framing: F,
+    initial_chunk: usize,
     heartbeat: Option<&Heartbeat>,
 ) -> ReadEnd
 where
-    R: AsyncRead + Unpin,
+    R: ReadSource,
     F: Framing,
 {
     let cancel = conn.cancel_token();
-    let mut frames = FramedRead::with_capacity(io, framing, buf);
+    let mut buf = BytesMut::new();
+    let min_chunk = initial_chunk.max(64);
+    let mut chunk = min_chunk;
     let mut ticker = heartbeat.map(|hb| {
         let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
         t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -68,14 +126,15 @@ where
     // registration with the token's notifier each time.
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
+    let mut batch = Vec::new();
     loop {
-        let next = tokio::select! {
+        let read = tokio::select! {
             biased;
             () = &mut cancelled => return ReadEnd::Cancelled,
-            // Cancel-safe: recv loses nothing (never ready for worker lanes); the
-            // job runs in the branch body, so no other branch can interrupt it.
-            job = lane.next_inline_job() => {
-                lane.run_inline_job(job).await;
+            // Cancel-safe: recv loses nothing; the job runs in the branch body, so
+            // no other branch can interrupt it.
+            job = lane.next_job() => {
+                lane.run_job(job).await;
                 continue;
             }
             // Cancel-safe: Interval::tick only records a tick when it completes.
@@ -85,28 +144,68 @@ where
                 }
                 continue;
             }
-            // Cancel-safe: FramedRead keeps a partial frame in its buffer.
-            next = frames.next() => next,
+            // Cancel-safe: see ReadSource::read_into.
+            read = io.read_into(&mut buf, chunk) => read,
         };
-        let msg = match next {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => return ReadEnd::Failed(e),
-            None => break,
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => return ReadEnd::Failed(e.into()),
         };
-        last_heard = Instant::now();
-        if lane
-            .dispatch(Request::new(conn.clone(), msg), cancelled.as_mut())
-            .await
-            .is_err()
-        {
-            return ReadEnd::Cancelled;
+        // Adapt the read size: grow while reads fill it, shrink when they are small.
+        if n >= chunk {
+            chunk = (chunk * 2).min(MAX_CHUNK);
+        } else if n < chunk / 8 {
+            chunk = (chunk / 2).max(min_chunk);
+        }
+        let decoded = if n == 0 {
+            decode_all(&mut framing, &mut buf, &mut batch, true)
+        } else {
+            last_heard = Instant::now();
+            decode_all(&mut framing, &mut buf, &mut batch, false)
+        };
+        if !batch.is_empty() {
+            let requests = batch.drain(..).map(|msg| Request::new(conn.clone(), msg));
+            if lane
+                .dispatch_all(requests, cancelled.as_mut())
+                .await
+                .is_err()
+            {
+                return ReadEnd::Cancelled;
+            }
+        }
+        if let Err(e) = decoded {
+            return ReadEnd::Failed(e);
+        }
+        if buf.is_empty() {
+            // Idle connections keep no read buffer.
+            buf = BytesMut::new();
+        }
+        if n == 0 {
+            // Every message read was handled before this point, so replies to a
+            // peer that half-closed are already queued.
+            return ReadEnd::PeerClosed;
         }
     }
-    tokio::select! {
-        biased;
-        () = &mut cancelled => ReadEnd::Cancelled,
-        // Cancel-safe: the barrier only signals; dropping the wait loses nothing.
-        () = lane.drain() => ReadEnd::PeerClosed,
+}
+
+/// Decodes every whole frame in `buf` into `out`; at EOF, a partial frame is an
+/// error. Frames decoded before an error are still returned in `out`.
+fn decode_all<F: Framing>(
+    framing: &mut F,
+    buf: &mut BytesMut,
+    out: &mut Vec<Message>,
+    eof: bool,
+) -> Result<(), Error> {
+    loop {
+        let next = if eof {
+            framing.decode_eof(buf)?
+        } else {
+            framing.decode(buf)?
+        };
+        match next {
+            Some(msg) => out.push(msg),
+            None => return Ok(()),
+        }
     }
 }
 
@@ -136,7 +235,6 @@ mod tests {
     use std::sync::Arc;
 
     use tokio::io::AsyncWriteExt;
-    use tokio_util::task::TaskTracker;
 
     use super::*;
     use crate::codec::{Codec, Layout};
@@ -150,14 +248,8 @@ mod tests {
         let router = Router::new().route(1, |req: Request| async move {
             req.conn().try_send(req.msg_id(), req.data().clone())
         });
-        WorkerPool::start(
-            WorkerMode::Hash,
-            0,
-            1,
-            Arc::new(router.compile(None, None)),
-            TaskTracker::new(),
-        )
-        .assign(ConnId(1))
+        WorkerPool::new(WorkerMode::Hash, 0, 1, Arc::new(router.compile(None, None)))
+            .assign(ConnId(1))
     }
 
     fn wire(id: u32, data: &[u8]) -> Vec<u8> {
