@@ -66,19 +66,13 @@ pub(crate) trait ReadSource: AsyncRead + Unpin + Send + 'static {
 }
 
 impl ReadSource for OwnedReadHalf {
-    fn read_into<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-        chunk: usize,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
-        async move {
-            loop {
-                self.readable().await?;
-                make_room(buf, chunk);
-                match self.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    other => return other,
-                }
+    async fn read_into(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            make_room(buf, chunk);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
             }
         }
     }
