@@ -222,7 +222,10 @@ pub fn process_rss_kib(pid: u32) -> Option<u64> {
 #[must_use]
 pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String {
     let mut scenarios: Vec<&str> = Vec::new();
-    for r in runs {
+    for r in runs
+        .iter()
+        .filter(|r| r.server_rss_after_message_kib.is_none())
+    {
         if !scenarios.contains(&r.scenario.as_str()) {
             scenarios.push(&r.scenario);
         }
@@ -280,6 +283,38 @@ pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String
         }
     }
     format!("{out}\nRatios of `{server}` to `{baseline}` (same run, medians):\n\n{ratios}")
+}
+
+/// Renders the memory table of PERFORMANCE.md from connect-only runs: server RSS
+/// growth per connection when idle and after one message each.
+#[must_use]
+pub fn render_memory(runs: &[RunReport]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | server | connections | errors | RSS before MiB | idle bytes/conn | after one message bytes/conn |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    for run in runs
+        .iter()
+        .filter(|r| r.server_rss_after_message_kib.is_some())
+    {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            run.scenario,
+            run.server,
+            run.conns,
+            run.errors + run.mismatches,
+            run.server_rss_start_kib
+                .map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            run.rss_per_conn()
+                .map_or("-".to_owned(), |b| format!("{b:.0}")),
+            run.rss_per_conn_after_message()
+                .map_or("-".to_owned(), |b| format!("{b:.0}")),
+        );
+    }
+    out
 }
 
 /// The run with the median replies/s.

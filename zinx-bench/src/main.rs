@@ -25,7 +25,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 use zinx_bench::{
-    Format, HEADER, Latency, Payloads, RunReport, process_cpu_secs, process_rss_kib, render_tables,
+    Format, HEADER, Latency, Payloads, RunReport, process_cpu_secs, process_rss_kib, render_memory,
+    render_tables,
 };
 
 #[derive(Parser)]
@@ -52,6 +53,9 @@ enum Command {
         /// The yardstick.
         #[arg(long, default_value = "baseline")]
         baseline: String,
+        /// Print the memory table (connect-only runs) instead of throughput.
+        #[arg(long)]
+        memory: bool,
     },
 }
 
@@ -140,9 +144,10 @@ fn main() -> ExitCode {
         files,
         server,
         baseline,
+        memory,
     }) = cli.command
     {
-        return report(&files, &server, &baseline);
+        return report(&files, &server, &baseline, memory);
     }
     let args = cli.run;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -167,7 +172,7 @@ fn main() -> ExitCode {
 }
 
 #[allow(clippy::print_stdout)]
-fn report(files: &[std::path::PathBuf], server: &str, baseline: &str) -> ExitCode {
+fn report(files: &[std::path::PathBuf], server: &str, baseline: &str, memory: bool) -> ExitCode {
     let mut runs = Vec::new();
     for file in files {
         let text = match std::fs::read_to_string(file) {
@@ -191,7 +196,11 @@ fn report(files: &[std::path::PathBuf], server: &str, baseline: &str) -> ExitCod
             }
         }
     }
-    print!("{}", render_tables(&runs, server, baseline));
+    if memory {
+        print!("{}", render_memory(&runs));
+    } else {
+        print!("{}", render_tables(&runs, server, baseline));
+    }
     ExitCode::SUCCESS
 }
 

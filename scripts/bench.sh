@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Benchmarks the zinx echo example against the raw tokio baseline and writes
+# docs/PERFORMANCE.md.
+#
+#   scripts/bench.sh                    # full run (about 8 minutes on 2 cores)
+#   DURATION=3 ROUNDS=1 scripts/bench.sh   # quick look
+#
+# Server and load generator are pinned to different CPUs; both servers run each
+# scenario under identical loads, alternately, ROUNDS times, and the report uses
+# the median round. Every server is a fresh process per run, so memory figures
+# are not flattered by an earlier run's allocations. Traffic stays on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-2}
+OUT=target/bench
+RESULTS=$OUT/results.jsonl
+DOC=${DOC:-docs/PERFORMANCE.md}
+ZINX_PORT=9100
+BASE_PORT=9101
+
+if [ "$(nproc)" -ge 2 ]; then SERVER_CPU=0; LOAD_CPU=1; else SERVER_CPU=0; LOAD_CPU=0; fi
+
+cargo build --release -q -p zinx-bench -p zinx --example echo_server --bins
+mkdir -p "$OUT"
+: > "$RESULTS"
+cat > "$OUT/zinx.json" <<EOF
+{"Name": "bench", "Host": "127.0.0.1", "TCPPort": $ZINX_PORT, "MaxConn": 60000, "LogIsolationLevel": 2}
+EOF
+
+SERVER_PID=
+start_server() {
+    local name=$1 log=$OUT/server-$1.log
+    case $name in
+        zinx) ZINX_CONFIG_FILE_PATH=$OUT/zinx.json taskset -c $SERVER_CPU \
+                  target/release/examples/echo_server > "$log" 2>&1 &
+              PORT=$ZINX_PORT ;;
+        baseline) taskset -c $SERVER_CPU target/release/zinx-baseline \
+                      --addr 127.0.0.1:$BASE_PORT > "$log" 2>&1 &
+              PORT=$BASE_PORT ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q listening "$log" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "bench: $name did not start" >&2
+    exit 1
+}
+
+stop_server() {
+    kill -INT "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+bench() {
+    taskset -c $LOAD_CPU target/release/zinx-bench --addr 127.0.0.1:$PORT --server-pid "$SERVER_PID" --json "$@"
+}
+
+scenario() {
+    local name=$1; shift
+    for round in $(seq 1 "$ROUNDS"); do
+        for server in baseline zinx; do
+            start_server $server
+            echo "bench: $name, $server, round $round" >&2
+            bench --scenario "$name" --server-name $server --duration "$DURATION" --warmup "$WARMUP" "$@" >> "$RESULTS" || echo "bench: $name/$server reported errors" >&2
+            stop_server
+        done
+    done
+}
+
+scenario "50 conns x pipeline 16 x 64 B" --conns 50 --pipeline 16 --payload 64
+scenario "50 conns ping-pong x 64 B" --conns 50 --pipeline 1 --payload 64
+scenario "1000 conns ping-pong x 64 B" --conns 1000 --pipeline 1 --payload 64
+scenario "50 conns ping-pong x 4 KiB" --conns 50 --pipeline 1 --payload 4096
+scenario "c10k: 10000 conns ping-pong x 64 B" --conns 10000 --pipeline 1 --payload 64
+
+# Idle memory: open and hold the connections (one message each, then hold).
+MAX_FDS=$(ulimit -Hn)
+for conns in 10000 50000; do
+    if [ "$MAX_FDS" != unlimited ] && [ "$MAX_FDS" -le "$conns" ]; then
+        echo "bench: skipping $conns idle connections: the open-file limit is $MAX_FDS" >&2
+        SKIPPED_IDLE="${SKIPPED_IDLE:-} $conns"
+        continue
+    fi
+    ulimit -n "$MAX_FDS"
+    for server in baseline zinx; do
+        start_server $server
+        bench --scenario "idle $conns" --server-name $server --conns "$conns" --connect-only --duration 1 \
+            >> "$RESULTS" || echo "bench: idle $conns/$server reported errors" >&2
+        stop_server
+    done
+done
+
+# Syscalls per reply under pipelining (strace slows everything; only the ratio counts).
+syscalls() {
+    local server=$1
+    start_server $server
+    strace -c -f -o "$OUT/strace-$server.txt" -p "$SERVER_PID" 2>/dev/null &
+    local strace_pid=$!
+    sleep 0.5
+    local replies
+    replies=$(bench --conns 50 --pipeline 16 --payload 64 --duration 3 --warmup 0 | \
+        sed -n 's/.*"replies":\([0-9]*\).*/\1/p')
+    kill -INT $strace_pid 2>/dev/null || true
+    wait $strace_pid 2>/dev/null || true
+    stop_server
+    local calls
+    calls=$(awk '/total/ {print $4}' "$OUT/strace-$server.txt")
+    echo "| $server | $replies | ${calls:-?} | $(awk -v c="${calls:-0}" -v r="${replies:-1}" 'BEGIN {printf "%.3f", c / r}') |"
+}
+SYSCALLS="| server | replies | syscalls | syscalls per reply |
+|---|---:|---:|---:|
+$(syscalls baseline)
+$(syscalls zinx)"
+
+IDLE_NOTE=
+if [ -n "${SKIPPED_IDLE:-}" ]; then
+    IDLE_NOTE=" Not run for${SKIPPED_IDLE} connections: this machine's open-file limit
+(ulimit -Hn = $MAX_FDS) cannot be raised here, and the server needs one descriptor per
+connection."
+fi
+TABLES=$(target/release/zinx-bench report "$RESULTS" --server zinx --baseline baseline)
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+cat > "$DOC" <<EOF
+# Performance
+
+Measured by \`scripts/bench.sh\` (DURATION=$DURATION s measured after a $WARMUP s warm-up,
+ROUNDS=$ROUNDS, median round shown). Every figure below comes from that script; the
+raw runs are in \`target/bench/results.jsonl\` after running it.
+
+- Machine: $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/Mem/ {print $2}') GiB, Linux $(uname -r), a shared VM: expect noise, compare ratios from the same run.
+- Toolchain: $(rustc --version).
+- Server pinned to CPU $SERVER_CPU, load generator (\`zinx-bench\`) to CPU $LOAD_CPU.
+- \`zinx\`: \`examples/echo_server\` with its default worker pool (\`WorkerPoolSize\` 10, Hash),
+  \`MaxConn\` raised to 60000, logging at warnings.
+- \`baseline\`: \`zinx-bench/src/bin/zinx-baseline.rs\`, the smallest correct tokio echo server
+  for Zinx framing (validates every header, writes the complete frames of each read back in
+  one write).
+- Every reply is verified (ID, length, every byte, order, connection).
+- Server CPU is user + system time of the server process over the measured window.
+
+## Throughput and latency
+
+$TABLES
+
+## Memory per connection
+
+Server RSS growth per connection, idle after connecting and after one echo on every
+connection (\`zinx-bench --connect-only\`).$IDLE_NOTE
+
+$(target/release/zinx-bench report --memory "$RESULTS")
+
+## System calls under pipelining
+
+\`strace -c -f\` on the server during 3 s of 50 connections x pipeline 16 x 64 B. The writer
+takes every queued reply and writes it with one call, so replies share syscalls.
+
+$SYSCALLS
+
+## What each optimisation bought
+
+$(cat docs/OPTIMISATIONS.md 2>/dev/null || echo "(docs/OPTIMISATIONS.md is missing)")
+EOF
+echo "bench: wrote $DOC" >&2
