@@ -83,7 +83,7 @@ pub use heartbeat::{DEFAULT_HEARTBEAT_ID, Heartbeat};
 pub use manager::{ConnManager, Delivery, UserId};
 pub use message::{ConnId, Message, MsgId};
 pub use request::Request;
-pub use router::{HandlerOutput, Middleware, Next, Router, ZinxRouter};
+pub use router::{Dispatcher, HandlerOutput, Middleware, Next, Router, ZinxRouter};
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use timer::{TimerHandle, Timers};
 

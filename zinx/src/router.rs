@@ -395,6 +395,13 @@ impl Router {
         self.routes.contains_key(&id.into())
     }
 
+    /// Compiles the router into the [`Dispatcher`] a server uses, to run handlers
+    /// without a server: in unit tests of handlers (with
+    /// [`Connection::detached`](crate::Connection::detached)) and benchmarks.
+    pub fn dispatcher(&self) -> Dispatcher {
+        self.compile(None, None)
+    }
+
     /// Composes every chain once: what the server dispatches with.
     /// `heartbeat` gets a default route (log at debug) if it has none; `first`
     /// runs before every other interceptor (the client's reply matcher).
@@ -561,15 +568,38 @@ impl Group {
     }
 }
 
-/// A compiled router: interceptors, lookup and every route's chain, composed.
-pub(crate) struct Dispatcher {
+/// A compiled router: interceptors, lookup and every route's chain, composed once.
+///
+/// # Examples
+///
+/// ```
+/// use zinx::{Connection, Message, Request, Router};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let router = Router::new().route(1, |req: Request| async move {
+///     req.conn().send(2, req.data().clone()).await
+/// });
+/// let dispatcher = router.dispatcher();
+/// let (conn, mut sent) = Connection::detached(8);
+/// dispatcher.dispatch(Request::new(conn, Message::new(1, "hi"))).await;
+/// assert_eq!(sent.recv().await, Some(Message::new(2, "hi")));
+/// # }
+/// ```
+pub struct Dispatcher {
     entry: BoxHandler,
+}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
 }
 
 impl Dispatcher {
     /// Runs the chain for `req`, catching a panic. On panic the request's
     /// connection is closed.
-    pub(crate) async fn dispatch(&self, req: Request) {
+    pub async fn dispatch(&self, req: Request) {
         let conn = req.conn().clone();
         let msg_id = req.msg_id();
         if let Err(panic) = crate::catch_panic(|| (self.entry)(req)).await {

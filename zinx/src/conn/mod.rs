@@ -102,6 +102,25 @@ impl Connection {
         )
     }
 
+    /// A connection with no socket behind it: what is sent on it arrives on the
+    /// returned receiver (at most `queue` messages are held). For unit tests of
+    /// handlers and for benchmarks; `async_op` is not available on it.
+    #[must_use]
+    pub fn detached(queue: usize) -> (Connection, mpsc::Receiver<Message>) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Connection::new(Parts {
+            id: ConnId(0),
+            peer: addr,
+            local: addr,
+            max_data_len: None,
+            send_queue: queue,
+            cancel: CancellationToken::new(),
+            manager: Weak::new(),
+            jobs: None,
+            tracker: None,
+        })
+    }
+
     /// The connection's ID, unique within its server.
     #[must_use]
     pub fn id(&self) -> ConnId {
