@@ -386,14 +386,12 @@ impl Drop for Registration {
 mod tests {
     use std::net::SocketAddr;
 
-    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::conn::Parts;
-    use crate::message::Message;
 
-    fn conn(manager: &ConnManager, id: u64, queue: usize) -> (Connection, mpsc::Receiver<Message>) {
+    fn conn(manager: &ConnManager, id: u64, queue: usize) -> (Connection, crate::conn::Outbox) {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Connection::new(Parts {
             id: ConnId(id),

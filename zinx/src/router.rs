@@ -642,7 +642,7 @@ mod tests {
 
     type Log = Arc<Mutex<Vec<String>>>;
 
-    fn request(id: u32, data: &'static str) -> (Request, tokio::sync::mpsc::Receiver<Message>) {
+    fn request(id: u32, data: &'static str) -> (Request, crate::conn::Outbox) {
         let (conn, rx) = test_conn(8);
         (Request::new(conn, Message::new(id, data)), rx)
     }

@@ -26,12 +26,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::BoxFuture;
 use crate::config::WorkerMode;
 use crate::message::ConnId;
+use crate::queue::Queue;
 use crate::request::Request;
 use crate::router::Dispatcher;
 
@@ -43,8 +44,6 @@ pub(crate) enum Job {
     /// Run a callback in the connection's handler context.
     Run(Callback),
 }
-
-pub(crate) type JobSender = mpsc::Sender<Job>;
 
 /// The workers of a server (or client) and how connections map to them.
 pub(crate) struct WorkerPool {
@@ -83,12 +82,10 @@ impl WorkerPool {
             .and_then(|n| usize::try_from(id.0 % n).ok())
             .and_then(|i| self.workers.get(i))
             .cloned();
-        let (tx, rx) = mpsc::channel(self.callback_queue);
         Lane {
             router: self.router.clone(),
             worker,
-            tx,
-            rx,
+            jobs: Arc::new(Queue::new(self.callback_queue)),
         }
     }
 }
@@ -98,9 +95,16 @@ pub(crate) struct Lane {
     router: Arc<Dispatcher>,
     /// The shared worker to hold while handling (Hash mode).
     worker: Option<Arc<Mutex<()>>>,
-    /// Kept so the channel never reports closed while the lane lives.
-    tx: JobSender,
-    rx: mpsc::Receiver<Job>,
+    /// Async op results waiting to run (allocates nothing until the first).
+    jobs: Arc<Queue<Job>>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // Results that arrive later are refused instead of waiting for room in a
+        // queue nobody reads.
+        self.jobs.close();
+    }
 }
 
 /// The connection closed while waiting for its worker.
@@ -131,16 +135,21 @@ impl Lane {
     }
 
     /// Where callbacks for this connection's handler context go.
-    pub(crate) fn jobs(&self) -> JobSender {
-        self.tx.clone()
+    pub(crate) fn jobs(&self) -> Arc<Queue<Job>> {
+        self.jobs.clone()
     }
 
-    /// The next queued callback. Cancel-safe: `recv` loses nothing when dropped.
+    /// The next queued callback. Cancel-safe: waiting takes nothing, and the
+    /// item is taken only when this completes.
     pub(crate) async fn next_job(&mut self) -> Job {
-        match self.rx.recv().await {
-            Some(job) => job,
-            // The lane holds a sender, so the channel cannot close.
-            None => std::future::pending().await,
+        loop {
+            self.jobs.readable().await;
+            if let Some(job) = self.jobs.pop() {
+                return job;
+            }
+            if self.jobs.is_closed() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,7 +28,8 @@ use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
-use crate::worker::{Callback, Job, JobSender};
+use crate::queue::{PushError, Queue};
+use crate::worker::{Callback, Job};
 
 type CloseCallback = Box<dyn FnOnce() + Send>;
 
@@ -46,14 +47,14 @@ struct Shared {
     peer: SocketAddr,
     local: SocketAddr,
     max_data_len: Option<usize>,
-    tx: mpsc::Sender<Message>,
+    queue: Arc<Queue<Message>>,
     closed: AtomicBool,
     cancel: CancellationToken,
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
-    jobs: Option<JobSender>,
+    jobs: Option<Arc<Queue<Job>>>,
     tracker: Option<TaskTracker>,
     /// Completes when the previous async op's result was handed to the lane, so
     /// results are delivered in the order the ops were started.
@@ -70,21 +71,21 @@ pub(crate) struct Parts {
     pub(crate) cancel: CancellationToken,
     pub(crate) manager: Weak<ManagerShared>,
     /// The lane's callback queue, for async op results.
-    pub(crate) jobs: Option<JobSender>,
+    pub(crate) jobs: Option<Arc<Queue<Job>>>,
     /// Where async op tasks are tracked, so shutdown waits for them.
     pub(crate) tracker: Option<TaskTracker>,
 }
 
 impl Connection {
     /// Creates the handle and the receiving end of its send queue (for the writer).
-    pub(crate) fn new(parts: Parts) -> (Connection, mpsc::Receiver<Message>) {
-        let (tx, rx) = mpsc::channel(parts.send_queue.max(1));
+    pub(crate) fn new(parts: Parts) -> (Connection, Outbox) {
+        let queue = Arc::new(Queue::new(parts.send_queue));
         let shared = Shared {
             id: parts.id,
             peer: parts.peer,
             local: parts.local,
             max_data_len: parts.max_data_len,
-            tx,
+            queue: queue.clone(),
             closed: AtomicBool::new(false),
             cancel: parts.cancel,
             properties: Mutex::new(Extensions::new()),
@@ -98,15 +99,15 @@ impl Connection {
             Connection {
                 shared: Arc::new(shared),
             },
-            rx,
+            Outbox { queue },
         )
     }
 
-    /// A connection with no socket behind it: what is sent on it arrives on the
-    /// returned receiver (at most `queue` messages are held). For unit tests of
+    /// A connection with no socket behind it: what is sent on it arrives in the
+    /// returned [`Outbox`] (at most `queue` messages are held). For unit tests of
     /// handlers and for benchmarks; `async_op` is not available on it.
     #[must_use]
-    pub fn detached(queue: usize) -> (Connection, mpsc::Receiver<Message>) {
+    pub fn detached(queue: usize) -> (Connection, Outbox) {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         Connection::new(Parts {
             id: ConnId(0),
@@ -150,15 +151,15 @@ impl Connection {
     /// (`MaxPacketSize` for Zinx framing: the peer would reject it).
     pub async fn send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
         let msg = self.outgoing(id.into(), data.into())?;
-        match self.shared.tx.try_send(msg) {
+        match self.shared.queue.try_push(msg) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(Error::Closed),
-            Err(TrySendError::Full(msg)) => {
+            Err(PushError::Closed(_)) => Err(Error::Closed),
+            Err(PushError::Full(msg)) => {
                 tokio::select! {
                     biased;
                     // Cancel-safe: if the close wins, the message is simply not queued.
                     () = self.shared.cancel.cancelled() => Err(Error::Closed),
-                    r = self.shared.tx.send(msg) => r.map_err(|_| Error::Closed),
+                    r = self.shared.queue.push(msg) => r.map_err(|_| Error::Closed),
                 }
             }
         }
@@ -173,9 +174,9 @@ impl Connection {
     /// [`Error::Closed`] and [`Error::FrameTooLarge`] as for [`send`](Self::send).
     pub fn try_send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
         let msg = self.outgoing(id.into(), data.into())?;
-        self.shared.tx.try_send(msg).map_err(|e| match e {
-            TrySendError::Full(_) => Error::QueueFull,
-            TrySendError::Closed(_) => Error::Closed,
+        self.shared.queue.try_push(msg).map_err(|e| match e {
+            PushError::Full(_) => Error::QueueFull,
+            PushError::Closed(_) => Error::Closed,
         })
     }
 
@@ -349,7 +350,7 @@ impl Connection {
                 Ok(value) if !conn.is_closed() => {
                     let callback: Callback = Box::new(move || Box::pin(then(conn, value)));
                     // Fails only when the lane is gone, i.e. the connection ended.
-                    let _ = jobs.send(Job::Run(callback)).await;
+                    let _ = jobs.push(Job::Run(callback)).await;
                 }
                 Ok(_) => tracing::debug!("async op finished after its connection closed"),
                 Err(e) => tracing::error!(error = %e, "async op work panicked"),
@@ -371,6 +372,58 @@ impl Connection {
     }
 }
 
+/// The receiving end of a connection's send queue: the writer's, or a test's
+/// (see [`Connection::detached`]). Dropping it closes the queue, so later sends
+/// fail with [`Error::Closed`].
+pub struct Outbox {
+    queue: Arc<Queue<Message>>,
+}
+
+impl Outbox {
+    /// The next message sent, waiting for one; `None` once the connection's
+    /// queue is closed and empty.
+    pub async fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(msg) = self.queue.pop() {
+                return Some(msg);
+            }
+            if self.queue.is_closed() {
+                return None;
+            }
+            self.queue.readable().await;
+        }
+    }
+
+    /// The next message sent, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// `Empty` when nothing is queued, `Disconnected` once closed and empty.
+    pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
+        match self.queue.pop() {
+            Some(msg) => Ok(msg),
+            None if self.queue.is_closed() => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    pub(crate) fn queue(&self) -> &Queue<Message> {
+        &self.queue
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
@@ -387,7 +440,7 @@ pub(crate) mod tests {
 
     use super::*;
 
-    pub(crate) fn test_conn(queue: usize) -> (Connection, mpsc::Receiver<Message>) {
+    pub(crate) fn test_conn(queue: usize) -> (Connection, Outbox) {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Connection::new(Parts {
             id: ConnId(7),

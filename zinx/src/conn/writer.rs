@@ -1,6 +1,6 @@
 //! The writer task: the only code that writes to a connection's socket.
 //!
-//! It takes every message waiting in the send queue at once (`recv_many`), encodes
+//! It takes every message waiting in the send queue at once (one lock), encodes
 //! them into one buffer and writes and flushes that buffer. Under load many
 //! messages share one syscall; when idle a single message goes out at once. There
 //! are no timers in this path. On close it writes whatever is still queued (bounded
@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Outbox;
 use crate::framing::Framing;
 use crate::message::Message;
 
@@ -32,7 +32,7 @@ pub(crate) struct WriterConfig<F> {
 /// socket stops the reader too.
 pub(crate) async fn run<W, F>(
     mut io: W,
-    mut rx: mpsc::Receiver<Message>,
+    outbox: Outbox,
     cancel: CancellationToken,
     cfg: WriterConfig<F>,
 ) where
@@ -45,6 +45,7 @@ pub(crate) async fn run<W, F>(
         linger,
     } = cfg;
     let batch_len = batch.max(1);
+    let queue = outbox.queue();
     let mut batch = Vec::new();
     let mut buf = BytesMut::new();
     let result: std::io::Result<()> = async {
@@ -55,9 +56,9 @@ pub(crate) async fn run<W, F>(
             tokio::select! {
                 biased;
                 () = &mut cancelled => return Ok(()),
-                // Cancel-safe: recv_many takes messages only when it completes.
-                n = rx.recv_many(&mut batch, batch_len), if buf.is_empty() => {
-                    if n == 0 {
+                // Cancel-safe: waiting takes nothing; the drain happens in the body.
+                () = queue.readable(), if buf.is_empty() => {
+                    if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
                         return Ok(());
                     }
                     encode_all(&mut framing, &mut batch, &mut buf);
@@ -67,7 +68,7 @@ pub(crate) async fn run<W, F>(
                 r = io.write_all_buf(&mut buf), if !buf.is_empty() => {
                     r?;
                     io.flush().await?;
-                    if rx.is_empty() {
+                    if queue.is_empty() {
                         // Idle: keep no buffers; busy: reuse them.
                         buf = BytesMut::new();
                         batch = Vec::new();
@@ -81,10 +82,8 @@ pub(crate) async fn run<W, F>(
     match result {
         Ok(()) => {
             // Close the queue first: a send from now on fails instead of being lost.
-            rx.close();
-            while let Ok(msg) = rx.try_recv() {
-                batch.push(msg);
-            }
+            queue.close();
+            queue.drain_into(&mut batch, usize::MAX);
             encode_all(&mut framing, &mut batch, &mut buf);
             let flush = async {
                 io.write_all_buf(&mut buf).await?;
