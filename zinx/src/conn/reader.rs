@@ -67,14 +67,13 @@ pub(crate) trait ReadSource: AsyncRead + Unpin + Send + 'static {
 
 impl ReadSource for OwnedReadHalf {
     async fn read_into(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            make_room(buf, chunk);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => return other,
-            }
-        }
+        self.readable().await?;
+        make_room(buf, chunk);
+        // `read_buf` rather than `try_read_buf`: tokio clears the socket's readiness
+        // after a short read, which saves the extra read that would only return
+        // `WouldBlock`. After `readable`, it completes at once unless the
+        // readiness was stale.
+        self.read_buf(buf).await
     }
 }
 
@@ -110,6 +109,7 @@ where
     let mut buf = BytesMut::new();
     let min_chunk = initial_chunk.max(64);
     let mut chunk = min_chunk;
+    let mut small_reads = 0u32;
     let mut ticker = heartbeat.map(|hb| {
         let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
         t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -145,11 +145,19 @@ where
             Ok(n) => n,
             Err(e) => return ReadEnd::Failed(e.into()),
         };
-        // Adapt the read size: grow while reads fill it, shrink when they are small.
+        // Adapt the read size: grow as soon as a read fills it; shrink only after
+        // many small reads in a row, so a burst's short tail does not undo growth.
         if n >= chunk {
             chunk = (chunk * 2).min(MAX_CHUNK);
+            small_reads = 0;
         } else if n < chunk / 8 {
-            chunk = (chunk / 2).max(min_chunk);
+            small_reads += 1;
+            if small_reads >= 16 {
+                chunk = (chunk / 2).max(min_chunk);
+                small_reads = 0;
+            }
+        } else {
+            small_reads = 0;
         }
         let decoded = if n == 0 {
             decode_all(&mut framing, &mut buf, &mut batch, true)
