@@ -1,7 +1,7 @@
 //! Framing: bytes on the wire to [`Message`]s and back. Pure, no I/O.
 //!
-//! The reader task feeds socket bytes to [`Codec`] through
-//! `tokio_util::codec::FramedRead`; the writer task encodes queued messages into one
+//! The reader task feeds socket bytes to [`Codec`] (a `tokio_util` decoder); the
+//! writer task encodes queued messages into one
 //! buffer with the same codec. Both Go Zinx layouts are supported, chosen per server:
 //!
 //! ```text

@@ -25,11 +25,11 @@
 //!
 //! ```text
 //! server / client   accept or dial; one task per connection (conn::driver)
-//!  -> conn::reader   FramedRead + Framing: bytes -> Message -> Request (+ heartbeat)
-//!  -> worker         lane: inline, or a bounded worker queue (Hash / Bind / DynamicBind)
+//!  -> conn::reader   read -> Framing -> Message -> Request, a batch per read (+ heartbeat)
+//!  -> worker         a permit (Hash) or none (Bind / DynamicBind / 0); handlers run here
 //!  -> router         interceptors -> message ID -> middleware -> handler
 //!  -> Connection::send / try_send   bounded per-connection queue
-//!  -> conn::writer   recv_many -> encode all -> one write and flush
+//!  -> conn::writer   take all queued -> encode all -> one write and flush
 //! side: manager (registry, notify), hooks, Timers, Connection::async_op, config
 //! ```
 //!
