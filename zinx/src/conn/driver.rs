@@ -168,7 +168,15 @@ mod tests {
 
     /// Drives a connection over an in-memory pipe; returns the peer's end.
     fn start(engine: Arc<Engine<Codec>>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
-        let (peer, io) = tokio::io::duplex(64 * 1024);
+        start_with_pipe(engine, 64 * 1024)
+    }
+
+    /// As [`start`], with a pipe buffer of `pipe` bytes.
+    fn start_with_pipe(
+        engine: Arc<Engine<Codec>>,
+        pipe: usize,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (peer, io) = tokio::io::duplex(pipe);
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let task = tokio::spawn(async move {
             let (r, w) = tokio::io::split(io);
@@ -292,19 +300,7 @@ mod tests {
         let engine = Arc::new(engine(Some(hb), Router::new()));
         let manager = engine.manager.clone();
         // A 64-byte pipe the peer never reads: the writer blocks almost at once.
-        let (peer, io) = tokio::io::duplex(64);
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let e = engine.clone();
-        let task = tokio::spawn(async move {
-            let (r, w) = tokio::io::split(io);
-            let endpoint = Endpoint {
-                id: ConnId(1),
-                peer: addr,
-                local: addr,
-                cancel: CancellationToken::new(),
-            };
-            e.drive(r, w, endpoint, (), None).await;
-        });
+        let (peer, task) = start_with_pipe(engine, 64);
         // 100 s of heartbeats at 10 ms: 10,000 ticks against a 16-slot queue.
         tokio::time::sleep(Duration::from_secs(100)).await;
         let conn = manager.get(ConnId(1)).expect("still connected");
