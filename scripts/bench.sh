@@ -144,6 +144,10 @@ raw runs are in \`target/bench/results.jsonl\` after running it.
 
 ## Throughput and latency
 
+The project's targets, as ratios to the baseline in the same run: replies/s at least
+0.9; server CPU per reply at most 1.3 pipelined and 1.15 ping-pong; p99 at most 1.2;
+idle memory at most 2 KiB per connection and 8 KiB after the first message.
+
 $TABLES
 
 ## Memory per connection
