@@ -14,6 +14,7 @@ pub(crate) mod writer;
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -149,19 +150,36 @@ impl Connection {
     /// [`Error::Closed`] if the connection is closed (or closes while waiting),
     /// [`Error::FrameTooLarge`] if `data` is longer than the framing allows
     /// (`MaxPacketSize` for Zinx framing: the peer would reject it).
-    pub async fn send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
-        let msg = self.outgoing(id.into(), data.into())?;
-        match self.shared.queue.try_push(msg) {
-            Ok(()) => Ok(()),
-            Err(PushError::Closed(_)) => Err(Error::Closed),
-            Err(PushError::Full(msg)) => {
-                tokio::select! {
-                    biased;
-                    // Cancel-safe: if the close wins, the message is simply not queued.
-                    () = self.shared.cancel.cancelled() => Err(Error::Closed),
-                    r = self.shared.queue.push(msg) => r.map_err(|_| Error::Closed),
-                }
+    pub fn send(
+        &self,
+        id: impl Into<MsgId>,
+        data: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        // The common case (room in the queue) is decided here, so the future a
+        // handler awaits is a few words; the waiting path, rare, is boxed. Handler
+        // futures embed this one and are moved and boxed per message.
+        let fast = self.outgoing(id.into(), data.into()).and_then(|msg| {
+            match self.shared.queue.try_push(msg) {
+                Ok(()) => Ok(None),
+                Err(PushError::Closed(_)) => Err(Error::Closed),
+                Err(PushError::Full(msg)) => Ok(Some(msg)),
             }
+        });
+        async move {
+            match fast {
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+                Ok(Some(msg)) => Box::pin(self.send_waiting(msg)).await,
+            }
+        }
+    }
+
+    async fn send_waiting(&self, msg: Message) -> Result<(), Error> {
+        tokio::select! {
+            biased;
+            // Cancel-safe: if the close wins, the message is simply not queued.
+            () = self.shared.cancel.cancelled() => Err(Error::Closed),
+            r = self.shared.queue.push(msg) => r.map_err(|_| Error::Closed),
         }
     }
 
