@@ -178,8 +178,9 @@ where
         if let Err(e) = decoded {
             return ReadEnd::Failed(e);
         }
-        if buf.is_empty() {
-            // Idle connections keep no read buffer.
+        if buf.is_empty() && buf.capacity() > min_chunk {
+            // Give back what a burst grew; a connection that has never received
+            // anything holds no read buffer at all.
             buf = BytesMut::new();
         }
         if n == 0 {

@@ -5,7 +5,7 @@
 //! messages share one syscall; when idle a single message goes out at once. There
 //! are no timers in this path. On close it writes whatever is still queued (bounded
 //! by the linger time, so a peer that stopped reading cannot hold the task), then
-//! shuts the socket down. An idle writer holds no buffers.
+//! shuts the socket down. An idle writer keeps at most a small buffer.
 
 use std::time::Duration;
 
@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::Outbox;
 use crate::framing::Framing;
 use crate::message::Message;
+
+/// Largest write buffer an idle writer keeps (a connection that has never
+/// sent holds none).
+const KEEP_WHEN_IDLE: usize = 1024;
 
 /// Settings of one writer.
 #[derive(Debug, Clone)]
@@ -69,9 +73,14 @@ pub(crate) async fn run<W, F>(
                     r?;
                     io.flush().await?;
                     if queue.is_empty() {
-                        // Idle: keep no buffers; busy: reuse them.
-                        buf = BytesMut::new();
-                        batch = Vec::new();
+                        // Going idle: keep small buffers for the next reply, give
+                        // back what a burst grew.
+                        if buf.capacity() > KEEP_WHEN_IDLE {
+                            buf = BytesMut::new();
+                        }
+                        if batch.capacity() > 16 {
+                            batch = Vec::new();
+                        }
                     }
                 }
             }
