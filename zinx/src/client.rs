@@ -187,6 +187,7 @@ impl<F: Framing> ClientBuilder<F> {
             to_usize(self.config.max_worker_task_len),
             Arc::new(dispatcher),
         );
+        let stop = CancellationToken::new();
         let engine = Engine {
             framing: self.framing,
             read_buf: to_usize(self.config.io_read_buff_size).max(crate::codec::HEADER_LEN),
@@ -197,11 +198,12 @@ impl<F: Framing> ClientBuilder<F> {
             heartbeat: self.heartbeat,
             pool,
             tracker: tracker.clone(),
+            stop: stop.clone(),
         };
         let (current, _) = watch::channel(None);
         let shared = Arc::new(ClientShared {
             current,
-            stop: CancellationToken::new(),
+            stop,
             waiters,
             next_id: AtomicU64::new(0),
         });
@@ -322,7 +324,7 @@ impl Client {
     /// Closes the connection, stops reconnecting, and waits until the client's
     /// tasks (including `on_disconnect`) have finished.
     pub async fn close(&self) {
-        self.shared.stop.cancel();
+        self.shared.stop();
         let task = self
             .task
             .lock()
@@ -338,7 +340,18 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.shared.stop.cancel();
+        self.shared.stop();
+    }
+}
+
+impl ClientShared {
+    /// Stops reconnecting and closes the live connection (one that opens after
+    /// this sees the stop token and closes itself).
+    fn stop(&self) {
+        self.stop.cancel();
+        if let Some(conn) = self.current.borrow().clone() {
+            conn.close();
+        }
     }
 }
 
@@ -358,12 +371,7 @@ async fn run<F: Framing>(
         match (s.peer_addr(), s.local_addr()) {
             (Ok(peer), Ok(local)) => {
                 let (r, w) = s.into_split();
-                let endpoint = Endpoint {
-                    id,
-                    peer,
-                    local,
-                    cancel: shared.stop.child_token(),
-                };
+                let endpoint = Endpoint { id, peer, local };
                 let span = tracing::debug_span!("client", conn_id = id.0, %peer);
                 engine
                     .drive(r, w, endpoint, (), Some(&shared.current))

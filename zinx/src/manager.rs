@@ -386,8 +386,6 @@ impl Drop for Registration {
 mod tests {
     use std::net::SocketAddr;
 
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
     use crate::conn::Parts;
 
@@ -399,7 +397,6 @@ mod tests {
             local: addr,
             max_data_len: None,
             send_queue: queue,
-            cancel: CancellationToken::new(),
             manager: manager.downgrade(),
             jobs: None,
             tracker: None,

@@ -8,9 +8,10 @@
 //! permit dropped (guards, so a panic cannot skip them), then `on_disconnect` and
 //! the close callbacks.
 //!
-//! Shutdown cancels the root token, which every connection's token is a child of;
-//! `run` returns when the [`TaskTracker`] holding every connection, writer and
-//! worker task is empty.
+//! Shutdown cancels the server's stop token and closes every registered
+//! connection (a connection registering afterwards sees the token and closes
+//! itself); `run` returns when the [`TaskTracker`] holding every connection, writer
+//! and async-op task is empty.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -284,6 +285,7 @@ impl<F: Framing> Server<F> {
             handle,
         } = self;
         let tracker = handle.tracker.clone();
+        let root = CancellationToken::new();
         let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
         let pool = WorkerPool::new(
             config.worker_mode,
@@ -301,8 +303,8 @@ impl<F: Framing> Server<F> {
             heartbeat,
             pool,
             tracker: tracker.clone(),
+            stop: root.clone(),
         });
-        let root = CancellationToken::new();
         let local = listener.local_addr()?;
         tracing::info!(name = %config.name, addr = %local, "server started");
 
@@ -349,18 +351,12 @@ impl<F: Framing> Server<F> {
             let id = ConnId(next_id);
             let span = tracing::debug_span!("conn", conn_id = id.0, %peer);
             let engine = engine.clone();
-            let cancel = root.child_token();
             tracker.spawn(
                 async move {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().unwrap_or(local);
                     let (r, w) = stream.into_split();
-                    let endpoint = Endpoint {
-                        id,
-                        peer,
-                        local,
-                        cancel,
-                    };
+                    let endpoint = Endpoint { id, peer, local };
                     engine.drive(r, w, endpoint, permit, None).await;
                 }
                 .instrument(span),
@@ -372,7 +368,12 @@ impl<F: Framing> Server<F> {
             connections = handle.manager.len(),
             "server shutting down: closing connections"
         );
+        // Connections starting from now close at once (the engine checks `root`
+        // after registering); those already registered are closed here.
         root.cancel();
+        for conn in handle.manager.connections() {
+            conn.close();
+        }
         drop(engine);
         tracker.close();
         tracker.wait().await;

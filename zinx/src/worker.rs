@@ -23,14 +23,13 @@
 //! reader runs under the same worker permit, so they never overlap the
 //! connection's handlers.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::BoxFuture;
 use crate::config::WorkerMode;
+use crate::conn::close::{CloseSignal, Waiter};
 use crate::message::ConnId;
 use crate::queue::Queue;
 use crate::request::Request;
@@ -117,13 +116,14 @@ impl Lane {
     pub(crate) async fn dispatch_all(
         &self,
         reqs: impl Iterator<Item = Request>,
-        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+        signal: &CloseSignal,
     ) -> Result<(), LaneClosed> {
         let _permit = match &self.worker {
             None => None,
             Some(worker) => Some(tokio::select! {
                 biased;
-                () = cancelled => return Err(LaneClosed),
+                // Cancel-safe: waiting for the close consumes nothing.
+                () = signal.closed_for(Waiter::Reader) => return Err(LaneClosed),
                 // Cancel-safe: a lock future that is dropped holds nothing.
                 permit = worker.lock() => permit,
             }),
@@ -220,18 +220,13 @@ mod tests {
         let (a, b) = (pool.assign(ConnId(1)), pool.assign(ConnId(2)));
         let (ca, mut ra) = test_conn(4);
         let (cb, mut rb) = test_conn(4);
-        let never = tokio_util::sync::CancellationToken::new();
         let start = tokio::time::Instant::now();
-        let run = |lane: Lane, conn: crate::Connection| {
-            let never = never.clone();
-            async move {
-                let cancelled = never.cancelled();
-                tokio::pin!(cancelled);
-                let req = Request::new(conn, Message::new(1, ""));
-                lane.dispatch_all(std::iter::once(req), cancelled)
-                    .await
-                    .unwrap();
-            }
+        let run = |lane: Lane, conn: crate::Connection| async move {
+            let open = CloseSignal::default();
+            let req = Request::new(conn, Message::new(1, ""));
+            lane.dispatch_all(std::iter::once(req), &open)
+                .await
+                .unwrap();
         };
         tokio::join!(run(a, ca), run(b, cb));
         assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
@@ -245,13 +240,11 @@ mod tests {
         let lane = pool.assign(ConnId(1));
         let held = pool.workers[0].clone().lock_owned().await;
         let (conn, _rx) = test_conn(4);
-        let token = tokio_util::sync::CancellationToken::new();
-        token.cancel();
-        let cancelled = token.cancelled();
-        tokio::pin!(cancelled);
+        let closed = CloseSignal::default();
+        closed.close();
         let req = Request::new(conn, Message::new(1, ""));
         assert!(
-            lane.dispatch_all(std::iter::once(req), cancelled)
+            lane.dispatch_all(std::iter::once(req), &closed)
                 .await
                 .is_err()
         );

@@ -37,6 +37,9 @@ pub(crate) struct Engine<F> {
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) pool: Arc<WorkerPool>,
     pub(crate) tracker: TaskTracker,
+    /// Cancelled when the server (or client) stops: a connection that starts
+    /// after that closes at once; those already open are closed by the stopper.
+    pub(crate) stop: CancellationToken,
 }
 
 /// Who a new connection is.
@@ -44,7 +47,6 @@ pub(crate) struct Endpoint {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
-    pub(crate) cancel: CancellationToken,
 }
 
 impl<F: Framing> Engine<F> {
@@ -62,12 +64,7 @@ impl<F: Framing> Engine<F> {
         R: ReadSource,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let Endpoint {
-            id,
-            peer,
-            local,
-            cancel,
-        } = endpoint;
+        let Endpoint { id, peer, local } = endpoint;
         let mut lane = self.pool.assign(id);
         let (conn, rx) = Connection::new(Parts {
             id,
@@ -75,7 +72,6 @@ impl<F: Framing> Engine<F> {
             local,
             max_data_len: self.framing.max_data_len(),
             send_queue: self.send_queue,
-            cancel: cancel.clone(),
             manager: self.manager.downgrade(),
             jobs: Some(lane.jobs()),
             tracker: Some(self.tracker.clone()),
@@ -85,7 +81,7 @@ impl<F: Framing> Engine<F> {
             writer::run(
                 w,
                 rx,
-                cancel,
+                conn.clone(),
                 WriterConfig {
                     framing: self.framing.clone(),
                     batch: self.send_queue,
@@ -97,6 +93,11 @@ impl<F: Framing> Engine<F> {
         tracing::debug!("connection opened");
         if let Some(current) = current {
             current.send_replace(Some(conn.clone()));
+        }
+        // Checked after registering and publishing, so a stop either finds this
+        // connection to close or is seen here.
+        if self.stop.is_cancelled() {
+            conn.close();
         }
 
         self.hooks.connect(&conn).await;
@@ -163,6 +164,7 @@ mod tests {
                 Arc::new(router.compile(hb_id, None)),
             ),
             tracker,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -184,7 +186,6 @@ mod tests {
                 id: ConnId(1),
                 peer: addr,
                 local: addr,
-                cancel: CancellationToken::new(),
             };
             engine.drive(r, w, endpoint, (), None).await;
         });

@@ -8,6 +8,7 @@
 //! which both tasks watch. Because the queue and the token are owned values, a send
 //! after close is an [`Error::Closed`], never a panic or a lost wake-up.
 
+pub(crate) mod close;
 pub(crate) mod driver;
 pub(crate) mod reader;
 pub(crate) mod writer;
@@ -16,15 +17,14 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::close::CloseSignal;
 use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::manager::{ConnManager, ManagerShared};
@@ -49,8 +49,7 @@ struct Shared {
     local: SocketAddr,
     max_data_len: Option<usize>,
     queue: Arc<Queue<Message>>,
-    closed: AtomicBool,
-    cancel: CancellationToken,
+    close: CloseSignal,
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
@@ -69,7 +68,6 @@ pub(crate) struct Parts {
     pub(crate) local: SocketAddr,
     pub(crate) max_data_len: Option<usize>,
     pub(crate) send_queue: usize,
-    pub(crate) cancel: CancellationToken,
     pub(crate) manager: Weak<ManagerShared>,
     /// The lane's callback queue, for async op results.
     pub(crate) jobs: Option<Arc<Queue<Job>>>,
@@ -87,8 +85,7 @@ impl Connection {
             local: parts.local,
             max_data_len: parts.max_data_len,
             queue: queue.clone(),
-            closed: AtomicBool::new(false),
-            cancel: parts.cancel,
+            close: CloseSignal::default(),
             properties: Mutex::new(Extensions::new()),
             close_callbacks: Mutex::new(Some(Vec::new())),
             manager: parts.manager,
@@ -116,7 +113,6 @@ impl Connection {
             local: addr,
             max_data_len: None,
             send_queue: queue,
-            cancel: CancellationToken::new(),
             manager: Weak::new(),
             jobs: None,
             tracker: None,
@@ -178,7 +174,7 @@ impl Connection {
         tokio::select! {
             biased;
             // Cancel-safe: if the close wins, the message is simply not queued.
-            () = self.shared.cancel.cancelled() => Err(Error::Closed),
+            () = self.shared.close.closed() => Err(Error::Closed),
             r = self.shared.queue.push(msg) => r.map_err(|_| Error::Closed),
         }
     }
@@ -217,22 +213,18 @@ impl Connection {
     /// queued and closes the socket, then `on_disconnect` and the close callbacks
     /// run. Closing twice is harmless.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.cancel.cancel();
+        self.shared.close.close();
     }
 
     /// True once [`close`](Self::close) was called or the connection ended.
     #[must_use]
     pub fn is_closed(&self) -> bool {
-        // An atomic flag rather than the token's state, which is behind a mutex:
-        // this is checked on every send. Every way a connection ends goes through
-        // `close` (the connection task calls it when reading stops).
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.close.is_closed()
     }
 
     /// Completes when the connection is closed.
     pub async fn closed(&self) {
-        self.shared.cancel.cancelled().await;
+        self.shared.close.closed().await;
     }
 
     /// Stores a typed property, returning the previous value of that type.
@@ -385,8 +377,8 @@ impl Connection {
         self.shared.manager.upgrade().map(ConnManager::from_shared)
     }
 
-    pub(crate) fn cancel_token(&self) -> &CancellationToken {
-        &self.shared.cancel
+    pub(crate) fn close_signal(&self) -> &CloseSignal {
+        &self.shared.close
     }
 }
 
@@ -466,7 +458,6 @@ pub(crate) mod tests {
             local: addr,
             max_data_len: Some(16),
             send_queue: queue,
-            cancel: CancellationToken::new(),
             manager: Weak::new(),
             jobs: None,
             tracker: None,

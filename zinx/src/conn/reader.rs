@@ -16,6 +16,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::conn::Connection;
+use crate::conn::close::Waiter;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
@@ -105,7 +106,7 @@ where
     R: ReadSource,
     F: Framing,
 {
-    let cancel = conn.cancel_token();
+    let signal = conn.close_signal();
     let mut buf = BytesMut::new();
     let min_chunk = initial_chunk.max(64);
     let mut chunk = min_chunk;
@@ -116,15 +117,12 @@ where
         t
     });
     let mut last_heard = Instant::now();
-    // One cancellation future for the whole loop: creating one per select! costs a
-    // registration with the token's notifier each time.
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
     let mut batch = Vec::new();
     loop {
         let read = tokio::select! {
             biased;
-            () = &mut cancelled => return ReadEnd::Cancelled,
+            // Cancel-safe: waiting for the close consumes nothing.
+            () = signal.closed_for(Waiter::Reader) => return ReadEnd::Cancelled,
             // Cancel-safe: recv loses nothing; the job runs in the branch body, so
             // no other branch can interrupt it.
             job = lane.next_job() => {
@@ -167,11 +165,7 @@ where
         };
         if !batch.is_empty() {
             let requests = batch.drain(..).map(|msg| Request::new(conn.clone(), msg));
-            if lane
-                .dispatch_all(requests, cancelled.as_mut())
-                .await
-                .is_err()
-            {
+            if lane.dispatch_all(requests, signal).await.is_err() {
                 return ReadEnd::Cancelled;
             }
         }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
-use crate::conn::Outbox;
+use crate::conn::close::Waiter;
+use crate::conn::{Connection, Outbox};
 use crate::framing::Framing;
 use crate::message::Message;
 
@@ -34,12 +34,8 @@ pub(crate) struct WriterConfig<F> {
 /// Runs the writer until the connection is cancelled, the queue's senders are all
 /// gone, or a write fails. Always cancels the connection on the way out, so a dead
 /// socket stops the reader too.
-pub(crate) async fn run<W, F>(
-    mut io: W,
-    outbox: Outbox,
-    cancel: CancellationToken,
-    cfg: WriterConfig<F>,
-) where
+pub(crate) async fn run<W, F>(mut io: W, outbox: Outbox, conn: Connection, cfg: WriterConfig<F>)
+where
     W: AsyncWrite + Unpin,
     F: Framing,
 {
@@ -53,13 +49,12 @@ pub(crate) async fn run<W, F>(
     let mut batch = Vec::new();
     let mut buf = BytesMut::new();
     let result: std::io::Result<()> = async {
-        // One cancellation future for the whole loop (see the reader).
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
+        let signal = conn.close_signal();
         loop {
             tokio::select! {
                 biased;
-                () = &mut cancelled => return Ok(()),
+                // Cancel-safe: waiting for the close consumes nothing.
+                () = signal.closed_for(Waiter::Writer) => return Ok(()),
                 // Cancel-safe: waiting takes nothing; the drain happens in the body.
                 () = queue.readable(), if buf.is_empty() => {
                     if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
@@ -110,7 +105,7 @@ pub(crate) async fn run<W, F>(
         }
         Err(e) => tracing::debug!(error = %e, "write failed, closing connection"),
     }
-    cancel.cancel();
+    conn.close();
 }
 
 fn encode_all<F: Framing>(framing: &mut F, batch: &mut Vec<Message>, buf: &mut BytesMut) {
@@ -186,7 +181,7 @@ mod tests {
             conn.try_send(i, vec![i as u8; 3]).unwrap();
         }
         let rec = Recorder::default();
-        let task = tokio::spawn(run(rec.clone(), rx, conn.cancel_token().clone(), cfg()));
+        let task = tokio::spawn(run(rec.clone(), rx, conn.clone(), cfg()));
         // Wait for the first write: the writer had all ten queued when it started.
         while rec.writes.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
@@ -205,7 +200,7 @@ mod tests {
     async fn order_is_preserved_on_the_wire() {
         let (conn, rx) = test_conn(4);
         let (client, server) = tokio::io::duplex(64);
-        let task = tokio::spawn(run(server, rx, conn.cancel_token().clone(), cfg()));
+        let task = tokio::spawn(run(server, rx, conn.clone(), cfg()));
         let sender = conn.clone();
         let producer = tokio::spawn(async move {
             for i in 0..200u32 {
@@ -233,7 +228,7 @@ mod tests {
         }
         conn.close();
         let (mut client, server) = tokio::io::duplex(1024);
-        run(server, rx, conn.cancel_token().clone(), cfg()).await;
+        run(server, rx, conn.clone(), cfg()).await;
         let mut wire = Vec::new();
         client.read_to_end(&mut wire).await.unwrap();
         assert_eq!(wire.len(), 5 * 9);
@@ -247,7 +242,7 @@ mod tests {
             stalled: true,
             ..Recorder::default()
         };
-        let task = tokio::spawn(run(rec, rx, conn.cancel_token().clone(), cfg()));
+        let task = tokio::spawn(run(rec, rx, conn.clone(), cfg()));
         tokio::task::yield_now().await;
         conn.close();
         // Paused time: the linger timeout fires as soon as everything is idle.
@@ -261,7 +256,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(16);
         drop(client);
         conn.try_send(1, "to nobody").unwrap();
-        run(server, rx, conn.cancel_token().clone(), cfg()).await;
-        assert!(conn.cancel_token().is_cancelled());
+        run(server, rx, conn.clone(), cfg()).await;
+        assert!(conn.is_closed());
     }
 }

@@ -1,0 +1,122 @@
+//! A connection's close signal: one flag, checked on every send and polled on
+//! every turn of the reader and writer loops, so it has to be cheap.
+//!
+//! `CancellationToken` keeps its state behind a mutex and registers a `Notify`
+//! waiter per poll, which showed up as one of the largest per-message costs. Here
+//! the reader and the writer each have an `AtomicWaker` slot (a poll is two atomic
+//! loads and a register), and everything else that waits for the close (sends
+//! waiting for room, `Connection::closed`) uses a `Notify`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+
+/// Who is waiting for the close.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Waiter {
+    Reader,
+    Writer,
+}
+
+#[derive(Default)]
+pub(crate) struct CloseSignal {
+    closed: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+    others: Notify,
+}
+
+impl CloseSignal {
+    /// Closes; returns true the first time.
+    pub(crate) fn close(&self) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.reader.wake();
+        self.writer.wake();
+        self.others.notify_waiters();
+        true
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Completes once closed; for the reader or the writer task (each has its
+    /// own waker slot, so each may have one such future at a time).
+    ///
+    /// Cancel-safe: waiting consumes nothing.
+    pub(crate) async fn closed_for(&self, who: Waiter) {
+        let slot = match who {
+            Waiter::Reader => &self.reader,
+            Waiter::Writer => &self.writer,
+        };
+        std::future::poll_fn(|cx| {
+            if self.is_closed() {
+                return Poll::Ready(());
+            }
+            slot.register(cx.waker());
+            // Checked again after registering, so a close in between is not missed.
+            if self.is_closed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// Completes once closed; for any number of waiters.
+    ///
+    /// Cancel-safe: waiting consumes nothing.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.others.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_kind_of_waiter_is_woken_once_closed() {
+        let signal = Arc::new(CloseSignal::default());
+        let waiters: Vec<_> = [Some(Waiter::Reader), Some(Waiter::Writer), None, None]
+            .into_iter()
+            .map(|who| {
+                let s = signal.clone();
+                tokio::spawn(async move {
+                    match who {
+                        Some(who) => s.closed_for(who).await,
+                        None => s.closed().await,
+                    }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        assert!(signal.close());
+        assert!(
+            !signal.close(),
+            "closing twice reports the first close only"
+        );
+        for w in waiters {
+            w.await.unwrap();
+        }
+        // Waiting after the close completes at once.
+        signal.closed().await;
+        signal.closed_for(Waiter::Reader).await;
+    }
+}
