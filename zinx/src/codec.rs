@@ -140,13 +140,29 @@ impl Codec {
     /// [`Error::FrameTooLarge`] when `data` is longer than the maximum (or than
     /// `u32::MAX`); `dst` is left unchanged.
     pub fn encode_into(&self, id: MsgId, data: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
-        let len = data.len() as u64;
+        dst.reserve(HEADER_LEN + data.len());
+        self.encode_header_into(id, data.len(), dst)?;
+        dst.put_slice(data);
+        Ok(())
+    }
+
+    /// Appends only the 8-byte header of a frame carrying `len` data bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode_into`](Self::encode_into).
+    pub fn encode_header_into(
+        &self,
+        id: MsgId,
+        len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let len = len as u64;
         self.check_len(len)?;
         let len = u32::try_from(len).map_err(|_| Error::FrameTooLarge {
             len,
             max: u64::from(u32::MAX),
         })?;
-        dst.reserve(HEADER_LEN + data.len());
         match self.layout {
             Layout::Tlv => {
                 dst.put_u32(id.0);
@@ -157,7 +173,6 @@ impl Codec {
                 dst.put_u32_le(id.0);
             }
         }
-        dst.put_slice(data);
         Ok(())
     }
 }

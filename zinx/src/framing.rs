@@ -42,6 +42,14 @@ pub trait Framing:
     fn max_data_len(&self) -> Option<usize> {
         None
     }
+
+    /// For framings whose frame is a header followed by the data unchanged:
+    /// appends only the header of `msg`'s frame, so the writer can send large data
+    /// without copying it. `None` (the default) means "not such a framing".
+    fn encode_header(&mut self, msg: &Message, dst: &mut BytesMut) -> Option<Result<(), Error>> {
+        let _ = (msg, dst);
+        None
+    }
 }
 
 impl Framing for Codec {
@@ -50,6 +58,10 @@ impl Framing for Codec {
             0 => None,
             n => usize::try_from(n).ok(),
         }
+    }
+
+    fn encode_header(&mut self, msg: &Message, dst: &mut BytesMut) -> Option<Result<(), Error>> {
+        Some(self.encode_header_into(msg.id, msg.data.len(), dst))
     }
 }
 

@@ -9,7 +9,10 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::conn::close::Waiter;
@@ -47,35 +50,40 @@ where
     let batch_len = batch.max(1);
     let queue = outbox.queue();
     let mut batch = Vec::new();
-    let mut buf = BytesMut::new();
+    let mut pending = Pending::default();
     let result: std::io::Result<()> = async {
         let signal = conn.close_signal();
         loop {
-            tokio::select! {
-                biased;
-                // Cancel-safe: waiting for the close consumes nothing.
-                () = signal.closed_for(Waiter::Writer) => return Ok(()),
-                // Cancel-safe: waiting takes nothing; the drain happens in the body.
-                () = queue.readable(), if buf.is_empty() => {
-                    if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
-                        return Ok(());
-                    }
-                    encode_all(&mut framing, &mut batch, &mut buf);
+            if pending.is_empty() {
+                tokio::select! {
+                    biased;
+                    // Cancel-safe: waiting for the close consumes nothing.
+                    () = signal.closed_for(Waiter::Writer) => return Ok(()),
+                    // Cancel-safe: waiting takes nothing; the drain happens below.
+                    () = queue.readable() => {}
                 }
-                // Cancel-safe: write_all_buf advances `buf` as bytes are written, so a
-                // write interrupted by close resumes from where it stopped.
-                r = io.write_all_buf(&mut buf), if !buf.is_empty() => {
-                    r?;
-                    io.flush().await?;
-                    if queue.is_empty() {
-                        // Going idle: keep small buffers for the next reply, give
-                        // back what a burst grew.
-                        if buf.capacity() > KEEP_WHEN_IDLE {
-                            buf = BytesMut::new();
-                        }
-                        if batch.capacity() > 16 {
-                            batch = Vec::new();
-                        }
+                if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
+                    return Ok(());
+                }
+                pending.encode_all(&mut framing, &mut batch);
+                continue;
+            }
+            let written = tokio::select! {
+                biased;
+                () = signal.closed_for(Waiter::Writer) => return Ok(()),
+                // Cancel-safe: one vectored write; if it is dropped unfinished,
+                // nothing was written and `pending` is unchanged.
+                n = pending.write_some(&mut io) => n?,
+            };
+            pending.advance(written);
+            if pending.is_empty() {
+                io.flush().await?;
+                if queue.is_empty() {
+                    // Going idle: keep small buffers for the next reply, give back
+                    // what a burst grew.
+                    pending.shrink();
+                    if batch.capacity() > 16 {
+                        batch = Vec::new();
                     }
                 }
             }
@@ -88,9 +96,12 @@ where
             // Close the queue first: a send from now on fails instead of being lost.
             queue.close();
             queue.drain_into(&mut batch, usize::MAX);
-            encode_all(&mut framing, &mut batch, &mut buf);
+            pending.encode_all(&mut framing, &mut batch);
             let flush = async {
-                io.write_all_buf(&mut buf).await?;
+                while !pending.is_empty() {
+                    let n = pending.write_some(&mut io).await?;
+                    pending.advance(n);
+                }
                 io.flush().await?;
                 io.shutdown().await
             };
@@ -98,7 +109,7 @@ where
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "final flush failed"),
                 Err(_) => tracing::debug!(
-                    unsent = buf.len(),
+                    unsent = pending.len(),
                     "peer did not take the final writes within the linger time"
                 ),
             }
@@ -108,17 +119,119 @@ where
     conn.close();
 }
 
-fn encode_all<F: Framing>(framing: &mut F, batch: &mut Vec<Message>, buf: &mut BytesMut) {
-    // Zinx framing adds 8 bytes a message; reserving for it saves regrowth for
-    // most framings, and encoders reserve for themselves anyway.
-    let total: usize = batch.iter().map(|m| 8 + m.data.len()).sum();
-    buf.reserve(total);
-    for msg in batch.drain(..) {
-        let id = msg.id;
-        // Connection::send checked the length already; what is left is a message
-        // the framing cannot express (an ID out of its range): logged and skipped.
-        if let Err(e) = framing.encode(msg, buf) {
-            tracing::warn!(error = %e, msg_id = %id, "dropping a message the framing cannot encode");
+/// Payloads at least this long are written from their own buffer (vectored
+/// write) instead of being copied next to their header.
+const ZERO_COPY_MIN: usize = 512;
+
+/// Most buffers handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// Encoded bytes not yet written: small frames are copied into shared chunks;
+/// large payloads stay in the `Bytes` they arrived in, behind their header.
+#[derive(Default)]
+struct Pending {
+    segments: VecDeque<Bytes>,
+    /// Frames being gathered into the next chunk.
+    small: BytesMut,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.small.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.segments.iter().map(Bytes::len).sum::<usize>() + self.small.len()
+    }
+
+    fn encode_all<F: Framing>(&mut self, framing: &mut F, batch: &mut Vec<Message>) {
+        // Zinx framing adds 8 bytes a message; reserving for the small frames saves
+        // regrowth, and encoders reserve for themselves anyway.
+        let small: usize = batch
+            .iter()
+            .map(|m| {
+                8 + if m.data.len() < ZERO_COPY_MIN {
+                    m.data.len()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        self.small.reserve(small);
+        for msg in batch.drain(..) {
+            let id = msg.id;
+            // Connection::send checked the length already; what is left is a message
+            // the framing cannot express (an ID out of its range): logged, skipped.
+            if let Err(e) = self.push(framing, msg) {
+                tracing::warn!(error = %e, msg_id = %id, "dropping a message the framing cannot encode");
+            }
+        }
+        self.seal();
+    }
+
+    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), crate::Error> {
+        if msg.data.len() >= ZERO_COPY_MIN
+            && let Some(header) = framing.encode_header(&msg, &mut self.small)
+        {
+            header?;
+            self.seal();
+            self.segments.push_back(msg.data);
+            return Ok(());
+        }
+        framing.encode(msg, &mut self.small)
+    }
+
+    /// Moves the gathered small frames into the segment list.
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            let chunk = self.small.split().freeze();
+            self.segments.push_back(chunk);
+        }
+    }
+
+    /// One vectored write of the first segments.
+    async fn write_some<W: AsyncWrite + Unpin>(&self, io: &mut W) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, segment) in slices.iter_mut().zip(&self.segments) {
+                *slot = IoSlice::new(segment);
+                count += 1;
+            }
+            std::pin::Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+        })
+        .await
+        .and_then(|n| {
+            if n == 0 {
+                Err(std::io::ErrorKind::WriteZero.into())
+            } else {
+                Ok(n)
+            }
+        })
+    }
+
+    /// Drops the first `n` written bytes.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.segments.pop_front();
+            } else {
+                front.advance(n);
+                return;
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        if self.small.capacity() > KEEP_WHEN_IDLE {
+            self.small = BytesMut::new();
+        }
+        if self.segments.capacity() > 16 {
+            self.segments = VecDeque::new();
         }
     }
 }
@@ -218,6 +331,51 @@ mod tests {
             assert_eq!(&frame[..4], &(i as u32).to_be_bytes());
             assert_eq!(&frame[8..], &(i as u32).to_be_bytes());
         }
+    }
+
+    #[tokio::test]
+    async fn large_payloads_written_in_place_keep_order_through_partial_writes() {
+        let (conn, rx) = Connection::detached(8);
+        let cfg = WriterConfig {
+            framing: Codec::new(Layout::Tlv, 0),
+            batch: 1024,
+            linger: Duration::from_secs(5),
+        };
+        // A 64-byte pipe: every write is partial.
+        let (client, server) = tokio::io::duplex(64);
+        let task = tokio::spawn(run(server, rx, conn.clone(), cfg));
+        let sizes: Vec<usize> = (0..60)
+            .map(|i| if i % 3 == 0 { 600 + i } else { i })
+            .collect();
+        let sender = conn.clone();
+        let expected: Vec<u8> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &len)| {
+                let mut frame = Vec::new();
+                frame.extend_from_slice(&(i as u32).to_be_bytes());
+                frame.extend_from_slice(&(len as u32).to_be_bytes());
+                frame.extend((0..len).map(|b| (b + i) as u8));
+                frame
+            })
+            .collect();
+        let producer = tokio::spawn(async move {
+            for (i, len) in sizes.into_iter().enumerate() {
+                let data: Vec<u8> = (0..len).map(|b| (b + i) as u8).collect();
+                sender.send(i as u32, data).await.unwrap();
+            }
+            sender.close();
+        });
+        let mut wire = Vec::new();
+        let mut client = client;
+        tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut wire))
+            .await
+            .expect("writer stalled")
+            .unwrap();
+        producer.await.unwrap();
+        task.await.unwrap();
+        assert_eq!(wire.len(), expected.len());
+        assert!(wire == expected, "bytes differ");
     }
 
     #[tokio::test]
