@@ -159,6 +159,10 @@ impl<T> Queue<T> {
         self.readable.wake();
     }
 
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().items.is_empty()
     }

@@ -101,3 +101,42 @@ async fn shutdown_waits_for_running_ops_and_drops_late_results() {
     support::within("shutdown", stopping).await.unwrap();
     assert_eq!(handle.task_count(), 0);
 }
+
+#[tokio::test]
+async fn ops_in_flight_per_connection_are_bounded() {
+    // MaxWorkerTaskLen 2: with two ops blocked, a third is refused with QueueFull
+    // (reported back as message 9 with data [1]); message 1 starts a gated op.
+    let gates: Gates = Arc::default();
+    let mut releases = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = oneshot::channel();
+        releases.push(tx);
+        gates.lock().unwrap().push(Some(rx));
+    }
+    let router = router(gates).route(9, |req: Request| async move {
+        let outcome = req.conn().async_op(|| 0u8, |_conn, _v| async {});
+        let full = outcome.is_err_and(|e| e.is_queue_full());
+        req.conn().send(9, vec![u8::from(full)]).await
+    });
+    let cfg = Config {
+        max_worker_task_len: 2,
+        ..config()
+    };
+    let server = TestServer::start(Server::builder(cfg).router(router)).await;
+    let mut client = server.connect(Layout::Tlv).await;
+    client.send(1, [0]).await;
+    client.send(1, [1]).await;
+    let m = client.roundtrip(9, "").await;
+    assert_eq!((m.id.0, &m.data[..]), (9, &[1][..]), "third op refused");
+    for release in releases {
+        release.send(()).unwrap();
+    }
+    // Both gated ops deliver, and then there is room again.
+    for i in 0..2u8 {
+        let m = client.recv().await;
+        assert_eq!((m.id.0, &m.data[..]), (3, &[i][..]));
+    }
+    let m = client.roundtrip(9, "").await;
+    assert_eq!(&m.data[..], &[0], "room again once delivered");
+    server.stop().await;
+}

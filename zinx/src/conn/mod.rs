@@ -17,6 +17,7 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -59,6 +60,8 @@ struct Shared {
     /// Completes when the previous async op's result was handed to the lane, so
     /// results are delivered in the order the ops were started.
     op_tail: Mutex<Option<oneshot::Receiver<()>>>,
+    /// Async ops started and not yet delivered.
+    ops_in_flight: AtomicUsize,
 }
 
 /// What a new connection's two tasks are made of.
@@ -92,6 +95,7 @@ impl Connection {
             jobs: parts.jobs,
             tracker: parts.tracker,
             op_tail: Mutex::new(None),
+            ops_in_flight: AtomicUsize::new(0),
         };
         (
             Connection {
@@ -308,10 +312,13 @@ impl Connection {
     /// were started; a result that arrives after the connection closed is
     /// dropped.
     ///
+    /// At most `MaxWorkerTaskLen` ops may be in flight per connection, so a peer
+    /// whose every message starts one cannot pile up unbounded work.
+    ///
     /// # Errors
     ///
     /// [`Error::Closed`] if the connection is closed (or not driven by a server
-    /// or client).
+    /// or client), [`Error::QueueFull`] when `MaxWorkerTaskLen` ops are in flight.
     ///
     /// # Examples
     ///
@@ -341,6 +348,11 @@ impl Connection {
         if self.is_closed() {
             return Err(Error::Closed);
         }
+        let in_flight = &self.shared.ops_in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= jobs.capacity() {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::QueueFull);
+        }
         let (done, next_tail) = oneshot::channel();
         let previous = self
             .shared
@@ -350,6 +362,7 @@ impl Connection {
             .replace(next_tail);
         let jobs = jobs.clone();
         let conn = self.clone();
+        let shared = self.shared.clone();
         tracker.spawn(async move {
             let result = tokio::task::spawn_blocking(work).await;
             if let Some(previous) = previous {
@@ -365,6 +378,7 @@ impl Connection {
                 Ok(_) => tracing::debug!("async op finished after its connection closed"),
                 Err(e) => tracing::error!(error = %e, "async op work panicked"),
             }
+            shared.ops_in_flight.fetch_sub(1, Ordering::AcqRel);
             let _ = done.send(());
         });
         Ok(())
