@@ -282,14 +282,11 @@ impl ConnManager {
         data: impl Into<Bytes>,
     ) -> Delivery {
         let (targets, missing) = self.resolve(conns);
-        let (id, data) = (id.into(), data.into());
         let mut delivery = Delivery {
             missing,
             ..Delivery::default()
         };
-        for conn in targets {
-            delivery.count(&conn.try_send(id, data.clone()));
-        }
+        try_send_all(&targets, id.into(), &data.into(), &mut delivery);
         delivery
     }
 
@@ -314,11 +311,8 @@ impl ConnManager {
     /// queue is full or that is closing is counted as failed and the others are
     /// not held up.
     pub fn broadcast(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Delivery {
-        let (id, data) = (id.into(), data.into());
         let mut delivery = Delivery::default();
-        for conn in self.connections() {
-            delivery.count(&conn.try_send(id, data.clone()));
-        }
+        try_send_all(&self.connections(), id.into(), &data.into(), &mut delivery);
         delivery
     }
 
@@ -353,6 +347,12 @@ impl ConnManager {
             manager: self.clone(),
             id,
         }
+    }
+}
+
+fn try_send_all(targets: &[Connection], id: MsgId, data: &Bytes, delivery: &mut Delivery) {
+    for conn in targets {
+        delivery.count(&conn.try_send(id, data.clone()));
     }
 }
 

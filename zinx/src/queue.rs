@@ -1,5 +1,5 @@
 //! A bounded multi-producer, single-consumer queue that allocates nothing until
-//! the first item and holds nothing while empty and idle.
+//! the first item and keeps only a few slots once drained.
 //!
 //! It carries a connection's outgoing messages (handlers → writer) and its async
 //! op results (→ the connection's lane). `tokio::sync::mpsc` allocates a block of
@@ -25,6 +25,10 @@ pub(crate) enum PushError<T> {
     /// The consumer closed the queue.
     Closed(T),
 }
+
+/// Slots an empty queue keeps (more are given back), so a connection that sends
+/// one message at a time does not allocate and free the storage every time.
+const KEEP_WHEN_EMPTY: usize = 16;
 
 pub(crate) struct Queue<T> {
     state: Mutex<State<T>>,
@@ -104,16 +108,32 @@ impl<T> Queue<T> {
 
     /// Moves up to `max` queued items into `out`; returns how many.
     pub(crate) fn drain_into(&self, out: &mut Vec<T>, max: usize) -> usize {
+        self.take(max, |items, n| out.extend(items.drain(..n)))
+    }
+
+    /// Takes the oldest item.
+    pub(crate) fn pop(&self) -> Option<T> {
+        let mut item = None;
+        self.take(1, |items, _| item = items.pop_front());
+        item
+    }
+
+    /// Takes up to `max` items with `take` under the lock, then does the
+    /// bookkeeping every consumer needs: clear the ready flag once empty, trim the
+    /// storage, wake producers that were waiting for room.
+    fn take(&self, max: usize, take: impl FnOnce(&mut VecDeque<T>, usize)) -> usize {
         let mut state = self.lock();
         let was_full = state.items.len() >= self.capacity;
         let n = state.items.len().min(max);
-        out.extend(state.items.drain(..n));
+        if n > 0 {
+            take(&mut state.items, n);
+        }
         if state.items.is_empty() {
             if !state.closed {
                 self.ready.store(false, Ordering::Release);
             }
-            if state.items.capacity() > 0 {
-                // Idle queues hold no memory.
+            if state.items.capacity() > KEEP_WHEN_EMPTY {
+                // Give back what a burst grew; a few slots stay for the next item.
                 state.items = VecDeque::new();
             }
         }
@@ -122,13 +142,6 @@ impl<T> Queue<T> {
             self.writable.notify_waiters();
         }
         n
-    }
-
-    /// Takes the oldest item.
-    pub(crate) fn pop(&self) -> Option<T> {
-        let mut v = Vec::with_capacity(1);
-        self.drain_into(&mut v, 1);
-        v.pop()
     }
 
     /// Completes when an item is queued or the queue is closed. For the single

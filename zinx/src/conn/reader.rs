@@ -1,9 +1,10 @@
 //! The reader: the only code that reads from a connection's socket.
 //!
-//! It reads into a buffer sized adaptively (and dropped while idle), decodes
-//! every whole frame with the server's [`Framing`] and hands them, as one batch of
-//! [`Request`]s, to the connection's [`Lane`]. Waiting on a full worker queue
-//! stops the reading, which is the backpressure that slows a fast peer. A framing
+//! It reads into a buffer sized adaptively, decodes every whole frame with the
+//! server's [`Framing`] and hands them, as one batch of [`Request`]s, to the
+//! connection's [`Lane`], which handles them before the next read. While handlers
+//! run (or wait for their worker) nothing is read, which is the backpressure that
+//! slows a fast peer. A framing
 //! error (oversized or truncated frame) ends this connection only. The reader
 //! also runs the connection's heartbeat, since it is what hears from the peer.
 
@@ -157,12 +158,10 @@ where
         } else {
             small_reads = 0;
         }
-        let decoded = if n == 0 {
-            decode_all(&mut framing, &mut buf, &mut batch, true)
-        } else {
+        if n > 0 && heartbeat.is_some() {
             last_heard = Instant::now();
-            decode_all(&mut framing, &mut buf, &mut batch, false)
-        };
+        }
+        let decoded = decode_all(&mut framing, &mut buf, &mut batch, n == 0);
         if !batch.is_empty() {
             let requests = batch.drain(..).map(|msg| Request::new(conn.clone(), msg));
             if lane.dispatch_all(requests, signal).await.is_err() {
@@ -176,6 +175,9 @@ where
             // Give back what a burst grew; a connection that has never received
             // anything holds no read buffer at all.
             buf = BytesMut::new();
+        }
+        if batch.capacity() > 64 {
+            batch = Vec::new();
         }
         if n == 0 {
             // Every message read was handled before this point, so replies to a

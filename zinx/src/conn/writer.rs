@@ -44,10 +44,10 @@ where
 {
     let WriterConfig {
         mut framing,
-        batch,
+        batch: batch_len,
         linger,
     } = cfg;
-    let batch_len = batch.max(1);
+    let batch_len = batch_len.max(1);
     let queue = outbox.queue();
     let mut batch = Vec::new();
     let mut pending = Pending::default();
