@@ -160,8 +160,6 @@ impl Middleware {
 struct Route {
     handler: BoxHandler,
     middleware: Vec<Middleware>,
-    /// Index into `Router::groups`.
-    group: Option<usize>,
 }
 
 /// Maps message IDs to handlers, with middleware, groups and interceptors.
@@ -278,16 +276,11 @@ impl Router {
             !self.routes.contains_key(&id),
             "message ID {id} is already routed: each ID takes one handler"
         );
-        let group = self
-            .groups
-            .iter()
-            .position(|(range, _)| range.contains(&id.0));
         self.routes.insert(
             id,
             Route {
                 handler: boxed(handler),
                 middleware: middleware.into_iter().collect(),
-                group,
             },
         );
         self
@@ -354,26 +347,13 @@ impl Router {
             middleware: Vec::new(),
             routes: Vec::new(),
         });
-        let index = self.groups.len();
         self.groups.push((ids, group.middleware));
         for (id, route) in group.routes {
             assert!(
                 !self.routes.contains_key(&id),
                 "message ID {id} is already routed: each ID takes one handler"
             );
-            self.routes.insert(
-                id,
-                Route {
-                    group: Some(index),
-                    ..route
-                },
-            );
-        }
-        // Routes added to the router directly before the group existed join it too.
-        for (id, route) in &mut self.routes {
-            if route.group.is_none() && self.groups[index].0.contains(&id.0) {
-                route.group = Some(index);
-            }
+            self.routes.insert(id, route);
         }
         self
     }
@@ -414,9 +394,12 @@ impl Router {
             .routes
             .iter()
             .map(|(id, route)| {
-                let group = route
-                    .group
-                    .and_then(|g| self.groups.get(g))
+                // Groups do not overlap, so an ID is in at most one; routes join
+                // the group of their range however they were added.
+                let group = self
+                    .groups
+                    .iter()
+                    .find(|(range, _)| range.contains(&id.0))
                     .map_or(&[][..], |(_, mw)| &mw[..]);
                 let chain = self.middleware.iter().chain(group).chain(&route.middleware);
                 (*id, wrap(chain, route.handler.clone()))
@@ -561,7 +544,6 @@ impl Group {
             Route {
                 handler: boxed(handler),
                 middleware: middleware.into_iter().collect(),
-                group: None,
             },
         ));
         self
