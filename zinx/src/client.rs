@@ -373,8 +373,8 @@ async fn run<F: Framing>(
                 let (r, w) = s.into_split();
                 let endpoint = Endpoint { id, peer, local };
                 let span = tracing::debug_span!("client", conn_id = id.0, %peer);
-                engine
-                    .drive(r, w, endpoint, (), Some(&shared.current))
+                let opened = span.in_scope(|| engine.open(r, w, endpoint));
+                Engine::run(&engine, opened, (), Some(&shared.current))
                     .instrument(span)
                     .await;
             }

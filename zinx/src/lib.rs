@@ -90,16 +90,25 @@ pub use timer::{TimerHandle, Timers};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// Calls `make` and awaits the future it returns, turning a panic in either into
-/// an `Err` with the panic message.
-async fn catch_panic(make: impl FnOnce() -> BoxFuture) -> Result<(), String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(make)) {
-        Ok(fut) => AssertUnwindSafe(fut)
-            .catch_unwind()
-            .await
-            .map_err(|p| panic_message(&*p)),
-        Err(p) => Err(panic_message(&*p)),
-    }
+/// Calls `make` now and returns a future that awaits what it made, turning a
+/// panic in either into an `Err` with the panic message.
+fn catch_panic(
+    make: impl FnOnce() -> BoxFuture,
+) -> impl Future<Output = Result<(), String>> + Send + 'static {
+    await_catching(call_catching(make))
+}
+
+/// The synchronous half of [`catch_panic`]: calls `make`.
+fn call_catching(make: impl FnOnce() -> BoxFuture) -> Result<BoxFuture, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(make)).map_err(|p| panic_message(&*p))
+}
+
+/// The asynchronous half of [`catch_panic`]: awaits what `make` made.
+async fn await_catching(made: Result<BoxFuture, String>) -> Result<(), String> {
+    AssertUnwindSafe(made?)
+        .catch_unwind()
+        .await
+        .map_err(|p| panic_message(&*p))
 }
 
 /// The text of a panic payload.

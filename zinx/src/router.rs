@@ -23,9 +23,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::ops::RangeInclusive;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::BoxFuture;
+use crate::conn::Connection;
 use crate::message::MsgId;
 use crate::request::Request;
 
@@ -581,18 +585,89 @@ impl fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// Runs the chain for `req`, catching a panic. On panic the request's
     /// connection is closed.
-    pub async fn dispatch(&self, req: Request) {
+    pub fn dispatch(&self, req: Request) -> impl Future<Output = ()> + Send + 'static {
         let conn = req.conn().clone();
+        self.dispatch_on(conn, req)
+    }
+
+    /// As [`dispatch`](Self::dispatch), with the connection to close on panic
+    /// given by the caller (the reader lends its own instead of a clone).
+    pub(crate) fn dispatch_on<C>(&self, conn: C, req: Request) -> Dispatching<C>
+    where
+        C: std::borrow::Borrow<Connection> + Send,
+    {
         let msg_id = req.msg_id();
-        if let Err(panic) = crate::catch_panic(|| (self.entry)(req)).await {
-            tracing::error!(
-                conn_id = %conn.id(),
-                %msg_id,
-                %panic,
-                "handler panicked, closing its connection"
-            );
-            conn.close();
+        Dispatching {
+            conn,
+            msg_id,
+            handling: crate::call_catching(|| (self.entry)(req)),
         }
+    }
+}
+
+/// A request being handled: polls the handler's future, catching a panic.
+///
+/// Written out by hand because an `async` block that awaits a future it captured
+/// keeps two copies of it, and this future lives in every connection's reader.
+#[must_use = "futures do nothing unless polled"]
+pub(crate) struct Dispatching<C> {
+    conn: C,
+    msg_id: MsgId,
+    handling: Result<BoxFuture, String>,
+}
+
+impl<C: std::borrow::Borrow<Connection> + Unpin> Future for Dispatching<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let panic = match &mut this.handling {
+            Ok(fut) => match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(())) => return Poll::Ready(()),
+                Err(p) => crate::panic_message(&*p),
+            },
+            Err(message) => std::mem::take(message),
+        };
+        // Drop the panicked future now, before the connection's close runs.
+        this.handling = Err(String::new());
+        let conn = this.conn.borrow();
+        tracing::error!(
+            conn_id = %conn.id(),
+            msg_id = %this.msg_id,
+            %panic,
+            "handler panicked, closing its connection"
+        );
+        conn.close();
+        Poll::Ready(())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's future that logs the error it returns (see [`boxed`]).
+    struct Logged<Fut> {
+        #[pin]
+        fut: Fut,
+        conn_id: crate::message::ConnId,
+        msg_id: MsgId,
+    }
+}
+
+impl<Fut> Future for Logged<Fut>
+where
+    Fut: Future,
+    Fut::Output: HandlerOutput,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let output = std::task::ready!(this.fut.poll(cx));
+        if let Err(error) = output.into_result() {
+            let (conn_id, msg_id) = (*this.conn_id, *this.msg_id);
+            tracing::warn!(%conn_id, %msg_id, %error, "handler returned an error");
+        }
+        Poll::Ready(())
     }
 }
 
@@ -605,11 +680,10 @@ where
     Arc::new(move |req: Request| {
         let conn_id = req.conn().id();
         let msg_id = req.msg_id();
-        let fut = handler(req);
-        Box::pin(async move {
-            if let Err(error) = fut.await.into_result() {
-                tracing::warn!(%conn_id, %msg_id, %error, "handler returned an error");
-            }
+        Box::pin(Logged {
+            fut: handler(req),
+            conn_id,
+            msg_id,
         })
     })
 }

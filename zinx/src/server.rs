@@ -350,17 +350,12 @@ impl<F: Framing> Server<F> {
             next_id += 1;
             let id = ConnId(next_id);
             let span = tracing::debug_span!("conn", conn_id = id.0, %peer);
-            let engine = engine.clone();
-            tracker.spawn(
-                async move {
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(local);
-                    let (r, w) = stream.into_split();
-                    let endpoint = Endpoint { id, peer, local };
-                    engine.drive(r, w, endpoint, permit, None).await;
-                }
-                .instrument(span),
-            );
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(local);
+            let (r, w) = stream.into_split();
+            let endpoint = Endpoint { id, peer, local };
+            let opened = span.in_scope(|| engine.open(r, w, endpoint));
+            tracker.spawn(Engine::run(engine.clone(), opened, permit, None).instrument(span));
         }
 
         drop(listener);

@@ -29,8 +29,9 @@ use tokio::sync::Mutex;
 
 use crate::BoxFuture;
 use crate::config::WorkerMode;
+use crate::conn::Connection;
 use crate::conn::close::{CloseSignal, Waiter};
-use crate::message::ConnId;
+use crate::message::{ConnId, Message};
 use crate::queue::Queue;
 use crate::request::Request;
 use crate::router::Dispatcher;
@@ -106,30 +107,52 @@ impl Drop for Lane {
     }
 }
 
+/// Waits for a busy worker, or for the connection to close.
+async fn wait_for<'a>(
+    worker: &'a Mutex<()>,
+    signal: &CloseSignal,
+) -> Result<tokio::sync::MutexGuard<'a, ()>, LaneClosed> {
+    tokio::select! {
+        biased;
+        // Cancel-safe: waiting for the close consumes nothing.
+        () = signal.closed_for(Waiter::Reader) => Err(LaneClosed),
+        // Cancel-safe: a lock future that is dropped holds nothing.
+        permit = worker.lock() => Ok(permit),
+    }
+}
+
 /// The connection closed while waiting for its worker.
 #[derive(Debug)]
 pub(crate) struct LaneClosed;
 
 impl Lane {
-    /// Handles the requests decoded from one read, in order, holding the worker
-    /// for the whole batch.
+    /// Handles the messages decoded from one read, in order, holding the worker
+    /// for the whole batch; `batch` is left empty.
     pub(crate) async fn dispatch_all(
         &self,
-        reqs: impl Iterator<Item = Request>,
+        conn: &Connection,
+        batch: &mut Vec<Message>,
         signal: &CloseSignal,
     ) -> Result<(), LaneClosed> {
         let _permit = match &self.worker {
             None => None,
-            Some(worker) => Some(tokio::select! {
-                biased;
-                // Cancel-safe: waiting for the close consumes nothing.
-                () = signal.closed_for(Waiter::Reader) => return Err(LaneClosed),
-                // Cancel-safe: a lock future that is dropped holds nothing.
-                permit = worker.lock() => permit,
-            }),
+            Some(worker) => match worker.try_lock() {
+                Ok(permit) => Some(permit),
+                // Boxed: the wait is the rare path, and its futures would
+                // otherwise enlarge every connection's reader, idle or not.
+                Err(_) => match Box::pin(wait_for(worker, signal)).await {
+                    Ok(permit) => Some(permit),
+                    Err(closed) => {
+                        batch.clear();
+                        return Err(closed);
+                    }
+                },
+            },
         };
-        for req in reqs {
-            self.router.dispatch(req).await;
+        for msg in batch.drain(..) {
+            self.router
+                .dispatch_on(conn, Request::new(conn.clone(), msg))
+                .await;
         }
         Ok(())
     }
@@ -223,8 +246,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let run = |lane: Lane, conn: crate::Connection| async move {
             let open = CloseSignal::default();
-            let req = Request::new(conn, Message::new(1, ""));
-            lane.dispatch_all(std::iter::once(req), &open)
+            lane.dispatch_all(&conn, &mut vec![Message::new(1, "")], &open)
                 .await
                 .unwrap();
         };
@@ -242,9 +264,8 @@ mod tests {
         let (conn, _rx) = test_conn(4);
         let closed = CloseSignal::default();
         closed.close();
-        let req = Request::new(conn, Message::new(1, ""));
         assert!(
-            lane.dispatch_all(std::iter::once(req), &closed)
+            lane.dispatch_all(&conn, &mut vec![Message::new(1, "")], &closed)
                 .await
                 .is_err()
         );

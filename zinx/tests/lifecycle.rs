@@ -179,3 +179,42 @@ async fn shutdown_wakes_handlers_waiting_on_their_connection() {
     server.stop().await;
     assert!(c.recv_until_closed().await.is_empty());
 }
+
+/// An idle connection costs one task: its writer starts with the first message
+/// queued. One that never sent anything still gets a clean close (EOF).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_task_starts_with_the_first_message() {
+    let (connected_tx, mut connected_rx) = mpsc::channel::<Connection>(2);
+    let server = TestServer::start(
+        Server::builder(config())
+            .router(Router::new().route(1, echo))
+            .on_connect(move |conn: Connection| {
+                let tx = connected_tx.clone();
+                async move {
+                    let _ = tx.send(conn).await;
+                }
+            }),
+    )
+    .await;
+    let handle = server.handle.clone();
+
+    // Past on_connect, an idle connection has only its reader task.
+    let mut talker = server.connect(Layout::Tlv).await;
+    within("on_connect", connected_rx.recv()).await.unwrap();
+    assert_eq!(handle.task_count(), 1, "an idle connection runs one task");
+
+    // The first reply starts the writer.
+    let reply = talker.roundtrip(1, "hello").await;
+    assert_eq!(&reply.data[..], b"hello");
+    assert_eq!(handle.task_count(), 2);
+
+    // Closing a connection that never sent: its writer starts only to shut the
+    // socket down, and the peer sees EOF.
+    let silent = server.connect(Layout::Tlv).await;
+    let conn = within("on_connect", connected_rx.recv()).await.unwrap();
+    assert_eq!(handle.task_count(), 3);
+    conn.close();
+    assert!(within("EOF", silent.read_eof()).await);
+    server.stop().await;
+    assert_eq!(handle.task_count(), 0);
+}

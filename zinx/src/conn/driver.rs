@@ -1,11 +1,14 @@
 //! The connection lifecycle, shared by the server and the client.
 //!
-//! [`Engine::drive`] runs one connection from open to fully cleaned up: create the
-//! handle, register it with the manager, start the writer, take a worker lane, run
-//! `on_connect`, read until the end, then close, wait for the writer to flush,
-//! release the lane, the registration and the caller's guard (a `MaxConn` permit),
-//! and only then run `on_disconnect` and the close callbacks.
+//! [`Engine::open`] sets a connection up (handle, worker lane, manager entry, a
+//! writer that starts with the first message queued); [`Engine::run`] runs it from
+//! `on_connect` to fully cleaned up: read until the end, then close, wait for the
+//! writer to flush, release the lane, the registration and the caller's guard (a
+//! `MaxConn` permit), and only then run `on_disconnect` and the close callbacks.
+//! The two are split so the set-up's inputs (addresses, socket halves) are not
+//! kept in the long-lived future of every connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,9 +25,9 @@ use crate::conn::{Connection, Parts};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::Hooks;
-use crate::manager::ConnManager;
+use crate::manager::{ConnManager, Registration};
 use crate::message::ConnId;
-use crate::worker::WorkerPool;
+use crate::worker::{Lane, WorkerPool};
 
 /// Everything the connections of one server (or one client) share.
 pub(crate) struct Engine<F> {
@@ -49,23 +52,25 @@ pub(crate) struct Endpoint {
     pub(crate) local: SocketAddr,
 }
 
+/// A connection set up by [`Engine::open`], ready to be run.
+pub(crate) struct Opened<R> {
+    r: R,
+    conn: Connection,
+    lane: Lane,
+    registration: Registration,
+}
+
 impl<F: Framing> Engine<F> {
-    /// Runs one connection to its end. `guard` is dropped with the framework's own
-    /// resources, before `on_disconnect`; `current`, if given, holds the live
-    /// connection while it is open (the client's view of it).
-    pub(crate) async fn drive<R, W, G>(
-        &self,
-        r: R,
-        w: W,
-        endpoint: Endpoint,
-        guard: G,
-        current: Option<&watch::Sender<Option<Connection>>>,
-    ) where
-        R: ReadSource,
+    /// Sets a connection up: creates its handle, registers it with the manager
+    /// and prepares its writer, which starts with the first message queued (so
+    /// an idle connection has one task, not two). Runs in the caller's span, which
+    /// the writer inherits.
+    pub(crate) fn open<R, W>(&self, r: R, w: W, endpoint: Endpoint) -> Opened<R>
+    where
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let Endpoint { id, peer, local } = endpoint;
-        let mut lane = self.pool.assign(id);
+        let lane = self.pool.assign(id);
         let (conn, rx) = Connection::new(Parts {
             id,
             peer,
@@ -77,59 +82,101 @@ impl<F: Framing> Engine<F> {
             tracker: Some(self.tracker.clone()),
         });
         let registration = self.manager.register(conn.clone());
-        let writer = self.tracker.spawn(
-            writer::run(
-                w,
-                rx,
-                conn.clone(),
-                WriterConfig {
-                    framing: self.framing.clone(),
-                    batch: self.send_queue,
-                    linger: self.linger,
-                },
-            )
-            .in_current_span(),
-        );
-        tracing::debug!("connection opened");
-        if let Some(current) = current {
-            current.send_replace(Some(conn.clone()));
-        }
-        // Checked after registering and publishing, so a stop either finds this
-        // connection to close or is seen here.
-        if self.stop.is_cancelled() {
-            conn.close();
-        }
-
-        self.hooks.connect(&conn).await;
-        let end = reader::run(
+        let cfg = WriterConfig {
+            framing: self.framing.clone(),
+            batch: self.send_queue,
+            linger: self.linger,
+        };
+        let tracker = self.tracker.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let span = tracing::Span::current();
+        // Started from whichever thread queues first, hence the runtime handle.
+        conn.set_writer(Box::new(move |conn| {
+            tracker.spawn_on(writer::run(w, rx, conn, cfg).instrument(span), &runtime)
+        }));
+        Opened {
             r,
-            &conn,
-            &mut lane,
-            self.framing.clone(),
-            self.read_buf,
-            self.heartbeat.as_ref(),
-        )
-        .await;
-        match &end {
-            ReadEnd::Failed(e) if e.is_protocol() => {
-                tracing::warn!(error = %e, "protocol error, closing connection");
+            conn,
+            lane,
+            registration,
+        }
+    }
+
+    /// Runs an opened connection to its end: `on_connect`, read until the end,
+    /// then close, wait for the writer to flush, release the lane and the
+    /// registration and the caller's `guard` (a `MaxConn` permit), and only then
+    /// run `on_disconnect` and the close callbacks. `current`, if given, holds
+    /// the live connection while it is open (the client's view of it).
+    ///
+    /// A function returning an `async move` block rather than an `async fn`, which
+    /// would store its arguments twice in every connection's task.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice"
+    )]
+    pub(crate) fn run<'a, E, R, G>(
+        engine: E,
+        opened: Opened<R>,
+        guard: G,
+        current: Option<&'a watch::Sender<Option<Connection>>>,
+    ) -> impl Future<Output = ()> + 'a
+    where
+        E: std::ops::Deref<Target = Self> + 'a,
+        R: ReadSource,
+        G: 'a,
+    {
+        let Opened {
+            r,
+            conn,
+            mut lane,
+            registration,
+        } = opened;
+        async move {
+            tracing::debug!("connection opened");
+            if let Some(current) = current {
+                current.send_replace(Some(conn.clone()));
             }
-            ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
-            ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+            // Checked after registering and publishing, so a stop either finds
+            // this connection to close or is seen here.
+            if engine.stop.is_cancelled() {
+                conn.close();
+            }
+
+            engine.hooks.connect(&conn).await;
+            let end = reader::run(
+                r,
+                &conn,
+                &mut lane,
+                engine.framing.clone(),
+                engine.read_buf,
+                engine.heartbeat.as_ref(),
+            )
+            .await;
+            match &end {
+                ReadEnd::Failed(e) if e.is_protocol() => {
+                    tracing::warn!(error = %e, "protocol error, closing connection");
+                }
+                ReadEnd::Failed(e) => {
+                    tracing::debug!(error = %e, "read failed, closing connection");
+                }
+                ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+            }
+            conn.close();
+            if let Some(current) = current {
+                current.send_replace(None);
+            }
+            if let Some(writer) = conn.take_writer()
+                && let Err(e) = writer.await
+            {
+                tracing::error!(error = %e, "writer task failed");
+            }
+            drop(lane);
+            drop(registration);
+            drop(guard);
+            tracing::debug!(reason = end.reason(), "connection closed");
+            engine.hooks.disconnect(&conn).await;
+            conn.run_close_callbacks();
         }
-        conn.close();
-        if let Some(current) = current {
-            current.send_replace(None);
-        }
-        if let Err(e) = writer.await {
-            tracing::error!(error = %e, "writer task failed");
-        }
-        drop(lane);
-        drop(registration);
-        drop(guard);
-        tracing::debug!(reason = end.reason(), "connection closed");
-        self.hooks.disconnect(&conn).await;
-        conn.run_close_callbacks();
     }
 }
 
@@ -187,7 +234,8 @@ mod tests {
                 peer: addr,
                 local: addr,
             };
-            engine.drive(r, w, endpoint, (), None).await;
+            let opened = engine.open(r, w, endpoint);
+            Engine::run(engine, opened, (), None).await;
         });
         (peer, task)
     }

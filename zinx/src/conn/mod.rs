@@ -17,12 +17,13 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::close::CloseSignal;
@@ -62,6 +63,24 @@ struct Shared {
     op_tail: Mutex<Option<oneshot::Receiver<()>>>,
     /// Async ops started and not yet delivered.
     ops_in_flight: AtomicUsize,
+    /// Set once the writer task runs (or there is none to start): the check on
+    /// every send is this one load.
+    writer_started: AtomicBool,
+    writer: Mutex<WriterTask>,
+}
+
+/// Starts a connection's writer task; `None` if the connection is gone.
+pub(crate) type StartWriter = Box<dyn FnOnce(Connection) -> JoinHandle<()> + Send>;
+
+/// A connection's writer task, which is started by the first message queued (or
+/// by the close): a connection that never sends holds no writer task.
+enum WriterTask {
+    /// None to start (detached connections).
+    Absent,
+    NotStarted(StartWriter),
+    Running(JoinHandle<()>),
+    /// Handed to the connection's driver, which waits for it.
+    Taken,
 }
 
 /// What a new connection's two tasks are made of.
@@ -96,6 +115,8 @@ impl Connection {
             tracker: parts.tracker,
             op_tail: Mutex::new(None),
             ops_in_flight: AtomicUsize::new(0),
+            writer_started: AtomicBool::new(true),
+            writer: Mutex::new(WriterTask::Absent),
         };
         (
             Connection {
@@ -160,7 +181,10 @@ impl Connection {
         // futures embed this one and are moved and boxed per message.
         let fast = self.outgoing(id.into(), data.into()).and_then(|msg| {
             match self.shared.queue.try_push(msg) {
-                Ok(()) => Ok(None),
+                Ok(()) => {
+                    self.queued();
+                    Ok(None)
+                }
                 Err(PushError::Closed(_)) => Err(Error::Closed),
                 Err(PushError::Full(msg)) => Ok(Some(msg)),
             }
@@ -179,7 +203,50 @@ impl Connection {
             biased;
             // Cancel-safe: if the close wins, the message is simply not queued.
             () = self.shared.close.closed() => Err(Error::Closed),
-            r = self.shared.queue.push(msg) => r.map_err(|_| Error::Closed),
+            r = self.shared.queue.push(msg) => {
+                r.map_err(|_| Error::Closed)?;
+                self.queued();
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands the connection the way to start its writer, which the first message
+    /// queued (or [`take_writer`](Self::take_writer)) does.
+    pub(crate) fn set_writer(&self, start: StartWriter) {
+        *lock(&self.shared.writer) = WriterTask::NotStarted(start);
+        self.shared.writer_started.store(false, Ordering::Release);
+    }
+
+    /// After a message was queued: makes sure the writer runs.
+    fn queued(&self) {
+        if !self.shared.writer_started.load(Ordering::Acquire) {
+            self.start_writer();
+        }
+    }
+
+    #[cold]
+    fn start_writer(&self) {
+        let mut writer = lock(&self.shared.writer);
+        if let WriterTask::NotStarted(_) = &*writer
+            && let WriterTask::NotStarted(start) =
+                std::mem::replace(&mut *writer, WriterTask::Taken)
+        {
+            *writer = WriterTask::Running(start(self.clone()));
+        }
+        self.shared.writer_started.store(true, Ordering::Release);
+    }
+
+    /// The writer task, started now if nothing was ever sent (it then flushes
+    /// nothing and shuts the socket down): for the driver to wait for at close.
+    pub(crate) fn take_writer(&self) -> Option<JoinHandle<()>> {
+        self.start_writer();
+        match std::mem::replace(&mut *lock(&self.shared.writer), WriterTask::Taken) {
+            WriterTask::Running(handle) => Some(handle),
+            other => {
+                *lock(&self.shared.writer) = other;
+                None
+            }
         }
     }
 
@@ -195,7 +262,9 @@ impl Connection {
         self.shared.queue.try_push(msg).map_err(|e| match e {
             PushError::Full(_) => Error::QueueFull,
             PushError::Closed(_) => Error::Closed,
-        })
+        })?;
+        self.queued();
+        Ok(())
     }
 
     fn outgoing(&self, id: MsgId, data: Bytes) -> Result<Message, Error> {
@@ -258,23 +327,14 @@ impl Connection {
     }
 
     fn properties(&self) -> MutexGuard<'_, Extensions> {
-        // A poisoned map only means a panic elsewhere while it was held; the map
-        // itself is still consistent (inserts and removes are single calls).
-        self.shared
-            .properties
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.shared.properties)
     }
 
     /// Registers `callback` to run once when the connection has closed (after
     /// `on_disconnect`). On a connection that has already finished closing it runs
     /// at once.
     pub fn add_close_callback(&self, callback: impl FnOnce() + Send + 'static) {
-        let mut callbacks = self
-            .shared
-            .close_callbacks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut callbacks = lock(&self.shared.close_callbacks);
         match callbacks.as_mut() {
             Some(list) => list.push(Box::new(callback)),
             None => {
@@ -286,12 +346,7 @@ impl Connection {
 
     /// Runs the close callbacks once, outside the lock.
     pub(crate) fn run_close_callbacks(&self) {
-        let callbacks = self
-            .shared
-            .close_callbacks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let callbacks = lock(&self.shared.close_callbacks).take();
         for callback in callbacks.into_iter().flatten() {
             if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
                 let panic = crate::panic_message(&*panic);
@@ -354,12 +409,7 @@ impl Connection {
             return Err(Error::QueueFull);
         }
         let (done, next_tail) = oneshot::channel();
-        let previous = self
-            .shared
-            .op_tail
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(next_tail);
+        let previous = lock(&self.shared.op_tail).replace(next_tail);
         let jobs = jobs.clone();
         let conn = self.clone();
         let shared = self.shared.clone();
@@ -394,6 +444,14 @@ impl Connection {
     pub(crate) fn close_signal(&self) -> &CloseSignal {
         &self.shared.close
     }
+}
+
+/// Locks a connection's mutex. A poisoned one only means a panic elsewhere while
+/// it was held; what these guard stays consistent (each change is a single call).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The receiving end of a connection's send queue: the writer's, or a test's
@@ -575,7 +633,7 @@ pub(crate) mod tests {
 
     #[test]
     fn close_callbacks_run_once_and_late_ones_run_at_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::atomic::AtomicUsize;
         let (conn, _rx) = test_conn(1);
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();

@@ -1,7 +1,7 @@
 //! The reader: the only code that reads from a connection's socket.
 //!
 //! It reads into a buffer sized adaptively, decodes every whole frame with the
-//! server's [`Framing`] and hands them, as one batch of [`Request`]s, to the
+//! server's [`Framing`] and hands them, as one batch of [`Request`](crate::Request)s, to the
 //! connection's [`Lane`], which handles them before the next read. While handlers
 //! run (or wait for their worker) nothing is read, which is the backpressure that
 //! slows a fast peer. A framing
@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::io;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -22,7 +23,6 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::message::Message;
-use crate::request::Request;
 use crate::worker::Lane;
 
 /// Why the reader stopped.
@@ -68,14 +68,32 @@ pub(crate) trait ReadSource: AsyncRead + Unpin + Send + 'static {
 }
 
 impl ReadSource for OwnedReadHalf {
-    async fn read_into(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
-        self.readable().await?;
-        make_room(buf, chunk);
-        // `read_buf` rather than `try_read_buf`: tokio clears the socket's readiness
-        // after a short read, which saves the extra read that would only return
-        // `WouldBlock`. After `readable`, it completes at once unless the
-        // readiness was stale.
-        self.read_buf(buf).await
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        chunk: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        // A poll function rather than `readable().await` then `read_buf`: the
+        // future of `readable` is 168 bytes, held by every idle connection.
+        std::future::poll_fn(move |cx| {
+            std::task::ready!(self.as_ref().poll_read_ready(cx))?;
+            if buf.capacity() == 0 {
+                // No buffer yet (a new or long-idle connection): make sure bytes
+                // are really there before allocating one. Readiness is also
+                // reported with nothing to read, e.g. for a fresh connection.
+                let mut probe = [0u8; 1];
+                let mut probe = tokio::io::ReadBuf::new(&mut probe);
+                if std::task::ready!(self.poll_peek(cx, &mut probe))? == 0 {
+                    return Poll::Ready(Ok(0));
+                }
+            }
+            make_room(buf, chunk);
+            // `poll_read` rather than `try_read`: tokio clears the socket's
+            // readiness after a short read, which saves the extra read that would
+            // only return `WouldBlock`. After readiness it completes at once
+            // unless the readiness was stale (then it waits for the next).
+            tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *self), cx, buf)
+        })
     }
 }
 
@@ -95,94 +113,101 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// Reads and dispatches until the peer closes, the connection is cancelled or an
 /// error occurs. Every frame decoded from one read goes to the lane as one batch,
 /// handled before the next read.
-pub(crate) async fn run<R, F>(
+///
+/// A function returning an `async move` block rather than an `async fn`: an
+/// `async fn` stores its arguments twice, in every connection's reader.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+pub(crate) fn run<'a, R, F>(
     mut io: R,
-    conn: &Connection,
-    lane: &mut Lane,
+    conn: &'a Connection,
+    lane: &'a mut Lane,
     mut framing: F,
     initial_chunk: usize,
-    heartbeat: Option<&Heartbeat>,
-) -> ReadEnd
+    heartbeat: Option<&'a Heartbeat>,
+) -> impl Future<Output = ReadEnd> + 'a
 where
     R: ReadSource,
     F: Framing,
 {
-    let signal = conn.close_signal();
-    let mut buf = BytesMut::new();
-    let min_chunk = initial_chunk.max(64);
-    let mut chunk = min_chunk;
-    let mut small_reads = 0u32;
-    let mut ticker = heartbeat.map(|hb| {
-        let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
-        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        t
-    });
-    let mut last_heard = Instant::now();
-    let mut batch = Vec::new();
-    loop {
-        let read = tokio::select! {
-            biased;
-            // Cancel-safe: waiting for the close consumes nothing.
-            () = signal.closed_for(Waiter::Reader) => return ReadEnd::Cancelled,
-            // Cancel-safe: recv loses nothing; the job runs in the branch body, so
-            // no other branch can interrupt it.
-            job = lane.next_job() => {
-                lane.run_job(job).await;
-                continue;
-            }
-            // Cancel-safe: Interval::tick only records a tick when it completes.
-            _ = tick(ticker.as_mut()) => {
-                if let Some(hb) = heartbeat {
-                    beat(hb, conn, last_heard);
+    async move {
+        let signal = conn.close_signal();
+        let mut buf = BytesMut::new();
+        let min_chunk = initial_chunk.max(64);
+        let mut chunk = min_chunk;
+        let mut small_reads = 0u32;
+        let mut ticker = heartbeat.map(|hb| {
+            let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        let mut last_heard = Instant::now();
+        let mut batch = Vec::new();
+        loop {
+            let read = tokio::select! {
+                biased;
+                // Cancel-safe: waiting for the close consumes nothing.
+                () = signal.closed_for(Waiter::Reader) => return ReadEnd::Cancelled,
+                // Cancel-safe: recv loses nothing; the job runs in the branch body, so
+                // no other branch can interrupt it.
+                job = lane.next_job() => {
+                    lane.run_job(job).await;
+                    continue;
                 }
-                continue;
-            }
-            // Cancel-safe: see ReadSource::read_into.
-            read = io.read_into(&mut buf, chunk) => read,
-        };
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => return ReadEnd::Failed(e.into()),
-        };
-        // Adapt the read size: grow as soon as a read fills it; shrink only after
-        // many small reads in a row, so a burst's short tail does not undo growth.
-        if n >= chunk {
-            chunk = (chunk * 2).min(MAX_CHUNK);
-            small_reads = 0;
-        } else if n < chunk / 8 {
-            small_reads += 1;
-            if small_reads >= 16 {
-                chunk = (chunk / 2).max(min_chunk);
+                // Cancel-safe: Interval::tick only records a tick when it completes.
+                _ = tick(ticker.as_mut()) => {
+                    if let Some(hb) = heartbeat {
+                        beat(hb, conn, last_heard);
+                    }
+                    continue;
+                }
+                // Cancel-safe: see ReadSource::read_into.
+                read = io.read_into(&mut buf, chunk) => read,
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => return ReadEnd::Failed(e.into()),
+            };
+            // Adapt the read size: grow as soon as a read fills it; shrink only after
+            // many small reads in a row, so a burst's short tail does not undo growth.
+            if n >= chunk {
+                chunk = (chunk * 2).min(MAX_CHUNK);
+                small_reads = 0;
+            } else if n < chunk / 8 {
+                small_reads += 1;
+                if small_reads >= 16 {
+                    chunk = (chunk / 2).max(min_chunk);
+                    small_reads = 0;
+                }
+            } else {
                 small_reads = 0;
             }
-        } else {
-            small_reads = 0;
-        }
-        if n > 0 && heartbeat.is_some() {
-            last_heard = Instant::now();
-        }
-        let decoded = decode_all(&mut framing, &mut buf, &mut batch, n == 0);
-        if !batch.is_empty() {
-            let requests = batch.drain(..).map(|msg| Request::new(conn.clone(), msg));
-            if lane.dispatch_all(requests, signal).await.is_err() {
+            if n > 0 && heartbeat.is_some() {
+                last_heard = Instant::now();
+            }
+            // Boxed: the error is rare and held across the dispatch below.
+            let decoded = decode_all(&mut framing, &mut buf, &mut batch, n == 0).map_err(Box::new);
+            if !batch.is_empty() && lane.dispatch_all(conn, &mut batch, signal).await.is_err() {
                 return ReadEnd::Cancelled;
             }
-        }
-        if let Err(e) = decoded {
-            return ReadEnd::Failed(e);
-        }
-        if buf.is_empty() && buf.capacity() > min_chunk {
-            // Give back what a burst grew; a connection that has never received
-            // anything holds no read buffer at all.
-            buf = BytesMut::new();
-        }
-        if batch.capacity() > 64 {
-            batch = Vec::new();
-        }
-        if n == 0 {
-            // Every message read was handled before this point, so replies to a
-            // peer that half-closed are already queued.
-            return ReadEnd::PeerClosed;
+            if let Err(e) = decoded {
+                return ReadEnd::Failed(*e);
+            }
+            if buf.is_empty() && buf.capacity() > min_chunk {
+                // Give back what a burst grew; a connection that has never received
+                // anything holds no read buffer at all.
+                buf = BytesMut::new();
+            }
+            if batch.capacity() > 64 {
+                batch = Vec::new();
+            }
+            if n == 0 {
+                // Every message read was handled before this point, so replies to a
+                // peer that half-closed are already queued.
+                return ReadEnd::PeerClosed;
+            }
         }
     }
 }
@@ -240,6 +265,7 @@ mod tests {
     use crate::config::WorkerMode;
     use crate::conn::tests::test_conn;
     use crate::message::{ConnId, MsgId};
+    use crate::request::Request;
     use crate::router::Router;
     use crate::worker::WorkerPool;
 
