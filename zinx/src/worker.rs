@@ -25,7 +25,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use std::future::Future;
+
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::BoxFuture;
 use crate::config::WorkerMode;
@@ -34,7 +36,7 @@ use crate::conn::close::{CloseSignal, Waiter};
 use crate::message::{ConnId, Message};
 use crate::queue::Queue;
 use crate::request::Request;
-use crate::router::Dispatcher;
+use crate::router::{Dispatcher, Dispatching};
 
 /// A callback delivered to a connection's lane (an async op's result).
 pub(crate) type Callback = Box<dyn FnOnce() -> BoxFuture + Send>;
@@ -111,7 +113,7 @@ impl Drop for Lane {
 async fn wait_for<'a>(
     worker: &'a Mutex<()>,
     signal: &CloseSignal,
-) -> Result<tokio::sync::MutexGuard<'a, ()>, LaneClosed> {
+) -> Result<MutexGuard<'a, ()>, LaneClosed> {
     tokio::select! {
         biased;
         // Cancel-safe: waiting for the close consumes nothing.
@@ -126,33 +128,52 @@ async fn wait_for<'a>(
 pub(crate) struct LaneClosed;
 
 impl Lane {
+    /// Takes the connection's worker (Hash mode; nothing to take otherwise),
+    /// waiting while another connection holds it, unless the connection closes.
+    pub(crate) fn permit<'a>(
+        &'a self,
+        signal: &'a CloseSignal,
+    ) -> impl Future<Output = Result<Option<MutexGuard<'a, ()>>, LaneClosed>> + 'a {
+        let now = match &self.worker {
+            None => Ok(None),
+            Some(worker) => worker.try_lock().map(Some).map_err(|_| worker),
+        };
+        async move {
+            match now {
+                Ok(permit) => Ok(permit),
+                // Boxed: the wait is the rare path, and its futures would
+                // otherwise enlarge every connection's reader, idle or not.
+                Err(worker) => Box::pin(wait_for(worker, signal)).await.map(Some),
+            }
+        }
+    }
+
+    /// Handles one message (with the permit held by the caller).
+    pub(crate) fn dispatch<'a>(
+        &self,
+        conn: &'a Connection,
+        msg: Message,
+    ) -> Dispatching<&'a Connection> {
+        self.router
+            .dispatch_on(conn, Request::new(conn.clone(), msg))
+    }
+
     /// Handles the messages decoded from one read, in order, holding the worker
     /// for the whole batch; `batch` is left empty.
-    pub(crate) async fn dispatch_all(
+    #[cfg(test)]
+    async fn dispatch_all(
         &self,
         conn: &Connection,
         batch: &mut Vec<Message>,
         signal: &CloseSignal,
     ) -> Result<(), LaneClosed> {
-        let _permit = match &self.worker {
-            None => None,
-            Some(worker) => match worker.try_lock() {
-                Ok(permit) => Some(permit),
-                // Boxed: the wait is the rare path, and its futures would
-                // otherwise enlarge every connection's reader, idle or not.
-                Err(_) => match Box::pin(wait_for(worker, signal)).await {
-                    Ok(permit) => Some(permit),
-                    Err(closed) => {
-                        batch.clear();
-                        return Err(closed);
-                    }
-                },
-            },
-        };
+        let permit = self.permit(signal).await;
+        if permit.is_err() {
+            batch.clear();
+        }
+        let _permit = permit?;
         for msg in batch.drain(..) {
-            self.router
-                .dispatch_on(conn, Request::new(conn.clone(), msg))
-                .await;
+            self.dispatch(conn, msg).await;
         }
         Ok(())
     }

@@ -52,6 +52,19 @@ pub(crate) struct Endpoint {
     pub(crate) local: SocketAddr,
 }
 
+/// Logs why a connection's reader stopped; only the word is kept across the
+/// awaits that follow (the error is large, and would be held by every reader).
+fn log_end(end: ReadEnd) -> &'static str {
+    match &end {
+        ReadEnd::Failed(e) if e.is_protocol() => {
+            tracing::warn!(error = %e, "protocol error, closing connection");
+        }
+        ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
+        ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+    }
+    end.reason()
+}
+
 /// A connection set up by [`Engine::open`], ready to be run.
 pub(crate) struct Opened<R> {
     r: R,
@@ -143,24 +156,17 @@ impl<F: Framing> Engine<F> {
             }
 
             engine.hooks.connect(&conn).await;
-            let end = reader::run(
-                r,
-                &conn,
-                &mut lane,
-                engine.framing.clone(),
-                engine.read_buf,
-                engine.heartbeat.as_ref(),
-            )
-            .await;
-            match &end {
-                ReadEnd::Failed(e) if e.is_protocol() => {
-                    tracing::warn!(error = %e, "protocol error, closing connection");
-                }
-                ReadEnd::Failed(e) => {
-                    tracing::debug!(error = %e, "read failed, closing connection");
-                }
-                ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
-            }
+            let reason = log_end(
+                reader::run(
+                    r,
+                    &conn,
+                    &mut lane,
+                    engine.framing.clone(),
+                    engine.read_buf,
+                    engine.heartbeat.as_ref(),
+                )
+                .await,
+            );
             conn.close();
             if let Some(current) = current {
                 current.send_replace(None);
@@ -173,7 +179,7 @@ impl<F: Framing> Engine<F> {
             drop(lane);
             drop(registration);
             drop(guard);
-            tracing::debug!(reason = end.reason(), "connection closed");
+            tracing::debug!(reason, "connection closed");
             engine.hooks.disconnect(&conn).await;
             conn.run_close_callbacks();
         }

@@ -146,14 +146,17 @@ where
         let mut last_heard = Instant::now();
         let mut batch = Vec::new();
         loop {
-            let read = tokio::select! {
+            // The read's result is matched in this statement, so it is not kept
+            // across the dispatch below.
+            let n = match tokio::select! {
                 biased;
                 // Cancel-safe: waiting for the close consumes nothing.
                 () = signal.closed_for(Waiter::Reader) => return ReadEnd::Cancelled,
                 // Cancel-safe: recv loses nothing; the job runs in the branch body, so
                 // no other branch can interrupt it.
                 job = lane.next_job() => {
-                    lane.run_job(job).await;
+                    // Boxed: rare, and it would enlarge every connection's reader.
+                    Box::pin(lane.run_job(job)).await;
                     continue;
                 }
                 // Cancel-safe: Interval::tick only records a tick when it completes.
@@ -165,11 +168,11 @@ where
                 }
                 // Cancel-safe: see ReadSource::read_into.
                 read = io.read_into(&mut buf, chunk) => read,
-            };
-            let n = match read {
+            } {
                 Ok(n) => n,
                 Err(e) => return ReadEnd::Failed(e.into()),
             };
+            let eof = n == 0;
             // Adapt the read size: grow as soon as a read fills it; shrink only after
             // many small reads in a row, so a burst's short tail does not undo growth.
             if n >= chunk {
@@ -188,9 +191,15 @@ where
                 last_heard = Instant::now();
             }
             // Boxed: the error is rare and held across the dispatch below.
-            let decoded = decode_all(&mut framing, &mut buf, &mut batch, n == 0).map_err(Box::new);
-            if !batch.is_empty() && lane.dispatch_all(conn, &mut batch, signal).await.is_err() {
-                return ReadEnd::Cancelled;
+            let decoded = decode_all(&mut framing, &mut buf, &mut batch, eof).map_err(Box::new);
+            if !batch.is_empty() {
+                // The worker is held for the whole batch.
+                let Ok(_permit) = lane.permit(signal).await else {
+                    return ReadEnd::Cancelled;
+                };
+                for msg in batch.drain(..) {
+                    lane.dispatch(conn, msg).await;
+                }
             }
             if let Err(e) = decoded {
                 return ReadEnd::Failed(*e);
@@ -203,7 +212,7 @@ where
             if batch.capacity() > 64 {
                 batch = Vec::new();
             }
-            if n == 0 {
+            if eof {
                 // Every message read was handled before this point, so replies to a
                 // peer that half-closed are already queued.
                 return ReadEnd::PeerClosed;
