@@ -22,7 +22,7 @@
 
 use std::str::FromStr;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
@@ -125,6 +125,70 @@ impl Codec {
         }
     }
 
+    /// Decodes every whole frame in `src` at once: the headers are checked first,
+    /// then the frames' bytes are split off in one piece and each message's data
+    /// is a slice of it (one reference count per message instead of a split).
+    /// On error the frames before the bad one are in `out`.
+    pub(crate) fn decode_batch(
+        &self,
+        src: &mut BytesMut,
+        out: &mut Vec<Message>,
+        eof: bool,
+    ) -> Result<(), Error> {
+        // Find the end of the last whole frame; stop at a bad header.
+        let mut end = 0;
+        let mut count = 0;
+        let mut bad = None;
+        while let Some(header) = src.get(end..end + HEADER_LEN) {
+            let (_, len) = self.parse_header(header);
+            if let Err(e) = self.check_len(u64::from(len)) {
+                bad = Some(e);
+                break;
+            }
+            let frame_len = HEADER_LEN + len as usize;
+            if src.len() - end < frame_len {
+                break;
+            }
+            end += frame_len;
+            count += 1;
+        }
+        if count > 0 {
+            let frames = src.split_to(end).freeze();
+            out.reserve(count);
+            let mut at = 0;
+            while at < end {
+                let (id, len) = self.parse_header(&frames[at..at + HEADER_LEN]);
+                let start = at + HEADER_LEN;
+                at = start + len as usize;
+                out.push(Message {
+                    id: MsgId(id),
+                    data: frames.slice(start..at),
+                });
+            }
+        }
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        // What is left is part of a frame: reserve for the rest of it (bounded
+        // when there is no maximum), or fail at the end of the stream.
+        if eof && !src.is_empty() {
+            return Err(Error::TruncatedFrame {
+                buffered: src.len(),
+            });
+        }
+        if let Some(header) = src.get(..HEADER_LEN) {
+            let (_, len) = self.parse_header(header);
+            let missing = HEADER_LEN + len as usize - src.len();
+            let reserve = if self.max_packet_size == 0 {
+                missing.min(UNBOUNDED_RESERVE)
+            } else {
+                missing
+            };
+            src.reserve(reserve);
+        }
+        Ok(())
+    }
+
     fn check_len(&self, len: u64) -> Result<(), Error> {
         let max = u64::from(self.max_packet_size);
         if max != 0 && len > max {
@@ -140,9 +204,10 @@ impl Codec {
     /// [`Error::FrameTooLarge`] when `data` is longer than the maximum (or than
     /// `u32::MAX`); `dst` is left unchanged.
     pub fn encode_into(&self, id: MsgId, data: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
+        let header = self.header(id, data.len())?;
         dst.reserve(HEADER_LEN + data.len());
-        self.encode_header_into(id, data.len(), dst)?;
-        dst.put_slice(data);
+        dst.extend_from_slice(&header);
+        dst.extend_from_slice(data);
         Ok(())
     }
 
@@ -157,23 +222,23 @@ impl Codec {
         len: usize,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
+        dst.extend_from_slice(&self.header(id, len)?);
+        Ok(())
+    }
+
+    /// The header of a frame carrying `len` data bytes.
+    fn header(&self, id: MsgId, len: usize) -> Result<[u8; HEADER_LEN], Error> {
         let len = len as u64;
         self.check_len(len)?;
         let len = u32::try_from(len).map_err(|_| Error::FrameTooLarge {
             len,
             max: u64::from(u32::MAX),
         })?;
-        match self.layout {
-            Layout::Tlv => {
-                dst.put_u32(id.0);
-                dst.put_u32(len);
-            }
-            Layout::Ltv => {
-                dst.put_u32_le(len);
-                dst.put_u32_le(id.0);
-            }
-        }
-        Ok(())
+        let (a, b) = match self.layout {
+            Layout::Tlv => (id.0.to_be_bytes(), len.to_be_bytes()),
+            Layout::Ltv => (len.to_le_bytes(), id.0.to_le_bytes()),
+        };
+        Ok([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
     }
 }
 
@@ -241,6 +306,8 @@ impl Encoder<&Message> for Codec {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use bytes::BufMut;
+
     use super::*;
 
     fn frame(layout: Layout, id: u32, data: &[u8]) -> Vec<u8> {
@@ -251,7 +318,20 @@ mod tests {
         b.to_vec()
     }
 
+    /// Decodes the chunks one frame at a time (`Decoder`) and in batches (what
+    /// the reader uses), checks that both agree, and returns the result.
     fn decode_all(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {
+        let single = decode_each(&mut codec.clone(), chunks);
+        let batched = decode_batched(codec, chunks);
+        match (&single, &batched) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "batch decoding differs"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            _ => panic!("batch decoding differs: {single:?} vs {batched:?}"),
+        }
+        batched
+    }
+
+    fn decode_each(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for chunk in chunks {
@@ -263,6 +343,17 @@ mod tests {
         if let Some(m) = codec.decode_eof(&mut buf)? {
             out.push(m);
         }
+        Ok(out)
+    }
+
+    fn decode_batched(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            codec.decode_batch(&mut buf, &mut out, false)?;
+        }
+        codec.decode_batch(&mut buf, &mut out, true)?;
         Ok(out)
     }
 
@@ -397,6 +488,27 @@ mod tests {
         let mut buf = BytesMut::from(&wire[..10]);
         assert!(Codec::default().decode(&mut buf).unwrap().is_none());
         assert!(buf.capacity() >= wire.len());
+
+        let mut buf = BytesMut::from(&wire[..10]);
+        let mut out = Vec::new();
+        Codec::default()
+            .decode_batch(&mut buf, &mut out, false)
+            .unwrap();
+        assert!(out.is_empty() && buf.len() == 10);
+        assert!(buf.capacity() >= wire.len());
+    }
+
+    #[test]
+    fn a_batch_keeps_the_frames_before_a_bad_header() {
+        let mut wire = frame(Layout::Tlv, 1, b"ok");
+        wire.extend(frame(Layout::Tlv, 2, &[0u8; 100]));
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut out = Vec::new();
+        let err = Codec::new(Layout::Tlv, 50)
+            .decode_batch(&mut buf, &mut out, false)
+            .unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 100, max: 50 }));
+        assert_eq!(out, vec![Message::new(1, &b"ok"[..])]);
     }
 
     #[test]

@@ -50,6 +50,36 @@ pub trait Framing:
         let _ = (msg, dst);
         None
     }
+
+    /// Decodes every whole frame in `buf` into `out` (what one read brought); at
+    /// `eof`, a partial frame left over is an error. On error, the frames before
+    /// the bad one are in `out`.
+    ///
+    /// The default calls [`decode`](Decoder::decode) (or
+    /// [`decode_eof`](Decoder::decode_eof)) until it returns `None`; a framing may
+    /// do the whole batch at once, as Zinx's [`Codec`] does.
+    ///
+    /// # Errors
+    ///
+    /// What the decoder returns.
+    fn decode_all(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Vec<Message>,
+        eof: bool,
+    ) -> Result<(), Error> {
+        loop {
+            let next = if eof {
+                self.decode_eof(buf)?
+            } else {
+                self.decode(buf)?
+            };
+            match next {
+                Some(msg) => out.push(msg),
+                None => return Ok(()),
+            }
+        }
+    }
 }
 
 impl Framing for Codec {
@@ -62,6 +92,15 @@ impl Framing for Codec {
 
     fn encode_header(&mut self, msg: &Message, dst: &mut BytesMut) -> Option<Result<(), Error>> {
         Some(self.encode_header_into(msg.id, msg.data.len(), dst))
+    }
+
+    fn decode_all(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Vec<Message>,
+        eof: bool,
+    ) -> Result<(), Error> {
+        self.decode_batch(buf, out, eof)
     }
 }
 

@@ -22,7 +22,6 @@ use crate::conn::close::Waiter;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
-use crate::message::Message;
 use crate::worker::Lane;
 
 /// Why the reader stopped.
@@ -191,7 +190,9 @@ where
                 last_heard = Instant::now();
             }
             // Boxed: the error is rare and held across the dispatch below.
-            let decoded = decode_all(&mut framing, &mut buf, &mut batch, eof).map_err(Box::new);
+            let decoded = framing
+                .decode_all(&mut buf, &mut batch, eof)
+                .map_err(Box::new);
             if !batch.is_empty() {
                 // The worker is held for the whole batch.
                 let Ok(_permit) = lane.permit(signal).await else {
@@ -217,27 +218,6 @@ where
                 // peer that half-closed are already queued.
                 return ReadEnd::PeerClosed;
             }
-        }
-    }
-}
-
-/// Decodes every whole frame in `buf` into `out`; at EOF, a partial frame is an
-/// error. Frames decoded before an error are still returned in `out`.
-fn decode_all<F: Framing>(
-    framing: &mut F,
-    buf: &mut BytesMut,
-    out: &mut Vec<Message>,
-    eof: bool,
-) -> Result<(), Error> {
-    loop {
-        let next = if eof {
-            framing.decode_eof(buf)?
-        } else {
-            framing.decode(buf)?
-        };
-        match next {
-            Some(msg) => out.push(msg),
-            None => return Ok(()),
         }
     }
 }
