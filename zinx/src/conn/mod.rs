@@ -2,11 +2,12 @@
 //!
 //! Every connection is driven by a **reader** ([`reader`]) that owns the socket's read
 //! half and turns bytes into requests for the router, and a **writer** ([`writer`])
-//! that owns the write half and drains the connection's bounded send queue.
-//! Nothing else touches the socket. [`Connection`] is a cheap clonable handle:
-//! sending puts a message on the queue; closing cancels the connection's token,
-//! which both tasks watch. Because the queue and the token are owned values, a send
-//! after close is an [`Error::Closed`], never a panic or a lost wake-up.
+//! that owns the write half and drains the connection's bounded send queue; the
+//! writer task starts with the first message queued. Nothing else touches the
+//! socket. [`Connection`] is a cheap clonable handle: sending puts a message on the
+//! queue; closing sets the connection's close signal, which both tasks watch.
+//! Because the queue and the signal are owned values, a send after close is an
+//! [`Error::Closed`], never a panic or a lost wake-up.
 
 pub(crate) mod close;
 pub(crate) mod driver;
