@@ -192,6 +192,7 @@ impl<F: Framing> ClientBuilder<F> {
             framing: self.framing,
             read_buf: to_usize(self.config.io_read_buff_size).max(crate::codec::HEADER_LEN),
             send_queue: to_usize(self.config.max_msg_chan_len).max(1),
+            send_queue_full: self.config.send_queue_full,
             linger: DEFAULT_CLOSE_LINGER,
             hooks: self.hooks,
             manager: ConnManager::new(),

@@ -79,6 +79,53 @@ impl<'de> Deserialize<'de> for WorkerMode {
     }
 }
 
+/// What happens when a message is sent to a connection whose send queue
+/// (`MaxMsgChanLen` messages) is full: the peer is not reading fast enough.
+///
+/// Set with the `SendQueueFull` key (not in Go Zinx, whose `SendMsg` always waits).
+/// [`Connection::try_send`](crate::Connection::try_send) never waits: it fails with
+/// `QueueFull` under `Wait` and `Fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum SendQueueFull {
+    /// `"wait"`: [`Connection::send`](crate::Connection::send) waits for room (the
+    /// slow peer slows its senders).
+    #[default]
+    Wait,
+    /// `"fail"`: `send` fails at once with [`Error::QueueFull`]; the message is not
+    /// sent and the connection stays open.
+    Fail,
+    /// `"close"`: the slow peer is closed (what was queued is still flushed, within
+    /// the linger time) and the send fails with [`Error::Closed`], like Netty's
+    /// high write watermark. Other senders never wait for a slow peer.
+    Close,
+}
+
+impl FromStr for SendQueueFull {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.is_empty() || s.eq_ignore_ascii_case("wait") {
+            Ok(SendQueueFull::Wait)
+        } else if s.eq_ignore_ascii_case("fail") {
+            Ok(SendQueueFull::Fail)
+        } else if s.eq_ignore_ascii_case("close") {
+            Ok(SendQueueFull::Close)
+        } else {
+            Err(Error::ConfigValue {
+                key: "SendQueueFull",
+                message: format!("unknown policy {s:?}, expected \"wait\", \"fail\" or \"close\""),
+            })
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SendQueueFull {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
 /// Declares the config struct once: field, Go key, type and default. From it come
 /// the struct, its `Default` and its case-insensitive `Deserialize`.
 macro_rules! config {
@@ -167,6 +214,9 @@ config! {
     worker_mode: WorkerMode = WorkerMode::Hash, "WorkerMode";
     /// `MaxMsgChanLen`: the per-connection send queue length.
     max_msg_chan_len: u32 = 1024, "MaxMsgChanLen";
+    /// `SendQueueFull`: what a send to a full queue does (not in Go Zinx):
+    /// `"wait"` (default), `"fail"` or `"close"`. See [`SendQueueFull`].
+    send_queue_full: SendQueueFull = SendQueueFull::Wait, "SendQueueFull";
     /// `IOReadBuffSize`: the initial size of a connection's read buffer.
     io_read_buff_size: u32 = 1024, "IOReadBuffSize";
     /// `HeartbeatMax`: seconds of silence before a peer counts as dead.
@@ -357,6 +407,22 @@ mod tests {
             let json = format!(r#"{{"WorkerMode": "{text}"}}"#);
             assert_eq!(Config::from_json_str(&json).unwrap().worker_mode, mode);
         }
+    }
+
+    #[test]
+    fn send_queue_full_policies() {
+        assert_eq!(Config::default().send_queue_full, SendQueueFull::Wait);
+        for (text, policy) in [
+            ("", SendQueueFull::Wait),
+            ("wait", SendQueueFull::Wait),
+            ("Fail", SendQueueFull::Fail),
+            ("CLOSE", SendQueueFull::Close),
+        ] {
+            let json = format!(r#"{{"SendQueueFull": "{text}"}}"#);
+            assert_eq!(Config::from_json_str(&json).unwrap().send_queue_full, policy);
+        }
+        let err = Config::from_json_str(r#"{"SendQueueFull": "drop"}"#).unwrap_err();
+        assert!(err.to_string().contains("SendQueueFull"), "{err}");
     }
 
     #[test]

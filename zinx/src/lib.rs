@@ -75,7 +75,7 @@ use futures_util::FutureExt;
 
 pub use client::{Client, ClientBuilder, Reconnect};
 pub use codec::{Codec, Layout};
-pub use config::{Config, WorkerMode};
+pub use config::{Config, SendQueueFull, WorkerMode};
 pub use conn::{Connection, Outbox};
 pub use error::{Error, Result};
 pub use extensions::Extensions;

@@ -397,6 +397,7 @@ mod tests {
             local: addr,
             max_data_len: None,
             send_queue: queue,
+            send_queue_full: crate::SendQueueFull::Wait,
             manager: manager.downgrade(),
             jobs: None,
             tracker: None,

@@ -297,6 +297,7 @@ impl<F: Framing> Server<F> {
             framing,
             read_buf: to_usize(config.io_read_buff_size).max(crate::codec::HEADER_LEN),
             send_queue: to_usize(config.max_msg_chan_len).max(1),
+            send_queue_full: config.send_queue_full,
             linger,
             hooks,
             manager: handle.manager.clone(),

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::config::SendQueueFull;
 use crate::conn::reader::{self, ReadEnd, ReadSource};
 use crate::conn::writer::{self, WriterConfig};
 use crate::conn::{Connection, Parts};
@@ -34,6 +35,7 @@ pub(crate) struct Engine<F> {
     pub(crate) framing: F,
     pub(crate) read_buf: usize,
     pub(crate) send_queue: usize,
+    pub(crate) send_queue_full: SendQueueFull,
     pub(crate) linger: Duration,
     pub(crate) hooks: Hooks,
     pub(crate) manager: ConnManager,
@@ -90,6 +92,7 @@ impl<F: Framing> Engine<F> {
             local,
             max_data_len: self.framing.max_data_len(),
             send_queue: self.send_queue,
+            send_queue_full: self.send_queue_full,
             manager: self.manager.downgrade(),
             jobs: Some(lane.jobs()),
             tracker: Some(self.tracker.clone()),
@@ -206,6 +209,7 @@ mod tests {
             framing: Codec::default(),
             read_buf: 1024,
             send_queue: 16,
+            send_queue_full: SendQueueFull::Wait,
             linger: Duration::from_secs(1),
             hooks: Hooks::default(),
             manager: ConnManager::new(),

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
 use crate::error::Error;
 use crate::extensions::Extensions;
@@ -51,6 +52,7 @@ struct Shared {
     peer: SocketAddr,
     local: SocketAddr,
     max_data_len: Option<usize>,
+    send_queue_full: SendQueueFull,
     queue: Arc<Queue<Message>>,
     close: CloseSignal,
     properties: Mutex<Extensions>,
@@ -91,6 +93,7 @@ pub(crate) struct Parts {
     pub(crate) local: SocketAddr,
     pub(crate) max_data_len: Option<usize>,
     pub(crate) send_queue: usize,
+    pub(crate) send_queue_full: SendQueueFull,
     pub(crate) manager: Weak<ManagerShared>,
     /// The lane's callback queue, for async op results.
     pub(crate) jobs: Option<Arc<Queue<Job>>>,
@@ -107,6 +110,7 @@ impl Connection {
             peer: parts.peer,
             local: parts.local,
             max_data_len: parts.max_data_len,
+            send_queue_full: parts.send_queue_full,
             queue: queue.clone(),
             close: CloseSignal::default(),
             properties: Mutex::new(Extensions::new()),
@@ -139,6 +143,7 @@ impl Connection {
             local: addr,
             max_data_len: None,
             send_queue: queue,
+            send_queue_full: SendQueueFull::Wait,
             manager: Weak::new(),
             jobs: None,
             tracker: None,
@@ -187,7 +192,11 @@ impl Connection {
                     Ok(None)
                 }
                 Err(PushError::Closed(_)) => Err(Error::Closed),
-                Err(PushError::Full(msg)) => Ok(Some(msg)),
+                Err(PushError::Full(msg)) => match self.shared.send_queue_full {
+                    SendQueueFull::Wait => Ok(Some(msg)),
+                    SendQueueFull::Fail => Err(Error::QueueFull),
+                    SendQueueFull::Close => Err(self.close_slow_peer()),
+                },
             }
         });
         async move {
@@ -210,6 +219,15 @@ impl Connection {
                 Ok(())
             }
         }
+    }
+
+    /// The `SendQueueFull = "close"` policy: a peer that lets its send queue fill
+    /// up is closed. Returns the error the send reports.
+    #[cold]
+    fn close_slow_peer(&self) -> Error {
+        tracing::warn!(conn_id = %self.id(), "send queue full, closing the slow peer");
+        self.close();
+        Error::Closed
     }
 
     /// Hands the connection the way to start its writer, which the first message
@@ -261,6 +279,9 @@ impl Connection {
     pub fn try_send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
         let msg = self.outgoing(id.into(), data.into())?;
         self.shared.queue.try_push(msg).map_err(|e| match e {
+            PushError::Full(_) if self.shared.send_queue_full == SendQueueFull::Close => {
+                self.close_slow_peer()
+            }
             PushError::Full(_) => Error::QueueFull,
             PushError::Closed(_) => Error::Closed,
         })?;
@@ -524,6 +545,10 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn test_conn(queue: usize) -> (Connection, Outbox) {
+        test_conn_with(queue, SendQueueFull::Wait)
+    }
+
+    fn test_conn_with(queue: usize, send_queue_full: SendQueueFull) -> (Connection, Outbox) {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Connection::new(Parts {
             id: ConnId(7),
@@ -531,10 +556,46 @@ pub(crate) mod tests {
             local: addr,
             max_data_len: Some(16),
             send_queue: queue,
+            send_queue_full,
             manager: Weak::new(),
             jobs: None,
             tracker: None,
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_waits_fails_or_closes_as_configured() {
+        // wait: send waits until there is room, try_send fails fast.
+        let (conn, mut rx) = test_conn_with(1, SendQueueFull::Wait);
+        conn.send(1, "a").await.unwrap();
+        assert!(conn.try_send(1, "b").unwrap_err().is_queue_full());
+        let waiting = conn.send(1, "c");
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        assert_eq!(&rx.recv().await.unwrap().data[..], b"a");
+        waiting.await.unwrap();
+        assert!(!conn.is_closed());
+
+        // fail: both fail at once; the connection stays open.
+        let (conn, _rx) = test_conn_with(1, SendQueueFull::Fail);
+        conn.send(1, "a").await.unwrap();
+        assert!(conn.send(1, "b").await.unwrap_err().is_queue_full());
+        assert!(conn.try_send(1, "b").unwrap_err().is_queue_full());
+        assert!(!conn.is_closed());
+
+        // close: the slow peer is closed, and what was queued stays queued.
+        for use_try in [false, true] {
+            let (conn, mut rx) = test_conn_with(1, SendQueueFull::Close);
+            conn.send(1, "a").await.unwrap();
+            let err = if use_try {
+                conn.try_send(1, "b").unwrap_err()
+            } else {
+                conn.send(1, "b").await.unwrap_err()
+            };
+            assert!(err.is_closed(), "{err}");
+            assert!(conn.is_closed());
+            assert_eq!(&rx.recv().await.unwrap().data[..], b"a");
+        }
     }
 
     #[tokio::test]
