@@ -419,7 +419,10 @@ mod tests {
             ("CLOSE", SendQueueFull::Close),
         ] {
             let json = format!(r#"{{"SendQueueFull": "{text}"}}"#);
-            assert_eq!(Config::from_json_str(&json).unwrap().send_queue_full, policy);
+            assert_eq!(
+                Config::from_json_str(&json).unwrap().send_queue_full,
+                policy
+            );
         }
         let err = Config::from_json_str(r#"{"SendQueueFull": "drop"}"#).unwrap_err();
         assert!(err.to_string().contains("SendQueueFull"), "{err}");
