@@ -197,6 +197,8 @@ impl<F: Framing> ClientBuilder<F> {
             hooks: self.hooks,
             manager: ConnManager::new(),
             heartbeat: self.heartbeat,
+            rate: (self.config.max_msg_rate > 0)
+                .then_some((self.config.max_msg_rate, self.config.max_msg_burst)),
             pool,
             tracker: tracker.clone(),
             stop: stop.clone(),

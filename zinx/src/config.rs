@@ -217,6 +217,15 @@ config! {
     /// `SendQueueFull`: what a send to a full queue does (not in Go Zinx):
     /// `"wait"` (default), `"fail"` or `"close"`. See [`SendQueueFull`].
     send_queue_full: SendQueueFull = SendQueueFull::Wait, "SendQueueFull";
+    /// `MaxMsgRate` (not in Go Zinx): messages per second a connection's handlers
+    /// take; a faster peer is slowed down (its reads wait). 0 = no limit.
+    max_msg_rate: u32 = 0, "MaxMsgRate";
+    /// `MaxMsgBurst` (not in Go Zinx): messages handled at once before
+    /// `MaxMsgRate` applies (0 = one second's worth).
+    max_msg_burst: u32 = 0, "MaxMsgBurst";
+    /// `MaxConnPerIP` (not in Go Zinx): connections one IP address may hold; more
+    /// are closed right after accept. 0 = no limit.
+    max_conn_per_ip: usize = 0, "MaxConnPerIP";
     /// `IOReadBuffSize`: the initial size of a connection's read buffer.
     io_read_buff_size: u32 = 1024, "IOReadBuffSize";
     /// `HeartbeatMax`: seconds of silence before a peer counts as dead.

@@ -57,6 +57,7 @@ mod extensions;
 pub mod framing;
 mod heartbeat;
 mod hooks;
+mod limit;
 pub mod manager;
 mod message;
 mod queue;

@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
+use crate::limit::PerIp;
 use crate::manager::ConnManager;
 use crate::message::ConnId;
 use crate::router::Router;
@@ -302,6 +303,7 @@ impl<F: Framing> Server<F> {
             hooks,
             manager: handle.manager.clone(),
             heartbeat,
+            rate: (config.max_msg_rate > 0).then_some((config.max_msg_rate, config.max_msg_burst)),
             pool,
             tracker: tracker.clone(),
             stop: root.clone(),
@@ -311,6 +313,7 @@ impl<F: Framing> Server<F> {
 
         let mut next_id = 0u64;
         let mut backoff = Duration::ZERO;
+        let per_ip = PerIp::default();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -348,6 +351,18 @@ impl<F: Framing> Server<F> {
                     }
                 }
             };
+            let ip_slot = match config.max_conn_per_ip {
+                0 => None,
+                max => {
+                    if let Some(slot) = per_ip.try_take(peer.ip(), max) {
+                        Some(slot)
+                    } else {
+                        tracing::warn!(%peer, max_conn_per_ip = max, "MaxConnPerIP reached, closing new connection");
+                        drop(stream);
+                        continue;
+                    }
+                }
+            };
             next_id += 1;
             let id = ConnId(next_id);
             let span = tracing::debug_span!("conn", conn_id = id.0, %peer);
@@ -356,7 +371,10 @@ impl<F: Framing> Server<F> {
             let (r, w) = stream.into_split();
             let endpoint = Endpoint { id, peer, local };
             let opened = span.in_scope(|| engine.open(r, w, endpoint));
-            tracker.spawn(Engine::run(engine.clone(), opened, permit, None).instrument(span));
+            // Both slots are given back with the connection's other resources,
+            // before on_disconnect.
+            let guard = (permit, ip_slot);
+            tracker.spawn(Engine::run(engine.clone(), opened, guard, None).instrument(span));
         }
 
         drop(listener);

@@ -167,3 +167,57 @@ async fn log_isolation_level_filters_and_rust_log_wins() {
         "RUST_LOG wins: {overridden}"
     );
 }
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime is the 14th
+    // field of the line, stime the 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors (EMFILE), the accept loop backs off instead of spinning
+/// or exiting, keeps serving the connections it has, and accepts again once
+/// descriptors are free.
+#[tokio::test]
+async fn accept_backs_off_when_out_of_descriptors_and_recovers() {
+    let config = write_config(
+        "emfile.json",
+        CONFIG.replace("\"MaxConn\": 8", "\"MaxConn\": 0").as_str(),
+    );
+    // A descriptor limit of 32 leaves the server room for about 20 connections.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\"")
+        .arg(example("echo_server"))
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null());
+    let server = start_with(cmd, &config, &[]);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(RawClient::connect(server.addr, Layout::Tlv).await);
+    }
+    // The first connections are served; the last ones wait in the backlog.
+    let m = held[0].roundtrip(1, "still serving").await;
+    assert_eq!(&m.data[..], b"still serving");
+    let late = held.pop().unwrap();
+    // While out of descriptors the server waits between accepts: over a second it
+    // uses a small part of a CPU (a spinning accept loop would use all of it).
+    let pid = server.child.id();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 50,
+        "{used} CPU ticks in one second while out of descriptors"
+    );
+    // Free descriptors: the connection that waited is accepted and served.
+    held.truncate(5);
+    let mut late = late;
+    let m = late.roundtrip(1, "accepted at last").await;
+    assert_eq!(&m.data[..], b"accepted at last");
+    signal(&server.child, "-TERM");
+    drop((held, late));
+    assert!(wait_exit(server.child).await.success());
+}

@@ -26,6 +26,7 @@ use crate::conn::{Connection, Parts};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::Hooks;
+use crate::limit::RateLimit;
 use crate::manager::{ConnManager, Registration};
 use crate::message::ConnId;
 use crate::worker::{Lane, WorkerPool};
@@ -40,6 +41,8 @@ pub(crate) struct Engine<F> {
     pub(crate) hooks: Hooks,
     pub(crate) manager: ConnManager,
     pub(crate) heartbeat: Option<Heartbeat>,
+    /// `MaxMsgRate` and `MaxMsgBurst`, when a rate limit is set.
+    pub(crate) rate: Option<(u32, u32)>,
     pub(crate) pool: Arc<WorkerPool>,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the server (or client) stops: a connection that starts
@@ -167,6 +170,9 @@ impl<F: Framing> Engine<F> {
                     engine.framing.clone(),
                     engine.read_buf,
                     engine.heartbeat.as_ref(),
+                    engine
+                        .rate
+                        .and_then(|(per_sec, burst)| RateLimit::new(per_sec, burst)),
                 )
                 .await,
             );
@@ -214,6 +220,7 @@ mod tests {
             hooks: Hooks::default(),
             manager: ConnManager::new(),
             heartbeat,
+            rate: None,
             pool: WorkerPool::new(
                 WorkerMode::Hash,
                 0,
@@ -266,6 +273,34 @@ mod tests {
             .encode(Message::new(id, data), &mut buf)
             .unwrap();
         buf.to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_peer_is_handled_at_the_rate_after_a_burst() {
+        use std::sync::Mutex;
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let t = times.clone();
+        let router = Router::new().route(1, move |_req: Request| {
+            t.lock().unwrap().push(tokio::time::Instant::now());
+            async {}
+        });
+        let mut engine = engine(None, router);
+        engine.rate = Some((10, 5));
+        let (mut peer, task) = start(Arc::new(engine));
+        let start = tokio::time::Instant::now();
+        // Twenty messages in one write: five at once, then five per half second.
+        let wire: Vec<u8> = (0..20).flat_map(|_| frame(1, "x")).collect();
+        peer.write_all(&wire).await.unwrap();
+        drop(peer);
+        task.await.unwrap();
+        let offsets: Vec<u128> = times
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (*t - start).as_millis())
+            .collect();
+        let expected: Vec<u128> = (0..20).map(|i| (i / 5) * 500).collect();
+        assert_eq!(offsets, expected);
     }
 
     #[tokio::test(start_paused = true)]

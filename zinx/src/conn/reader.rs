@@ -18,10 +18,11 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::conn::Connection;
-use crate::conn::close::Waiter;
+use crate::conn::close::{CloseSignal, Waiter};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
+use crate::limit::RateLimit;
 use crate::worker::Lane;
 
 /// Why the reader stopped.
@@ -126,6 +127,7 @@ pub(crate) fn run<'a, R, F>(
     mut framing: F,
     initial_chunk: usize,
     heartbeat: Option<&'a Heartbeat>,
+    rate: Option<RateLimit>,
 ) -> impl Future<Output = ReadEnd> + 'a
 where
     R: ReadSource,
@@ -137,12 +139,7 @@ where
         let min_chunk = initial_chunk.max(64);
         let mut chunk = min_chunk;
         let mut small_reads = 0u32;
-        let mut ticker = heartbeat.map(|hb| {
-            let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
-        });
-        let mut last_heard = Instant::now();
+        let mut extras = Extras::new(heartbeat, rate);
         let mut batch = Vec::new();
         loop {
             // The read's result is matched in this statement, so it is not kept
@@ -159,9 +156,9 @@ where
                     continue;
                 }
                 // Cancel-safe: Interval::tick only records a tick when it completes.
-                _ = tick(ticker.as_mut()) => {
-                    if let Some(hb) = heartbeat {
-                        beat(hb, conn, last_heard);
+                _ = tick(extras.as_mut().and_then(|x| x.ticker.as_mut())) => {
+                    if let (Some(hb), Some(x)) = (heartbeat, extras.as_ref()) {
+                        beat(hb, conn, x.last_heard);
                     }
                     continue;
                 }
@@ -186,19 +183,36 @@ where
             } else {
                 small_reads = 0;
             }
-            if n > 0 && heartbeat.is_some() {
-                last_heard = Instant::now();
+            if n > 0
+                && heartbeat.is_some()
+                && let Some(x) = extras.as_mut()
+            {
+                x.last_heard = Instant::now();
             }
             // Boxed: the error is rare and held across the dispatch below.
             let decoded = framing
                 .decode_all(&mut buf, &mut batch, eof)
                 .map_err(Box::new);
-            if !batch.is_empty() {
+            while !batch.is_empty() {
+                // With a rate limit, at most a burst at a time, after waiting for it
+                // (without holding the worker).
+                let n = match extras.as_mut().and_then(|x| x.rate.as_mut()) {
+                    None => batch.len(),
+                    Some(rate) => {
+                        let n = rate.burst().min(batch.len());
+                        let wait = rate.acquire(Instant::now(), n);
+                        // Boxed: only a throttled connection pays for the timer.
+                        if !wait.is_zero() && Box::pin(pause(signal, wait)).await.is_err() {
+                            return ReadEnd::Cancelled;
+                        }
+                        n
+                    }
+                };
                 // The worker is held for the whole batch.
                 let Ok(_permit) = lane.permit(signal).await else {
                     return ReadEnd::Cancelled;
                 };
-                for msg in batch.drain(..) {
+                for msg in batch.drain(..n) {
                     lane.dispatch(conn, msg).await;
                 }
             }
@@ -219,6 +233,42 @@ where
                 return ReadEnd::PeerClosed;
             }
         }
+    }
+}
+
+/// Reader state only some servers use (heartbeat, rate limit): boxed, so that a
+/// connection without them does not carry it in its future.
+struct Extras {
+    ticker: Option<Interval>,
+    /// When the peer was last heard from (heartbeat only).
+    last_heard: Instant,
+    rate: Option<RateLimit>,
+}
+
+impl Extras {
+    fn new(heartbeat: Option<&Heartbeat>, rate: Option<RateLimit>) -> Option<Box<Extras>> {
+        if heartbeat.is_none() && rate.is_none() {
+            return None;
+        }
+        let ticker = heartbeat.map(|hb| {
+            let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        });
+        Some(Box::new(Extras {
+            ticker,
+            last_heard: Instant::now(),
+            rate,
+        }))
+    }
+}
+
+/// Waits `wait`, or fails when the connection closes first.
+async fn pause(signal: &CloseSignal, wait: std::time::Duration) -> Result<(), ()> {
+    tokio::select! {
+        biased;
+        () = signal.closed_for(Waiter::Reader) => Err(()),
+        () = tokio::time::sleep(wait) => Ok(()),
     }
 }
 
@@ -282,7 +332,16 @@ mod tests {
         bytes.extend(wire(1, b"two"));
         peer.write_all(&bytes).await.unwrap();
         drop(peer);
-        let end = run(io, &conn, &mut inline_lane(), Codec::default(), 16, None).await;
+        let end = run(
+            io,
+            &conn,
+            &mut inline_lane(),
+            Codec::default(),
+            16,
+            None,
+            None,
+        )
+        .await;
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"one");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"two");
@@ -300,6 +359,7 @@ mod tests {
             Codec::new(Layout::Tlv, 16),
             16,
             None,
+            None,
         )
         .await;
         assert!(matches!(
@@ -314,7 +374,16 @@ mod tests {
         let (mut peer, io) = tokio::io::duplex(64);
         peer.write_all(&wire(1, b"abcdef")[..10]).await.unwrap();
         drop(peer);
-        let end = run(io, &conn, &mut inline_lane(), Codec::default(), 16, None).await;
+        let end = run(
+            io,
+            &conn,
+            &mut inline_lane(),
+            Codec::default(),
+            16,
+            None,
+            None,
+        )
+        .await;
         assert!(matches!(
             end,
             ReadEnd::Failed(Error::TruncatedFrame { buffered: 10 })
@@ -327,7 +396,7 @@ mod tests {
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
         let mut lane = inline_lane();
-        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
+        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));
     }

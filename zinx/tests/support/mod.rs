@@ -102,6 +102,10 @@ pub fn frame(layout: Layout, id: u32, data: &[u8]) -> Vec<u8> {
 impl RawClient {
     pub async fn connect(addr: SocketAddr, layout: Layout) -> RawClient {
         let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+        RawClient::from_stream(stream, layout)
+    }
+
+    pub fn from_stream(stream: TcpStream, layout: Layout) -> RawClient {
         stream.set_nodelay(true).unwrap();
         let (r, w) = stream.into_split();
         RawClient {
