@@ -58,18 +58,19 @@ pub(crate) struct PerIp {
 }
 
 impl PerIp {
-    /// Takes a slot for `ip` if it has fewer than `max` connections.
-    pub(crate) fn try_take(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+    /// Takes a slot for `ip` if it has fewer than `max` connections (boxed: it is
+    /// held by every connection's task).
+    pub(crate) fn try_take(&self, ip: IpAddr, max: usize) -> Option<Box<IpSlot>> {
         let mut counts = self.lock();
         let count = counts.entry(ip).or_insert(0);
         if *count >= max {
             return None;
         }
         *count += 1;
-        Some(IpSlot {
+        Some(Box::new(IpSlot {
             per_ip: self.clone(),
             ip,
-        })
+        }))
     }
 
     /// Addresses holding at least one connection.

@@ -170,9 +170,12 @@ impl<F: Framing> Engine<F> {
                     engine.framing.clone(),
                     engine.read_buf,
                     engine.heartbeat.as_ref(),
-                    engine
-                        .rate
-                        .and_then(|(per_sec, burst)| RateLimit::new(per_sec, burst)),
+                    reader::Extras::new(
+                        engine.heartbeat.as_ref(),
+                        engine
+                            .rate
+                            .and_then(|(per_sec, burst)| RateLimit::new(per_sec, burst)),
+                    ),
                 )
                 .await,
             );
@@ -273,6 +276,32 @@ mod tests {
             .encode(Message::new(id, data), &mut buf)
             .unwrap();
         buf.to_vec()
+    }
+
+    /// Every idle connection holds this future in its task: tokio's cell is a
+    /// 32-byte header, the future with 72 bytes around it (span, tracker,
+    /// scheduler, task ID) and a 48-byte trailer, rounded up to 128 bytes. Up to
+    /// 488 bytes of future that is 640 bytes; one byte more and it is 768.
+    #[tokio::test]
+    async fn a_connection_task_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (stream, peer) = accepted.unwrap();
+        let (r, w) = stream.into_split();
+        let engine = Arc::new(engine(None, Router::new()));
+        let endpoint = Endpoint {
+            id: ConnId(1),
+            peer,
+            local: peer,
+        };
+        let opened = engine.open(r, w, endpoint);
+        let permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let guard = (permit, None::<Box<crate::limit::IpSlot>>);
+        let run = Engine::run(engine.clone(), opened, guard, None);
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 488, "connection future is {size} bytes");
+        drop((run, client));
     }
 
     #[tokio::test(start_paused = true)]

@@ -127,7 +127,7 @@ pub(crate) fn run<'a, R, F>(
     mut framing: F,
     initial_chunk: usize,
     heartbeat: Option<&'a Heartbeat>,
-    rate: Option<RateLimit>,
+    mut extras: Option<Box<Extras>>,
 ) -> impl Future<Output = ReadEnd> + 'a
 where
     R: ReadSource,
@@ -139,7 +139,6 @@ where
         let min_chunk = initial_chunk.max(64);
         let mut chunk = min_chunk;
         let mut small_reads = 0u32;
-        let mut extras = Extras::new(heartbeat, rate);
         let mut batch = Vec::new();
         loop {
             // The read's result is matched in this statement, so it is not kept
@@ -238,7 +237,7 @@ where
 
 /// Reader state only some servers use (heartbeat, rate limit): boxed, so that a
 /// connection without them does not carry it in its future.
-struct Extras {
+pub(crate) struct Extras {
     ticker: Option<Interval>,
     /// When the peer was last heard from (heartbeat only).
     last_heard: Instant,
@@ -246,7 +245,10 @@ struct Extras {
 }
 
 impl Extras {
-    fn new(heartbeat: Option<&Heartbeat>, rate: Option<RateLimit>) -> Option<Box<Extras>> {
+    pub(crate) fn new(
+        heartbeat: Option<&Heartbeat>,
+        rate: Option<RateLimit>,
+    ) -> Option<Box<Extras>> {
         if heartbeat.is_none() && rate.is_none() {
             return None;
         }
