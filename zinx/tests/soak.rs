@@ -299,6 +299,23 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
     })
     .await;
 
+    // Fast peers ping-pong; every round trip is timed, first for a second with
+    // nothing else going on (the reference), then while the slow peers are pushed to.
+    let mut fast = Vec::new();
+    for _ in 0..FAST {
+        fast.push(RawClient::connect(server.addr, Layout::Tlv).await);
+    }
+    let mut reference = Vec::new();
+    let ref_start = Instant::now();
+    while ref_start.elapsed() < Duration::from_secs(1) {
+        for c in &mut fast {
+            let t = Instant::now();
+            c.roundtrip(1, [1u8; 64]).await;
+            reference.push(t.elapsed());
+        }
+    }
+    let mut rtts = Vec::new();
+
     // The pusher: 4 KiB to every slow peer, as fast as the policy lets it.
     let stop = Arc::new(AtomicBool::new(false));
     let pusher = tokio::spawn({
@@ -331,12 +348,6 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
         }
     });
 
-    // Fast peers keep ping-ponging; every round trip is timed.
-    let mut rtts = Vec::new();
-    let mut fast = Vec::new();
-    for _ in 0..FAST {
-        fast.push(RawClient::connect(server.addr, Layout::Tlv).await);
-    }
     let push_start = Instant::now();
     let mut peak_rss = rss_kib();
     while push_start.elapsed() < PUSH {
@@ -355,9 +366,13 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
         .iter()
         .filter(|&&id| manager.get(id).is_some_and(|c| !c.is_closed()))
         .count();
-    rtts.sort_unstable();
-    let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize].as_micros();
-    let (p50, p99, max) = (p(0.5), p(0.99), rtts.last().map_or(0, Duration::as_micros));
+    let percentiles = |mut v: Vec<Duration>| {
+        v.sort_unstable();
+        let p = |q: f64| v[((v.len() - 1) as f64 * q) as usize].as_micros();
+        (p(0.5), p(0.99), v.len())
+    };
+    let (ref50, ref99, _) = percentiles(reference);
+    let (p50, p99, round_trips) = percentiles(rtts);
 
     // Bound: each slow peer holds at most its queue of 4 KiB messages plus what
     // the writer took (one batch) and the kernel buffered.
@@ -384,10 +399,9 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
     format!(
         "soak slow consumers ({policy:?}): {SLOW} peers not reading, {FAST} ping-pong peers, \
          {:.0} s of 4 KiB pushes: {sent} queued, {failed} refused, {open_slow} slow peers still open; \
-         ping-pong RTT p50 {p50} µs, p99 {p99} µs, max {max} µs over {} round trips; \
-         RSS +{growth} KiB at peak (bound {bound_kib} KiB)",
+         ping-pong RTT p50 {p50} µs, p99 {p99} µs over {round_trips} round trips \
+         (alone: p50 {ref50} µs, p99 {ref99} µs); RSS +{growth} KiB at peak (bound {bound_kib} KiB)",
         PUSH.as_secs_f64(),
-        rtts.len(),
     )
 }
 
