@@ -199,6 +199,8 @@ impl<F: Framing> ClientBuilder<F> {
             heartbeat: self.heartbeat,
             rate: (self.config.max_msg_rate > 0)
                 .then_some((self.config.max_msg_rate, self.config.max_msg_burst)),
+            #[cfg(feature = "metrics")]
+            metrics: None,
             pool,
             tracker: tracker.clone(),
             stop: stop.clone(),

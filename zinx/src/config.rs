@@ -226,6 +226,10 @@ config! {
     /// `MaxConnPerIP` (not in Go Zinx): connections one IP address may hold; more
     /// are closed right after accept. 0 = no limit.
     max_conn_per_ip: usize = 0, "MaxConnPerIP";
+    /// `MetricsAddr` (not in Go Zinx): where to serve Prometheus metrics
+    /// (`GET /metrics`), e.g. `"127.0.0.1:9102"`; empty = none. Needs the crate's
+    /// `metrics` feature.
+    metrics_addr: String = String::new(), "MetricsAddr";
     /// `IOReadBuffSize`: the initial size of a connection's read buffer.
     io_read_buff_size: u32 = 1024, "IOReadBuffSize";
     /// `HeartbeatMax`: seconds of silence before a peer counts as dead.

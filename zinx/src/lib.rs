@@ -60,6 +60,8 @@ mod hooks;
 mod limit;
 pub mod manager;
 mod message;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod queue;
 mod request;
 pub mod router;

@@ -401,6 +401,8 @@ mod tests {
             manager: manager.downgrade(),
             jobs: None,
             tracker: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         })
     }
 

@@ -176,6 +176,11 @@ impl<T> Queue<T> {
         self.capacity
     }
 
+    #[cfg(feature = "metrics")]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().items.is_empty()
     }

@@ -379,6 +379,12 @@ impl Router {
         self.routes.contains_key(&id.into())
     }
 
+    /// The IDs that have a route.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn route_ids(&self) -> impl Iterator<Item = MsgId> + '_ {
+        self.routes.keys().copied()
+    }
+
     /// Compiles the router into the [`Dispatcher`] a server uses, to run handlers
     /// without a server: in unit tests of handlers (with
     /// [`Connection::detached`](crate::Connection::detached)) and benchmarks.

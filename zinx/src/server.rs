@@ -144,6 +144,8 @@ impl<F: Framing> ServerBuilder<F> {
                 manager: ConnManager::new(),
                 tracker: TaskTracker::new(),
                 limit,
+                #[cfg(feature = "metrics")]
+                metrics_addr: Arc::default(),
             },
             router: self.router,
             framing: self.framing,
@@ -187,6 +189,8 @@ pub struct ServerHandle {
     manager: ConnManager,
     tracker: TaskTracker,
     limit: Option<Arc<Semaphore>>,
+    #[cfg(feature = "metrics")]
+    metrics_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl ServerHandle {
@@ -196,8 +200,8 @@ impl ServerHandle {
         self.manager.clone()
     }
 
-    /// Tasks the server is running: two per connection (connection and writer)
-    /// plus its workers.
+    /// Tasks the server is running: one per connection, and its writer once
+    /// something was sent (plus the metrics endpoint, when served).
     #[must_use]
     pub fn task_count(&self) -> usize {
         self.tracker.len()
@@ -207,6 +211,14 @@ impl ServerHandle {
     #[must_use]
     pub fn free_slots(&self) -> Option<usize> {
         self.limit.as_ref().map(|s| s.available_permits())
+    }
+
+    /// Where the metrics are served (`MetricsAddr`, with the port it got), once
+    /// the server runs.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.get().copied()
     }
 }
 
@@ -288,6 +300,29 @@ impl<F: Framing> Server<F> {
         let tracker = handle.tracker.clone();
         let root = CancellationToken::new();
         let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        #[cfg(feature = "metrics")]
+        let metrics = if config.metrics_addr.is_empty() {
+            None
+        } else {
+            let ids = router
+                .route_ids()
+                .chain(heartbeat.as_ref().map(|hb| hb.msg_id));
+            let metrics = Arc::new(crate::metrics::Metrics::new(ids));
+            let (scrapes, addr) = crate::metrics::bind(&config.metrics_addr).await?;
+            let _ = handle.metrics_addr.set(addr);
+            tracing::info!(%addr, "serving metrics at /metrics");
+            tracker.spawn(crate::metrics::serve(
+                scrapes,
+                metrics.clone(),
+                handle.manager.clone(),
+                root.clone(),
+            ));
+            Some(metrics)
+        };
+        #[cfg(not(feature = "metrics"))]
+        if !config.metrics_addr.is_empty() {
+            tracing::warn!("MetricsAddr is set but zinx was built without the `metrics` feature");
+        }
         let pool = WorkerPool::new(
             config.worker_mode,
             to_usize(config.worker_pool_size),
@@ -304,6 +339,8 @@ impl<F: Framing> Server<F> {
             manager: handle.manager.clone(),
             heartbeat,
             rate: (config.max_msg_rate > 0).then_some((config.max_msg_rate, config.max_msg_burst)),
+            #[cfg(feature = "metrics")]
+            metrics: metrics.clone(),
             pool,
             tracker: tracker.clone(),
             stop: root.clone(),
@@ -346,6 +383,10 @@ impl<F: Framing> Server<F> {
                         Some(permit)
                     } else {
                         tracing::warn!(%peer, max_conn = config.max_conn, "MaxConn reached, closing new connection");
+                        #[cfg(feature = "metrics")]
+                        if let Some(m) = &metrics {
+                            m.rejected("max_conn");
+                        }
                         drop(stream);
                         continue;
                     }
@@ -358,11 +399,19 @@ impl<F: Framing> Server<F> {
                         Some(slot)
                     } else {
                         tracing::warn!(%peer, max_conn_per_ip = max, "MaxConnPerIP reached, closing new connection");
+                        #[cfg(feature = "metrics")]
+                        if let Some(m) = &metrics {
+                            m.rejected("max_conn_per_ip");
+                        }
                         drop(stream);
                         continue;
                     }
                 }
             };
+            #[cfg(feature = "metrics")]
+            if let Some(m) = &metrics {
+                m.accepted();
+            }
             next_id += 1;
             let id = ConnId(next_id);
             let span = tracing::debug_span!("conn", conn_id = id.0, %peer);

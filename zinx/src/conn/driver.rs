@@ -43,6 +43,8 @@ pub(crate) struct Engine<F> {
     pub(crate) heartbeat: Option<Heartbeat>,
     /// `MaxMsgRate` and `MaxMsgBurst`, when a rate limit is set.
     pub(crate) rate: Option<(u32, u32)>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(crate) pool: Arc<WorkerPool>,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the server (or client) stops: a connection that starts
@@ -59,14 +61,27 @@ pub(crate) struct Endpoint {
 
 /// Logs why a connection's reader stopped; only the word is kept across the
 /// awaits that follow (the error is large, and would be held by every reader).
-fn log_end(end: ReadEnd) -> &'static str {
-    match &end {
+fn log_end(
+    end: ReadEnd,
+    #[cfg(feature = "metrics")] metrics: Option<&crate::metrics::Metrics>,
+) -> &'static str {
+    let label = match &end {
         ReadEnd::Failed(e) if e.is_protocol() => {
             tracing::warn!(error = %e, "protocol error, closing connection");
+            "protocol"
         }
-        ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
-        ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+        ReadEnd::Failed(e) => {
+            tracing::debug!(error = %e, "read failed, closing connection");
+            "error"
+        }
+        ReadEnd::PeerClosed => "peer",
+        ReadEnd::Cancelled => "local",
+    };
+    #[cfg(feature = "metrics")]
+    if let Some(metrics) = metrics {
+        metrics.closed(label);
     }
+    let _ = label;
     end.reason()
 }
 
@@ -99,12 +114,16 @@ impl<F: Framing> Engine<F> {
             manager: self.manager.downgrade(),
             jobs: Some(lane.jobs()),
             tracker: Some(self.tracker.clone()),
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics.clone(),
         });
         let registration = self.manager.register(conn.clone());
         let cfg = WriterConfig {
             framing: self.framing.clone(),
             batch: self.send_queue,
             linger: self.linger,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics.clone(),
         };
         let tracker = self.tracker.clone();
         let runtime = tokio::runtime::Handle::current();
@@ -175,9 +194,13 @@ impl<F: Framing> Engine<F> {
                         engine
                             .rate
                             .and_then(|(per_sec, burst)| RateLimit::new(per_sec, burst)),
+                        #[cfg(feature = "metrics")]
+                        engine.metrics.clone(),
                     ),
                 )
                 .await,
+                #[cfg(feature = "metrics")]
+                engine.metrics.as_deref(),
             );
             conn.close();
             if let Some(current) = current {
@@ -224,6 +247,8 @@ mod tests {
             manager: ConnManager::new(),
             heartbeat,
             rate: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
             pool: WorkerPool::new(
                 WorkerMode::Hash,
                 0,

@@ -66,6 +66,8 @@ struct Shared {
     op_tail: Mutex<Option<oneshot::Receiver<()>>>,
     /// Async ops started and not yet delivered.
     ops_in_flight: AtomicUsize,
+    #[cfg(feature = "metrics")]
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Set once the writer task runs (or there is none to start): the check on
     /// every send is this one load.
     writer_started: AtomicBool,
@@ -99,6 +101,8 @@ pub(crate) struct Parts {
     pub(crate) jobs: Option<Arc<Queue<Job>>>,
     /// Where async op tasks are tracked, so shutdown waits for them.
     pub(crate) tracker: Option<TaskTracker>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Connection {
@@ -120,6 +124,8 @@ impl Connection {
             tracker: parts.tracker,
             op_tail: Mutex::new(None),
             ops_in_flight: AtomicUsize::new(0),
+            #[cfg(feature = "metrics")]
+            metrics: parts.metrics,
             writer_started: AtomicBool::new(true),
             writer: Mutex::new(WriterTask::Absent),
         };
@@ -147,6 +153,8 @@ impl Connection {
             manager: Weak::new(),
             jobs: None,
             tracker: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         })
     }
 
@@ -202,10 +210,32 @@ impl Connection {
         async move {
             match fast {
                 Ok(None) => Ok(()),
-                Err(e) => Err(e),
-                Ok(Some(msg)) => Box::pin(self.send_waiting(msg)).await,
+                Err(e) => Err(self.failed(e)),
+                Ok(Some(msg)) => Box::pin(self.send_waiting(msg))
+                    .await
+                    .map_err(|e| self.failed(e)),
             }
         }
+    }
+
+    /// A send that did not queue its message: counted (with metrics), returned.
+    #[cold]
+    fn failed(&self, e: Error) -> Error {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.send_failed(match &e {
+                Error::QueueFull => "queue_full",
+                Error::FrameTooLarge { .. } => "too_large",
+                _ => "closed",
+            });
+        }
+        e
+    }
+
+    /// Messages waiting in the send queue.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn queue_len(&self) -> usize {
+        self.shared.queue.len()
     }
 
     async fn send_waiting(&self, msg: Message) -> Result<(), Error> {
@@ -277,13 +307,17 @@ impl Connection {
     /// [`Error::QueueFull`] when `MaxMsgChanLen` messages are already queued,
     /// [`Error::Closed`] and [`Error::FrameTooLarge`] as for [`send`](Self::send).
     pub fn try_send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
-        let msg = self.outgoing(id.into(), data.into())?;
-        self.shared.queue.try_push(msg).map_err(|e| match e {
-            PushError::Full(_) if self.shared.send_queue_full == SendQueueFull::Close => {
-                self.close_slow_peer()
-            }
-            PushError::Full(_) => Error::QueueFull,
-            PushError::Closed(_) => Error::Closed,
+        let msg = self
+            .outgoing(id.into(), data.into())
+            .map_err(|e| self.failed(e))?;
+        self.shared.queue.try_push(msg).map_err(|e| {
+            self.failed(match e {
+                PushError::Full(_) if self.shared.send_queue_full == SendQueueFull::Close => {
+                    self.close_slow_peer()
+                }
+                PushError::Full(_) => Error::QueueFull,
+                PushError::Closed(_) => Error::Closed,
+            })
         })?;
         self.queued();
         Ok(())
@@ -560,6 +594,8 @@ pub(crate) mod tests {
             manager: Weak::new(),
             jobs: None,
             tracker: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         })
     }
 

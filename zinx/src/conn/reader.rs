@@ -192,6 +192,12 @@ where
             let decoded = framing
                 .decode_all(&mut buf, &mut batch, eof)
                 .map_err(Box::new);
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = extras.as_ref().and_then(|x| x.metrics.as_deref()) {
+                for msg in &batch {
+                    metrics.received(msg.id, msg.data.len());
+                }
+            }
             while !batch.is_empty() {
                 // With a rate limit, at most a burst at a time, after waiting for it
                 // (without holding the worker).
@@ -212,7 +218,18 @@ where
                     return ReadEnd::Cancelled;
                 };
                 for msg in batch.drain(..n) {
+                    #[cfg(feature = "metrics")]
+                    let started = extras
+                        .as_ref()
+                        .is_some_and(|x| x.metrics.is_some())
+                        .then(std::time::Instant::now);
                     lane.dispatch(conn, msg).await;
+                    #[cfg(feature = "metrics")]
+                    if let (Some(started), Some(metrics)) =
+                        (started, extras.as_ref().and_then(|x| x.metrics.as_deref()))
+                    {
+                        metrics.handled(started.elapsed());
+                    }
                 }
             }
             if let Err(e) = decoded {
@@ -242,14 +259,21 @@ pub(crate) struct Extras {
     /// When the peer was last heard from (heartbeat only).
     last_heard: Instant,
     rate: Option<RateLimit>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Extras {
     pub(crate) fn new(
         heartbeat: Option<&Heartbeat>,
         rate: Option<RateLimit>,
+        #[cfg(feature = "metrics")] metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> Option<Box<Extras>> {
-        if heartbeat.is_none() && rate.is_none() {
+        #[cfg(feature = "metrics")]
+        let wanted = heartbeat.is_some() || rate.is_some() || metrics.is_some();
+        #[cfg(not(feature = "metrics"))]
+        let wanted = heartbeat.is_some() || rate.is_some();
+        if !wanted {
             return None;
         }
         let ticker = heartbeat.map(|hb| {
@@ -261,6 +285,8 @@ impl Extras {
             ticker,
             last_heard: Instant::now(),
             rate,
+            #[cfg(feature = "metrics")]
+            metrics,
         }))
     }
 }

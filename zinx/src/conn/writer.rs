@@ -32,6 +32,8 @@ pub(crate) struct WriterConfig<F> {
     pub(crate) batch: usize,
     /// How long the final flush on close may take.
     pub(crate) linger: Duration,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// Runs the writer until the connection is cancelled, the queue's senders are all
@@ -46,7 +48,19 @@ where
         mut framing,
         batch: batch_len,
         linger,
+        #[cfg(feature = "metrics")]
+        metrics,
     } = cfg;
+    // Counts what is handed to the socket (with metrics), by message ID.
+    let count = |batch: &[Message]| {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &metrics {
+            for msg in batch {
+                metrics.written(msg.id, msg.data.len());
+            }
+        }
+        let _ = batch;
+    };
     let batch_len = batch_len.max(1);
     let queue = outbox.queue();
     let mut batch = Vec::new();
@@ -65,6 +79,7 @@ where
                 if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
                     return Ok(());
                 }
+                count(&batch);
                 pending.encode_all(&mut framing, &mut batch);
                 continue;
             }
@@ -96,6 +111,7 @@ where
             // Close the queue first: a send from now on fails instead of being lost.
             queue.close();
             queue.drain_into(&mut batch, usize::MAX);
+            count(&batch);
             pending.encode_all(&mut framing, &mut batch);
             let flush = async {
                 while !pending.is_empty() {
@@ -284,6 +300,8 @@ mod tests {
             framing: Codec::new(Layout::Tlv, 4096),
             batch: 1024,
             linger: Duration::from_secs(5),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -340,6 +358,8 @@ mod tests {
             framing: Codec::new(Layout::Tlv, 0),
             batch: 1024,
             linger: Duration::from_secs(5),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         };
         // A 64-byte pipe: every write is partial.
         let (client, server) = tokio::io::duplex(64);

@@ -1,0 +1,140 @@
+//! The Prometheus endpoint (feature `metrics`): counters move with the traffic,
+//! unrouted IDs share one series, and only `GET /metrics` is served.
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::{TestServer, config, echo, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use zinx::{Config, Layout, Router, Server};
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = within("metrics connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    within("metrics response", s.read_to_string(&mut out))
+        .await
+        .unwrap();
+    out
+}
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len() + 1..].trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_traffic() {
+    let server = TestServer::start(
+        Server::builder(Config {
+            metrics_addr: "127.0.0.1:0".into(),
+            max_packet_size: 64,
+            ..config()
+        })
+        .router(Router::new().route(1, echo)),
+    )
+    .await;
+    let handle = server.handle.clone();
+    let addr = within("metrics endpoint", async {
+        loop {
+            if let Some(addr) = handle.metrics_addr() {
+                return addr;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let mut a = server.connect(Layout::Tlv).await;
+    for _ in 0..3 {
+        a.roundtrip(1, "hello").await;
+    }
+    // An ID with no route: counted as "other".
+    a.send(77, "??").await;
+    // A frame over MaxPacketSize: a protocol error closes that connection.
+    let mut b = server.connect(Layout::Tlv).await;
+    b.send(1, [0u8; 65]).await;
+    b.expect_closed().await;
+    a.roundtrip(1, "sync").await;
+
+    let text = get(addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("application/openmetrics-text"), "{text}");
+    assert_eq!(value(&text, "zinx_connections"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "zinx_connections_accepted_total"), Some(2.0));
+    assert_eq!(
+        value(&text, r#"zinx_connections_closed_total{reason="protocol"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, r#"zinx_messages_in_total{msg_id="1"}"#),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(&text, r#"zinx_bytes_in_total{msg_id="1"}"#),
+        Some(19.0)
+    );
+    assert_eq!(
+        value(&text, r#"zinx_messages_in_total{msg_id="other"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, r#"zinx_messages_out_total{msg_id="1"}"#),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(&text, r#"zinx_bytes_out_total{msg_id="1"}"#),
+        Some(19.0)
+    );
+    assert_eq!(value(&text, "zinx_handler_seconds_count"), Some(5.0));
+    assert_eq!(value(&text, "zinx_send_queue_messages"), Some(0.0));
+
+    let other = get(addr, "/").await;
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    drop(a);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sends_that_fail_are_counted_by_reason() {
+    let server = TestServer::start(
+        Server::builder(Config {
+            metrics_addr: "127.0.0.1:0".into(),
+            ..config()
+        })
+        .router(Router::new().route(1, |req: zinx::Request| async move {
+            // Too large for MaxPacketSize (4096): refused, counted.
+            let _ = req.conn().try_send(1, vec![0u8; 5000]);
+            req.conn().try_send(1, "ok")
+        })),
+    )
+    .await;
+    let handle = server.handle.clone();
+    let addr = within("metrics endpoint", async {
+        loop {
+            if let Some(addr) = handle.metrics_addr() {
+                return addr;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut c = server.connect(Layout::Tlv).await;
+    assert_eq!(&c.roundtrip(1, "x").await.data[..], b"ok");
+    let text = get(addr, "/metrics").await;
+    assert_eq!(
+        value(&text, r#"zinx_send_failures_total{reason="too_large"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    drop(c);
+    server.stop().await;
+}
