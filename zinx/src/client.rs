@@ -377,7 +377,7 @@ async fn run<F: Framing>(
             (Ok(peer), Ok(local)) => {
                 let (r, w) = s.into_split();
                 let endpoint = Endpoint { id, peer, local };
-                let span = tracing::debug_span!("client", conn_id = id.0, %peer);
+                let span = tracing::info_span!("client", conn_id = id.0, %peer);
                 let opened = span.in_scope(|| engine.open(r, w, endpoint));
                 Engine::run(&engine, opened, (), Some(&shared.current))
                     .instrument(span)

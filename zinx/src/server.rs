@@ -414,7 +414,7 @@ impl<F: Framing> Server<F> {
             }
             next_id += 1;
             let id = ConnId(next_id);
-            let span = tracing::debug_span!("conn", conn_id = id.0, %peer);
+            let span = tracing::info_span!("conn", conn_id = id.0, %peer);
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(local);
             let (r, w) = stream.into_split();
