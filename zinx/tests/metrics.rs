@@ -25,6 +25,19 @@ async fn get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+/// Where the server serves its metrics, once it has bound the port.
+async fn metrics_addr(handle: &zinx::ServerHandle) -> SocketAddr {
+    within("metrics endpoint", async {
+        loop {
+            if let Some(addr) = handle.metrics_addr() {
+                return addr;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
@@ -42,16 +55,7 @@ async fn metrics_follow_the_traffic() {
         .router(Router::new().route(1, echo)),
     )
     .await;
-    let handle = server.handle.clone();
-    let addr = within("metrics endpoint", async {
-        loop {
-            if let Some(addr) = handle.metrics_addr() {
-                return addr;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let addr = metrics_addr(&server.handle).await;
 
     let mut a = server.connect(Layout::Tlv).await;
     for _ in 0..3 {
@@ -117,16 +121,7 @@ async fn sends_that_fail_are_counted_by_reason() {
         })),
     )
     .await;
-    let handle = server.handle.clone();
-    let addr = within("metrics endpoint", async {
-        loop {
-            if let Some(addr) = handle.metrics_addr() {
-                return addr;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let addr = metrics_addr(&server.handle).await;
     let mut c = server.connect(Layout::Tlv).await;
     assert_eq!(&c.roundtrip(1, "x").await.data[..], b"ok");
     let text = get(addr, "/metrics").await;

@@ -336,6 +336,12 @@ mod tests {
     use crate::router::Router;
     use crate::worker::WorkerPool;
 
+    /// Reads `io` to its end with a 16-byte first read and no extras, handling
+    /// on the reader (no worker).
+    async fn run_inline(io: tokio::io::DuplexStream, conn: &Connection, codec: Codec) -> ReadEnd {
+        run(io, conn, &mut inline_lane(), codec, 16, None, None).await
+    }
+
     fn inline_lane() -> Lane {
         let router = Router::new().route(1, |req: Request| async move {
             req.conn().try_send(req.msg_id(), req.data().clone())
@@ -360,16 +366,7 @@ mod tests {
         bytes.extend(wire(1, b"two"));
         peer.write_all(&bytes).await.unwrap();
         drop(peer);
-        let end = run(
-            io,
-            &conn,
-            &mut inline_lane(),
-            Codec::default(),
-            16,
-            None,
-            None,
-        )
-        .await;
+        let end = run_inline(io, &conn, Codec::default()).await;
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"one");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"two");
@@ -380,16 +377,7 @@ mod tests {
         let (conn, _rx) = test_conn(16);
         let (mut peer, io) = tokio::io::duplex(64);
         peer.write_all(&wire(1, &[0u8; 17])).await.unwrap();
-        let end = run(
-            io,
-            &conn,
-            &mut inline_lane(),
-            Codec::new(Layout::Tlv, 16),
-            16,
-            None,
-            None,
-        )
-        .await;
+        let end = run_inline(io, &conn, Codec::new(Layout::Tlv, 16)).await;
         assert!(matches!(
             end,
             ReadEnd::Failed(Error::FrameTooLarge { len: 17, max: 16 })
@@ -402,16 +390,7 @@ mod tests {
         let (mut peer, io) = tokio::io::duplex(64);
         peer.write_all(&wire(1, b"abcdef")[..10]).await.unwrap();
         drop(peer);
-        let end = run(
-            io,
-            &conn,
-            &mut inline_lane(),
-            Codec::default(),
-            16,
-            None,
-            None,
-        )
-        .await;
+        let end = run_inline(io, &conn, Codec::default()).await;
         assert!(matches!(
             end,
             ReadEnd::Failed(Error::TruncatedFrame { buffered: 10 })
