@@ -2,7 +2,7 @@
 # Runs the soaks (zinx/tests/soak.rs, ignored in the normal test run) in release
 # mode and prints their figures: churn of 10,000 short connections, slow consumers
 # under each SendQueueFull policy, silent (half-open) peers closed by the heartbeat.
-# Loopback only; each soak is bounded in time. About two minutes on 2 cores.
+# Loopback only; each soak is bounded in time. Under a minute on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -255,7 +255,7 @@ async fn churn_10k_short_connections_with_closes_and_broadcasts() {
     assert_eq!(failures.load(Ordering::Relaxed), 0, "connect failures");
     assert_eq!(panics.load(Ordering::SeqCst), 0, "panics");
     assert!(
-        rss_end <= rss_start + 32 * 1024,
+        rss_end <= rss_start + 8 * 1024,
         "RSS grew from {rss_start} to {rss_end} KiB"
     );
 }
