@@ -223,8 +223,8 @@ config! {
     /// `MaxMsgBurst` (not in Go Zinx): messages handled at once before
     /// `MaxMsgRate` applies (0 = one second's worth).
     max_msg_burst: u32 = 0, "MaxMsgBurst";
-    /// `MaxConnPerIP` (not in Go Zinx): connections one IP address may hold; more
-    /// are closed right after accept. 0 = no limit.
+    /// `MaxConnPerIP` (not in Go Zinx): connections one IP address (an IPv6 /64
+    /// network) may hold; more are closed right after accept. 0 = no limit.
     max_conn_per_ip: usize = 0, "MaxConnPerIP";
     /// `MetricsAddr` (not in Go Zinx): where to serve Prometheus metrics
     /// (`GET /metrics`), e.g. `"127.0.0.1:9102"`; empty = none. Needs the crate's

@@ -59,8 +59,10 @@ pub(crate) struct PerIp {
 
 impl PerIp {
     /// Takes a slot for `ip` if it has fewer than `max` connections (boxed: it is
-    /// held by every connection's task).
+    /// held by every connection's task). IPv6 addresses count by their /64
+    /// network, the block one host is usually given; IPv4-mapped ones as IPv4.
     pub(crate) fn try_take(&self, ip: IpAddr, max: usize) -> Option<Box<IpSlot>> {
+        let ip = counted_as(ip);
         let mut counts = self.lock();
         let count = counts.entry(ip).or_insert(0);
         if *count >= max {
@@ -84,6 +86,17 @@ impl PerIp {
         self.counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The address a connection is counted under.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -139,5 +152,20 @@ mod tests {
         let s4 = per_ip.try_take(a, 2).unwrap();
         drop((s2, s3, s4));
         assert_eq!(per_ip.addresses(), 0, "empty entries are removed");
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let per_ip = PerIp::default();
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _a = per_ip.try_take(one, 1).unwrap();
+        assert!(per_ip.try_take(same_64, 1).is_none());
+        let _b = per_ip.try_take(other_64, 1).unwrap();
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let _c = per_ip.try_take(v4, 1).unwrap();
+        assert!(per_ip.try_take(mapped, 1).is_none());
     }
 }
