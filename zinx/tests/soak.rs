@@ -6,7 +6,8 @@
 //!   while they close, with broadcasts running;
 //! - slow consumers: peers that never read while the server pushes to them, under
 //!   each `SendQueueFull` policy, beside peers doing ping-pong;
-//! - silent peers (half-open: no FIN, no bytes) found by the heartbeat and closed.
+//! - silent peers (no FIN, no bytes) and half-open ones (in a network namespace
+//!   whose link is cut: no FIN, no ACK either) found by the heartbeat and closed.
 
 mod support;
 
@@ -478,6 +479,136 @@ async fn silent_peers_are_found_by_the_heartbeat_and_closed() {
     assert_eq!(closed, PEERS);
     // The silence is counted from the last frame, which arrived just before
     // `silent_from`; closes come after the limit (checked on a heartbeat tick).
+    assert!(
+        took + interval >= limit,
+        "closed before the limit: {took:?}"
+    );
+}
+
+/// A network namespace with a veth link to this one, removed on drop.
+struct TestHost {
+    netns: String,
+    veth: String,
+}
+
+impl TestHost {
+    /// Creates namespace `name` reachable at 10.201.x.2 from 10.201.x.1 here, or
+    /// `None` where namespaces cannot be made (not root, no iproute2).
+    fn create(tag: u8) -> Option<TestHost> {
+        let netns = format!("zinx-soak-{}-{tag}", std::process::id());
+        let veth = format!("zxs{tag}h{}", std::process::id() % 10_000);
+        let peer = format!("zxs{tag}p{}", std::process::id() % 10_000);
+        let host_ip = format!("10.201.{tag}.1/30");
+        let peer_ip = format!("10.201.{tag}.2/30");
+        let steps: [&[&str]; 7] = [
+            &["netns", "add", &netns],
+            &["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+            &["link", "set", &peer, "netns", &netns],
+            &["addr", "add", &host_ip, "dev", &veth],
+            &["link", "set", &veth, "up"],
+            &["-n", &netns, "addr", "add", &peer_ip, "dev", &peer],
+            &["-n", &netns, "link", "set", &peer, "up"],
+        ];
+        for step in steps {
+            let ok = std::process::Command::new("ip")
+                .args(step)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Undo what was made.
+                drop(TestHost {
+                    netns: netns.clone(),
+                    veth: veth.clone(),
+                });
+                return None;
+            }
+        }
+        Some(TestHost { netns, veth })
+    }
+
+    /// Cuts the link: from now on the peer's packets vanish, and no FIN or reset
+    /// will ever come from it.
+    fn vanish(&self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.vanish();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: run with scripts/soak.sh (needs root and iproute2)"]
+async fn half_open_peers_in_a_vanished_network_are_closed_by_the_heartbeat() {
+    const PEERS: usize = 20;
+    let Some(host) = TestHost::create(7) else {
+        println!("soak half-open: skipped, network namespaces are not available here");
+        return;
+    };
+    let interval = Duration::from_millis(500);
+    let limit = Duration::from_secs(2);
+    // The server listens on the link's address; peers in the namespace reach it
+    // over the veth pair.
+    let listener = TcpListener::bind("10.201.7.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder(config(1_000))
+        .router(Router::new().route(1, support::echo))
+        .heartbeat(Heartbeat::new(interval).max_silence(limit))
+        .build();
+    let handle = server.handle();
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(listener, async move {
+        let _ = rx.await;
+    }));
+    // Peers: bash in the namespace, each holding a connection open and sending
+    // one frame, then sleeping.
+    let script = format!(
+        "for i in $(seq {PEERS}); do (exec 3<>/dev/tcp/{}/{}; printf '\\0\\0\\0\\1\\0\\0\\0\\1x' >&3; sleep 60) & done; wait",
+        addr.ip(),
+        addr.port()
+    );
+    let mut peers = std::process::Command::new("ip")
+        .args(["netns", "exec", &host.netns, "bash", "-c", &script])
+        .spawn()
+        .unwrap();
+    let manager = handle.manager();
+    within("peers connected", async {
+        while manager.len() < PEERS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The network vanishes: no FIN, no reset, no ACK for the heartbeats.
+    host.vanish();
+    let vanished = Instant::now();
+    within("every half-open peer closed", async {
+        while !manager.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let took = vanished.elapsed();
+    let _ = peers.kill();
+    let _ = peers.wait();
+    let _ = stop.send(());
+    within("server shutdown", task).await.unwrap().unwrap();
+    drop(host);
+    println!(
+        "soak half-open: {PEERS} peers in a namespace whose link was cut (no FIN, no ACK), \
+         heartbeat every {} ms, limit {} ms: all closed and cleaned up {} ms after the cut",
+        interval.as_millis(),
+        limit.as_millis(),
+        took.as_millis()
+    );
+    // Silence is counted from each peer's frame, sent before the cut.
     assert!(
         took + interval >= limit,
         "closed before the limit: {took:?}"
