@@ -65,23 +65,17 @@ fn log_end(
     end: ReadEnd,
     #[cfg(feature = "metrics")] metrics: Option<&crate::metrics::Metrics>,
 ) -> &'static str {
-    let label = match &end {
+    match &end {
         ReadEnd::Failed(e) if e.is_protocol() => {
             tracing::warn!(error = %e, "protocol error, closing connection");
-            "protocol"
         }
-        ReadEnd::Failed(e) => {
-            tracing::debug!(error = %e, "read failed, closing connection");
-            "error"
-        }
-        ReadEnd::PeerClosed => "peer",
-        ReadEnd::Cancelled => "local",
-    };
+        ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
+        ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
+    }
     #[cfg(feature = "metrics")]
     if let Some(metrics) = metrics {
-        metrics.closed(label);
+        metrics.closed(end.label());
     }
-    let _ = label;
     end.reason()
 }
 

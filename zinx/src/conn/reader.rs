@@ -45,6 +45,17 @@ impl ReadEnd {
             ReadEnd::Failed(_) => "error",
         }
     }
+
+    /// The `reason` label of `zinx_connections_closed_total`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            ReadEnd::PeerClosed => "peer",
+            ReadEnd::Cancelled => "local",
+            ReadEnd::Failed(e) if e.is_protocol() => "protocol",
+            ReadEnd::Failed(_) => "error",
+        }
+    }
 }
 
 /// A connection's read half.

@@ -51,16 +51,6 @@ where
         #[cfg(feature = "metrics")]
         metrics,
     } = cfg;
-    // Counts what is handed to the socket (with metrics), by message ID.
-    let count = |batch: &[Message]| {
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &metrics {
-            for msg in batch {
-                metrics.written(msg.id, msg.data.len());
-            }
-        }
-        let _ = batch;
-    };
     let batch_len = batch_len.max(1);
     let queue = outbox.queue();
     let mut batch = Vec::new();
@@ -79,7 +69,8 @@ where
                 if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
                     return Ok(());
                 }
-                count(&batch);
+                #[cfg(feature = "metrics")]
+                count_written(metrics.as_deref(), &batch);
                 pending.encode_all(&mut framing, &mut batch);
                 continue;
             }
@@ -111,7 +102,8 @@ where
             // Close the queue first: a send from now on fails instead of being lost.
             queue.close();
             queue.drain_into(&mut batch, usize::MAX);
-            count(&batch);
+            #[cfg(feature = "metrics")]
+            count_written(metrics.as_deref(), &batch);
             pending.encode_all(&mut framing, &mut batch);
             let flush = async {
                 while !pending.is_empty() {
@@ -133,6 +125,16 @@ where
         Err(e) => tracing::debug!(error = %e, "write failed, closing connection"),
     }
     conn.close();
+}
+
+/// Counts what is handed to the socket, by message ID.
+#[cfg(feature = "metrics")]
+fn count_written(metrics: Option<&crate::metrics::Metrics>, batch: &[Message]) {
+    if let Some(metrics) = metrics {
+        for msg in batch {
+            metrics.written(msg.id, msg.data.len());
+        }
+    }
 }
 
 /// Payloads at least this long are written from their own buffer (vectored
