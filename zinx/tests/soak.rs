@@ -66,6 +66,14 @@ struct Running {
     task: tokio::task::JoinHandle<zinx::Result<()>>,
 }
 
+impl Running {
+    /// Stops the server and waits for it to finish.
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        within("server shutdown", self.task).await.unwrap().unwrap();
+    }
+}
+
 async fn start(config: Config, router: Router, heartbeat: Option<Heartbeat>) -> Running {
     let mut builder = Server::builder(config).router(router);
     if let Some(hb) = heartbeat {
@@ -239,11 +247,7 @@ async fn churn_10k_short_connections_with_closes_and_broadcasts() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_end = rss_kib();
 
-    let _ = server.stop.send(());
-    within("server shutdown", server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
     println!(
         "soak churn: {CONNS} connections ({AT_ONCE} at once) in {:.1} s, {} connect failures, \
          {broadcasts} broadcast deliveries, {closes} server-side closes, drained in {} ms; \
@@ -381,11 +385,7 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
     let growth = peak_rss.saturating_sub(rss_start);
     drop(slow);
     drop(fast);
-    let _ = server.stop.send(());
-    within("server shutdown", server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
     assert!(
         growth <= bound_kib,
         "RSS grew {growth} KiB, bound {bound_kib} KiB"
@@ -464,11 +464,7 @@ async fn silent_peers_are_found_by_the_heartbeat_and_closed() {
             closed += 1;
         }
     }
-    let _ = server.stop.send(());
-    within("server shutdown", server.task)
-        .await
-        .unwrap()
-        .unwrap();
+    server.shutdown().await;
     println!(
         "soak silent peers: {PEERS} peers silent without FIN, heartbeat every {} ms, limit {} ms: \
          all closed {} ms after going silent, {closed} saw EOF",
