@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::manager::ConnManager;
 use crate::message::MsgId;
@@ -204,12 +205,14 @@ const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `GET /metrics` on `listener` until `stop`, one short HTTP/1.1 exchange
-/// per connection (all a Prometheus scraper needs; anything else gets a 404).
+/// per connection (all a Prometheus scraper needs; anything else gets a 404), each
+/// on `tracker`, so the server's shutdown waits for scrapes in progress.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
     manager: ConnManager,
     stop: CancellationToken,
+    tracker: TaskTracker,
 ) {
     loop {
         let stream = tokio::select! {
@@ -226,7 +229,7 @@ pub(crate) async fn serve(
             },
         };
         let (metrics, manager) = (metrics.clone(), manager.clone());
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             if let Err(e) = answer(stream, &metrics, &manager).await {
                 tracing::debug!(error = %e, "metrics: scrape failed");
             }

@@ -316,6 +316,7 @@ impl<F: Framing> Server<F> {
                 metrics.clone(),
                 handle.manager.clone(),
                 root.clone(),
+                tracker.clone(),
             ));
             Some(metrics)
         };
