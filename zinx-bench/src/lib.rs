@@ -239,9 +239,9 @@ pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String
     let mut ratios = String::new();
     let _ = writeln!(
         ratios,
-        "| scenario | replies/s ratio | CPU/reply ratio | p99 ratio |"
+        "| scenario | replies/s ratio | CPU/reply ratio | p99 ratio | CPU/reply ratio per round: median (range) |"
     );
-    let _ = writeln!(ratios, "|---|---:|---:|---:|");
+    let _ = writeln!(ratios, "|---|---:|---:|---:|---:|");
     for scenario in scenarios {
         let pick = |name: &str| {
             best(
@@ -272,18 +272,26 @@ pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".to_owned(),
             };
+            let per_round = rounds(
+                runs.iter()
+                    .filter(|r| r.scenario == scenario && r.server == server),
+                runs.iter()
+                    .filter(|r| r.scenario == scenario && r.server == baseline),
+            );
             let _ = writeln!(
                 ratios,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 scenario,
                 ratio(Some(s.replies_per_sec), Some(b.replies_per_sec)),
                 ratio(s.server_cpu_us_per_reply, b.server_cpu_us_per_reply),
                 ratio(Some(s.latency_us.p99 as f64), Some(b.latency_us.p99 as f64)),
+                per_round,
             );
         }
     }
     format!(
-        "{out}\nRatios of `{server}` to `{baseline}` (same run, best round of each):\n\n{ratios}"
+        "{out}\nRatios of `{server}` to `{baseline}` (same run, best round of each; the last \
+         column pairs each round of `{server}` with the `{baseline}` round run just before it):\n\n{ratios}"
     )
 }
 
@@ -317,6 +325,38 @@ pub fn render_memory(runs: &[RunReport]) -> String {
         );
     }
     out
+}
+
+/// The CPU-per-reply ratio of each round (the n-th run of `server` against the
+/// n-th of `baseline`, which ran just before it), as "median (min–max)".
+fn rounds<'a>(
+    server: impl Iterator<Item = &'a RunReport>,
+    baseline: impl Iterator<Item = &'a RunReport>,
+) -> String {
+    let mut ratios: Vec<f64> = server
+        .zip(baseline)
+        .filter_map(
+            |(s, b)| match (s.server_cpu_us_per_reply, b.server_cpu_us_per_reply) {
+                (Some(s), Some(b)) if b > 0.0 => Some(s / b),
+                _ => None,
+            },
+        )
+        .collect();
+    if ratios.is_empty() {
+        return "-".to_owned();
+    }
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 0 {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    } else {
+        ratios[mid]
+    };
+    format!(
+        "{median:.2} ({:.2}–{:.2})",
+        ratios[0],
+        ratios[ratios.len() - 1]
+    )
 }
 
 /// The run with the most replies/s: on a shared machine a disturbance only ever
@@ -387,6 +427,10 @@ mod tests {
         ];
         let text = render_tables(&runs, "zinx", "base");
         assert!(text.contains("| s | base | 300 |"), "{text}");
-        assert!(text.contains("| s | 0.90 | 1.20 | 1.00 |"), "{text}");
+        // Rounds pair in order: 1.2/1.0 and 1.9/1.0 (the third baseline is unpaired).
+        assert!(
+            text.contains("| s | 0.90 | 1.20 | 1.00 | 1.55 (1.20–1.90) |"),
+            "{text}"
+        );
     }
 }
