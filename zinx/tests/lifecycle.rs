@@ -218,3 +218,29 @@ async fn the_writer_task_starts_with_the_first_message() {
     server.stop().await;
     assert_eq!(handle.task_count(), 0);
 }
+
+/// The first message may come from a thread outside the runtime: the writer is
+/// started on the server's runtime all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_from_a_plain_thread_starts_the_writer() {
+    let (connected_tx, mut connected_rx) = mpsc::channel::<Connection>(1);
+    let server = TestServer::start(Server::builder(config()).on_connect(
+        move |conn: Connection| {
+            let tx = connected_tx.clone();
+            async move {
+                let _ = tx.send(conn).await;
+            }
+        },
+    ))
+    .await;
+    let mut client = server.connect(Layout::Tlv).await;
+    let conn = within("on_connect", connected_rx.recv()).await.unwrap();
+    let sent = std::thread::spawn(move || conn.try_send(7, "from a thread"))
+        .join()
+        .unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
+    let msg = client.recv().await;
+    assert_eq!((msg.id.0, &msg.data[..]), (7, &b"from a thread"[..]));
+    drop(client);
+    server.stop().await;
+}
