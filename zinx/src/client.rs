@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -330,11 +330,7 @@ impl Client {
     /// tasks (including `on_disconnect`) have finished.
     pub async fn close(&self) {
         self.shared.stop();
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let task = crate::lock(&self.task).take();
         if let Some(task) = task
             && let Err(e) = task.await
         {
@@ -436,7 +432,7 @@ impl Waiters {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.map)
     }
 
     fn register(&self, id: MsgId) -> oneshot::Receiver<Message> {

@@ -114,6 +114,15 @@ async fn await_catching(made: Result<BoxFuture, String>) -> Result<(), String> {
         .map_err(|p| panic_message(&*p))
 }
 
+/// Locks a mutex whose guarded state stays consistent even if a panic happened
+/// while it was held (every user changes it in single steps), so a poisoned lock
+/// is simply taken.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The text of a panic payload.
 fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {

@@ -83,9 +83,7 @@ impl PerIp {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         // Each change is one insert or decrement: a poisoned map is consistent.
-        self.counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.counts)
     }
 }
 

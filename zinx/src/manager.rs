@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -137,10 +137,7 @@ impl ConnManager {
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // Every critical section leaves the maps consistent before it can panic.
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.shared.registry)
     }
 
     /// Number of live connections.

@@ -31,6 +31,7 @@ use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
 use crate::error::Error;
 use crate::extensions::Extensions;
+use crate::lock;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
 use crate::queue::{PushError, Queue};
@@ -500,14 +501,6 @@ impl Connection {
     pub(crate) fn close_signal(&self) -> &CloseSignal {
         &self.shared.close
     }
-}
-
-/// Locks a connection's mutex. A poisoned one only means a panic elsewhere while
-/// it was held; what these guard stays consistent (each change is a single call).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The receiving end of a connection's send queue: the writer's, or a test's
