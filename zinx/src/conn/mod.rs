@@ -75,7 +75,7 @@ struct Shared {
     writer: Mutex<WriterTask>,
 }
 
-/// Starts a connection's writer task; `None` if the connection is gone.
+/// Spawns a connection's writer task for the connection it is given.
 pub(crate) type StartWriter = Box<dyn FnOnce(Connection) -> JoinHandle<()> + Send>;
 
 /// A connection's writer task, which is started by the first message queued (or
@@ -201,11 +201,10 @@ impl Connection {
                     Ok(None)
                 }
                 Err(PushError::Closed(_)) => Err(Error::Closed),
-                Err(PushError::Full(msg)) => match self.shared.send_queue_full {
-                    SendQueueFull::Wait => Ok(Some(msg)),
-                    SendQueueFull::Fail => Err(Error::QueueFull),
-                    SendQueueFull::Close => Err(self.close_slow_peer()),
-                },
+                Err(PushError::Full(msg)) if self.shared.send_queue_full == SendQueueFull::Wait => {
+                    Ok(Some(msg))
+                }
+                Err(PushError::Full(_)) => Err(self.queue_full()),
             }
         });
         async move {
@@ -252,10 +251,14 @@ impl Connection {
         }
     }
 
-    /// The `SendQueueFull = "close"` policy: a peer that lets its send queue fill
-    /// up is closed. Returns the error the send reports.
+    /// A send that cannot wait found the queue full: `QueueFull`, or under the
+    /// `SendQueueFull = "close"` policy the slow peer is closed and the send
+    /// reports `Closed`.
     #[cold]
-    fn close_slow_peer(&self) -> Error {
+    fn queue_full(&self) -> Error {
+        if self.shared.send_queue_full != SendQueueFull::Close {
+            return Error::QueueFull;
+        }
         tracing::warn!(conn_id = %self.id(), "send queue full, closing the slow peer");
         self.close();
         Error::Closed
@@ -278,23 +281,23 @@ impl Connection {
     #[cold]
     fn start_writer(&self) {
         let mut writer = lock(&self.shared.writer);
-        if let WriterTask::NotStarted(_) = &*writer
-            && let WriterTask::NotStarted(start) =
-                std::mem::replace(&mut *writer, WriterTask::Taken)
-        {
-            *writer = WriterTask::Running(start(self.clone()));
-        }
+        *writer = match std::mem::replace(&mut *writer, WriterTask::Taken) {
+            WriterTask::NotStarted(start) => WriterTask::Running(start(self.clone())),
+            other => other,
+        };
         self.shared.writer_started.store(true, Ordering::Release);
     }
 
     /// The writer task, started now if nothing was ever sent (it then flushes
     /// nothing and shuts the socket down): for the driver to wait for at close.
     pub(crate) fn take_writer(&self) -> Option<JoinHandle<()>> {
-        self.start_writer();
-        match std::mem::replace(&mut *lock(&self.shared.writer), WriterTask::Taken) {
+        let mut writer = lock(&self.shared.writer);
+        self.shared.writer_started.store(true, Ordering::Release);
+        match std::mem::replace(&mut *writer, WriterTask::Taken) {
+            WriterTask::NotStarted(start) => Some(start(self.clone())),
             WriterTask::Running(handle) => Some(handle),
             other => {
-                *lock(&self.shared.writer) = other;
+                *writer = other;
                 None
             }
         }
@@ -313,10 +316,7 @@ impl Connection {
             .map_err(|e| self.failed(e))?;
         self.shared.queue.try_push(msg).map_err(|e| {
             self.failed(match e {
-                PushError::Full(_) if self.shared.send_queue_full == SendQueueFull::Close => {
-                    self.close_slow_peer()
-                }
-                PushError::Full(_) => Error::QueueFull,
+                PushError::Full(_) => self.queue_full(),
                 PushError::Closed(_) => Error::Closed,
             })
         })?;
