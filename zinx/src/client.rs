@@ -34,6 +34,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
+use crate::limit::RateLimit;
 use crate::manager::ConnManager;
 use crate::message::{ConnId, Message, MsgId};
 use crate::request::Request;
@@ -197,8 +198,7 @@ impl<F: Framing> ClientBuilder<F> {
             hooks: self.hooks,
             manager: ConnManager::new(),
             heartbeat: self.heartbeat,
-            rate: (self.config.max_msg_rate > 0)
-                .then_some((self.config.max_msg_rate, self.config.max_msg_burst)),
+            rate: RateLimit::new(self.config.max_msg_rate, self.config.max_msg_burst),
             #[cfg(feature = "metrics")]
             metrics: None,
             pool,

@@ -24,6 +24,7 @@ pub(crate) struct RateLimit {
 
 impl RateLimit {
     /// `None` when `per_sec` is 0 (no limit). `burst` 0 means one second's worth.
+    /// A clone made later starts with a full bucket (its start is in the past).
     pub(crate) fn new(per_sec: u32, burst: u32) -> Option<RateLimit> {
         if per_sec == 0 {
             return None;

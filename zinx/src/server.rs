@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
-use crate::limit::PerIp;
+use crate::limit::{PerIp, RateLimit};
 use crate::manager::ConnManager;
 use crate::message::ConnId;
 use crate::router::Router;
@@ -339,7 +339,7 @@ impl<F: Framing> Server<F> {
             hooks,
             manager: handle.manager.clone(),
             heartbeat,
-            rate: (config.max_msg_rate > 0).then_some((config.max_msg_rate, config.max_msg_burst)),
+            rate: RateLimit::new(config.max_msg_rate, config.max_msg_burst),
             #[cfg(feature = "metrics")]
             metrics: metrics.clone(),
             pool,

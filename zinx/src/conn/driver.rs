@@ -41,8 +41,8 @@ pub(crate) struct Engine<F> {
     pub(crate) hooks: Hooks,
     pub(crate) manager: ConnManager,
     pub(crate) heartbeat: Option<Heartbeat>,
-    /// `MaxMsgRate` and `MaxMsgBurst`, when a rate limit is set.
-    pub(crate) rate: Option<(u32, u32)>,
+    /// The rate limit each connection starts with (`MaxMsgRate`, `MaxMsgBurst`).
+    pub(crate) rate: Option<RateLimit>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(crate) pool: Arc<WorkerPool>,
@@ -185,9 +185,7 @@ impl<F: Framing> Engine<F> {
                     engine.heartbeat.as_ref(),
                     reader::Extras::new(
                         engine.heartbeat.as_ref(),
-                        engine
-                            .rate
-                            .and_then(|(per_sec, burst)| RateLimit::new(per_sec, burst)),
+                        engine.rate.clone(),
                         #[cfg(feature = "metrics")]
                         engine.metrics.clone(),
                     ),
@@ -333,7 +331,7 @@ mod tests {
             async {}
         });
         let mut engine = engine(None, router);
-        engine.rate = Some((10, 5));
+        engine.rate = crate::limit::RateLimit::new(10, 5);
         let (mut peer, task) = start(Arc::new(engine));
         let start = tokio::time::Instant::now();
         // Twenty messages in one write: five at once, then five per half second.
