@@ -182,7 +182,6 @@ impl<F: Framing> Engine<F> {
                     &mut lane,
                     engine.framing.clone(),
                     engine.read_buf,
-                    engine.heartbeat.as_ref(),
                     reader::Extras::new(
                         engine.heartbeat.as_ref(),
                         engine.rate.clone(),

@@ -137,8 +137,7 @@ pub(crate) fn run<'a, R, F>(
     lane: &'a mut Lane,
     mut framing: F,
     initial_chunk: usize,
-    heartbeat: Option<&'a Heartbeat>,
-    mut extras: Option<Box<Extras>>,
+    mut extras: Option<Box<Extras<'a>>>,
 ) -> impl Future<Output = ReadEnd> + 'a
 where
     R: ReadSource,
@@ -166,9 +165,9 @@ where
                     continue;
                 }
                 // Cancel-safe: Interval::tick only records a tick when it completes.
-                _ = tick(extras.as_mut().and_then(|x| x.ticker.as_mut())) => {
-                    if let (Some(hb), Some(x)) = (heartbeat, extras.as_ref()) {
-                        beat(hb, conn, x.last_heard);
+                _ = tick(extras.as_mut().and_then(|x| x.heartbeat.as_mut())) => {
+                    if let Some(hb) = extras.as_ref().and_then(|x| x.heartbeat.as_ref()) {
+                        hb.beat(conn);
                     }
                     continue;
                 }
@@ -194,10 +193,9 @@ where
                 small_reads = 0;
             }
             if n > 0
-                && heartbeat.is_some()
-                && let Some(x) = extras.as_mut()
+                && let Some(hb) = extras.as_mut().and_then(|x| x.heartbeat.as_mut())
             {
-                x.last_heard = Instant::now();
+                hb.last_heard = Instant::now();
             }
             // Boxed: the error is rare and held across the dispatch below.
             let decoded = framing
@@ -228,17 +226,14 @@ where
                 let Ok(_permit) = lane.permit(signal).await else {
                     return ReadEnd::Cancelled;
                 };
+                #[cfg(feature = "metrics")]
+                let metrics = extras.as_ref().and_then(|x| x.metrics.as_deref());
                 for msg in batch.drain(..n) {
                     #[cfg(feature = "metrics")]
-                    let started = extras
-                        .as_ref()
-                        .is_some_and(|x| x.metrics.is_some())
-                        .then(std::time::Instant::now);
+                    let started = metrics.map(|_| std::time::Instant::now());
                     lane.dispatch(conn, msg).await;
                     #[cfg(feature = "metrics")]
-                    if let (Some(started), Some(metrics)) =
-                        (started, extras.as_ref().and_then(|x| x.metrics.as_deref()))
-                    {
+                    if let (Some(metrics), Some(started)) = (metrics, started) {
                         metrics.handled(started.elapsed());
                     }
                 }
@@ -263,38 +258,61 @@ where
     }
 }
 
-/// Reader state only some servers use (heartbeat, rate limit): boxed, so that a
-/// connection without them does not carry it in its future.
-pub(crate) struct Extras {
-    ticker: Option<Interval>,
-    /// When the peer was last heard from (heartbeat only).
-    last_heard: Instant,
+/// Reader state only some servers use (heartbeat, rate limit, metrics): boxed, so
+/// that a connection without them does not carry it in its future.
+pub(crate) struct Extras<'a> {
+    heartbeat: Option<Beating<'a>>,
     rate: Option<RateLimit>,
     #[cfg(feature = "metrics")]
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
-impl Extras {
+/// A connection's heartbeat: its settings, its ticker and when the peer was last
+/// heard from.
+struct Beating<'a> {
+    settings: &'a Heartbeat,
+    ticker: Interval,
+    last_heard: Instant,
+}
+
+impl Beating<'_> {
+    /// One tick: declare the peer dead, or send a heartbeat.
+    fn beat(&self, conn: &Connection) {
+        let hb = self.settings;
+        if self.last_heard.elapsed() > hb.limit() {
+            (hb.on_dead)(conn);
+        } else if let Err(e) = conn.try_send(hb.msg_id, (hb.payload)(conn)) {
+            // A full queue means the peer is not reading; that is for the silence
+            // check (or the send-queue policy) to judge, not a reason to wait here.
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+}
+
+impl<'a> Extras<'a> {
     pub(crate) fn new(
-        heartbeat: Option<&Heartbeat>,
+        heartbeat: Option<&'a Heartbeat>,
         rate: Option<RateLimit>,
         #[cfg(feature = "metrics")] metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
-    ) -> Option<Box<Extras>> {
+    ) -> Option<Box<Extras<'a>>> {
+        let needed = heartbeat.is_some() || rate.is_some();
         #[cfg(feature = "metrics")]
-        let wanted = heartbeat.is_some() || rate.is_some() || metrics.is_some();
-        #[cfg(not(feature = "metrics"))]
-        let wanted = heartbeat.is_some() || rate.is_some();
-        if !wanted {
+        let needed = needed || metrics.is_some();
+        if !needed {
             return None;
         }
-        let ticker = heartbeat.map(|hb| {
-            let mut t = tokio::time::interval_at(Instant::now() + hb.interval, hb.interval);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
+        let heartbeat = heartbeat.map(|settings| {
+            let mut ticker =
+                tokio::time::interval_at(Instant::now() + settings.interval, settings.interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            Beating {
+                settings,
+                ticker,
+                last_heard: Instant::now(),
+            }
         });
         Some(Box::new(Extras {
-            ticker,
-            last_heard: Instant::now(),
+            heartbeat,
             rate,
             #[cfg(feature = "metrics")]
             metrics,
@@ -312,23 +330,12 @@ async fn pause(signal: &CloseSignal, wait: std::time::Duration) -> Result<(), ()
 }
 
 /// The next heartbeat tick, or never without a heartbeat.
-async fn tick(ticker: Option<&mut Interval>) {
-    match ticker {
-        Some(t) => {
-            t.tick().await;
+async fn tick(heartbeat: Option<&mut Beating<'_>>) {
+    match heartbeat {
+        Some(hb) => {
+            hb.ticker.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// One heartbeat tick: declare the peer dead, or send a heartbeat.
-fn beat(hb: &Heartbeat, conn: &Connection, last_heard: Instant) {
-    if last_heard.elapsed() > hb.limit() {
-        (hb.on_dead)(conn);
-    } else if let Err(e) = conn.try_send(hb.msg_id, (hb.payload)(conn)) {
-        // A full queue means the peer is not reading; that is for the silence
-        // check (or the send-queue policy) to judge, not a reason to wait here.
-        tracing::debug!(error = %e, "heartbeat not sent");
     }
 }
 
@@ -350,7 +357,7 @@ mod tests {
     /// Reads `io` to its end with a 16-byte first read and no extras, handling
     /// on the reader (no worker).
     async fn run_inline(io: tokio::io::DuplexStream, conn: &Connection, codec: Codec) -> ReadEnd {
-        run(io, conn, &mut inline_lane(), codec, 16, None, None).await
+        run(io, conn, &mut inline_lane(), codec, 16, None).await
     }
 
     fn inline_lane() -> Lane {
@@ -414,7 +421,7 @@ mod tests {
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
         let mut lane = inline_lane();
-        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None, None);
+        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));
     }
