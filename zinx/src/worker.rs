@@ -23,9 +23,8 @@
 //! reader runs under the same worker permit, so they never overlap the
 //! connection's handlers.
 
-use std::sync::Arc;
-
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -158,26 +157,6 @@ impl Lane {
             .dispatch_on(conn, Request::new(conn.clone(), msg))
     }
 
-    /// Handles the messages decoded from one read, in order, holding the worker
-    /// for the whole batch; `batch` is left empty.
-    #[cfg(test)]
-    async fn dispatch_all(
-        &self,
-        conn: &Connection,
-        batch: &mut Vec<Message>,
-        signal: &CloseSignal,
-    ) -> Result<(), LaneClosed> {
-        let permit = self.permit(signal).await;
-        if permit.is_err() {
-            batch.clear();
-        }
-        let _permit = permit?;
-        for msg in batch.drain(..) {
-            self.dispatch(conn, msg).await;
-        }
-        Ok(())
-    }
-
     /// Where callbacks for this connection's handler context go.
     pub(crate) fn jobs(&self) -> Arc<Queue<Job>> {
         self.jobs.clone()
@@ -267,9 +246,8 @@ mod tests {
         let start = tokio::time::Instant::now();
         let run = |lane: Lane, conn: crate::Connection| async move {
             let open = CloseSignal::default();
-            lane.dispatch_all(&conn, &mut vec![Message::new(1, "")], &open)
-                .await
-                .unwrap();
+            let _permit = lane.permit(&open).await.unwrap();
+            lane.dispatch(&conn, Message::new(1, "")).await;
         };
         tokio::join!(run(a, ca), run(b, cb));
         assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());
@@ -282,14 +260,9 @@ mod tests {
         let pool = pool(WorkerMode::Hash, 1);
         let lane = pool.assign(ConnId(1));
         let held = pool.workers[0].clone().lock_owned().await;
-        let (conn, _rx) = test_conn(4);
         let closed = CloseSignal::default();
         closed.close();
-        assert!(
-            lane.dispatch_all(&conn, &mut vec![Message::new(1, "")], &closed)
-                .await
-                .is_err()
-        );
+        assert!(lane.permit(&closed).await.is_err());
         drop(held);
     }
 }
