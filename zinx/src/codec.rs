@@ -135,10 +135,12 @@ impl Codec {
         out: &mut Vec<Message>,
         eof: bool,
     ) -> Result<(), Error> {
-        // Find the end of the last whole frame; stop at a bad header.
+        // Find the end of the last whole frame; stop at a bad header or at a
+        // frame not wholly here (`partial`: its length).
         let mut end = 0;
         let mut count = 0;
         let mut bad = None;
+        let mut partial = None;
         while let Some(header) = src.get(end..end + HEADER_LEN) {
             let (_, len) = self.parse_header(header);
             if let Err(e) = self.check_len(u64::from(len)) {
@@ -147,6 +149,7 @@ impl Codec {
             }
             let frame_len = HEADER_LEN + len as usize;
             if src.len() - end < frame_len {
+                partial = Some(frame_len);
                 break;
             }
             end += frame_len;
@@ -169,24 +172,29 @@ impl Codec {
         if let Some(e) = bad {
             return Err(e);
         }
-        // What is left is part of a frame: reserve for the rest of it (bounded
-        // when there is no maximum), or fail at the end of the stream.
+        // What is left is part of a frame: fail at the end of the stream, or
+        // reserve for the rest of it.
         if eof && !src.is_empty() {
             return Err(Error::TruncatedFrame {
                 buffered: src.len(),
             });
         }
-        if let Some(header) = src.get(..HEADER_LEN) {
-            let (_, len) = self.parse_header(header);
-            let missing = HEADER_LEN + len as usize - src.len();
-            let reserve = if self.max_packet_size == 0 {
-                missing.min(UNBOUNDED_RESERVE)
-            } else {
-                missing
-            };
-            src.reserve(reserve);
+        if let Some(frame_len) = partial {
+            self.reserve_rest(src, frame_len);
         }
         Ok(())
+    }
+
+    /// Reserves room for the rest of a frame of `frame_len` bytes that `src`
+    /// holds the start of (at most 64 KiB at a time when there is no maximum, so
+    /// an announced 4 GiB is not reserved up front).
+    fn reserve_rest(&self, src: &mut BytesMut, frame_len: usize) {
+        let missing = frame_len - src.len();
+        src.reserve(if self.max_packet_size == 0 {
+            missing.min(UNBOUNDED_RESERVE)
+        } else {
+            missing
+        });
     }
 
     fn check_len(&self, len: u64) -> Result<(), Error> {
@@ -257,13 +265,7 @@ impl Decoder for Codec {
         let len = len as usize;
         let frame_len = HEADER_LEN + len;
         if src.len() < frame_len {
-            let missing = frame_len - src.len();
-            let reserve = if self.max_packet_size == 0 {
-                missing.min(UNBOUNDED_RESERVE)
-            } else {
-                missing
-            };
-            src.reserve(reserve);
+            self.reserve_rest(src, frame_len);
             return Ok(None);
         }
         // Parse and advance.
