@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
-use crate::limit::{PerIp, RateLimit};
+use crate::limit::{IpSlot, PerIp, RateLimit};
 use crate::manager::ConnManager;
 use crate::message::ConnId;
 use crate::router::Router;
@@ -377,36 +377,21 @@ impl<F: Framing> Server<F> {
                     }
                 }
             };
-            let permit = match &handle.limit {
-                None => None,
-                Some(limit) => {
-                    if let Ok(permit) = limit.clone().try_acquire_owned() {
-                        Some(permit)
-                    } else {
-                        tracing::warn!(%peer, max_conn = config.max_conn, "MaxConn reached, closing new connection");
-                        #[cfg(feature = "metrics")]
-                        if let Some(m) = &metrics {
-                            m.rejected("max_conn");
-                        }
-                        drop(stream);
-                        continue;
+            let slots = match admit(
+                handle.limit.as_ref(),
+                &per_ip,
+                config.max_conn_per_ip,
+                peer.ip(),
+            ) {
+                Ok(slots) => slots,
+                Err(limit) => {
+                    tracing::warn!(%peer, limit, "connection limit reached, closing new connection");
+                    #[cfg(feature = "metrics")]
+                    if let Some(m) = &metrics {
+                        m.rejected(limit);
                     }
-                }
-            };
-            let ip_slot = match config.max_conn_per_ip {
-                0 => None,
-                max => {
-                    if let Some(slot) = per_ip.try_take(peer.ip(), max) {
-                        Some(slot)
-                    } else {
-                        tracing::warn!(%peer, max_conn_per_ip = max, "MaxConnPerIP reached, closing new connection");
-                        #[cfg(feature = "metrics")]
-                        if let Some(m) = &metrics {
-                            m.rejected("max_conn_per_ip");
-                        }
-                        drop(stream);
-                        continue;
-                    }
+                    drop(stream);
+                    continue;
                 }
             };
             #[cfg(feature = "metrics")]
@@ -421,10 +406,9 @@ impl<F: Framing> Server<F> {
             let (r, w) = stream.into_split();
             let endpoint = Endpoint { id, peer, local };
             let opened = span.in_scope(|| engine.open(r, w, endpoint));
-            // Both slots are given back with the connection's other resources,
+            // The slots are given back with the connection's other resources,
             // before on_disconnect.
-            let guard = (permit, ip_slot);
-            tracker.spawn(Engine::run(engine.clone(), opened, guard, None).instrument(span));
+            tracker.spawn(Engine::run(engine.clone(), opened, slots, None).instrument(span));
         }
 
         drop(listener);
@@ -447,6 +431,29 @@ impl<F: Framing> Server<F> {
 }
 
 /// Errors of one incoming connection that say nothing about the listener.
+/// What a connection holds of the server's limits, given back when it ends.
+type Slots = (Option<OwnedSemaphorePermit>, Option<Box<IpSlot>>);
+
+/// Takes a `MaxConn` permit and a `MaxConnPerIP` slot (where set) for a new
+/// connection from `ip`, or names the limit that is full (`max_conn`,
+/// `max_conn_per_ip`: also the metrics label).
+fn admit(
+    limit: Option<&Arc<Semaphore>>,
+    per_ip: &PerIp,
+    max_per_ip: usize,
+    ip: std::net::IpAddr,
+) -> Result<Slots, &'static str> {
+    let permit = match limit {
+        None => None,
+        Some(limit) => Some(limit.clone().try_acquire_owned().map_err(|_| "max_conn")?),
+    };
+    let slot = match max_per_ip {
+        0 => None,
+        max => Some(per_ip.try_take(ip, max).ok_or("max_conn_per_ip")?),
+    };
+    Ok((permit, slot))
+}
+
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
