@@ -191,9 +191,10 @@ async fn accept_backs_off_when_out_of_descriptors_and_recovers() {
     cmd.arg("-c")
         .arg("ulimit -n 32 && exec \"$0\"")
         .arg(example("echo_server"))
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null());
-    let server = start_with(cmd, &config, &[]);
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped());
+    let mut server = start_with(cmd, &config, &[]);
+    let mut log = server.child.stderr.take().unwrap();
     let mut held = Vec::new();
     for _ in 0..40 {
         held.push(RawClient::connect(server.addr, Layout::Tlv).await);
@@ -220,4 +221,11 @@ async fn accept_backs_off_when_out_of_descriptors_and_recovers() {
     signal(&server.child, "-TERM");
     drop((held, late));
     assert!(wait_exit(server.child).await.success());
+    // The limit was really hit: accept failed with EMFILE and backed off.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut log, &mut text).unwrap();
+    assert!(
+        text.contains("accept failed, backing off") && text.contains("os error 24"),
+        "{text}"
+    );
 }
