@@ -50,16 +50,8 @@ impl FromStr for Layout {
 
     /// Parses `tlv` or `ltv` (any case).
     fn from_str(s: &str) -> Result<Self, Error> {
-        if s.eq_ignore_ascii_case("tlv") {
-            Ok(Layout::Tlv)
-        } else if s.eq_ignore_ascii_case("ltv") {
-            Ok(Layout::Ltv)
-        } else {
-            Err(Error::ConfigValue {
-                key: "format",
-                message: format!("unknown packet layout {s:?}, expected \"tlv\" or \"ltv\""),
-            })
-        }
+        let layouts = [("tlv", Layout::Tlv), ("ltv", Layout::Ltv)];
+        crate::config::parse_name(s, "format", "packet layout", &layouts)
     }
 }
 

@@ -55,28 +55,58 @@ impl FromStr for WorkerMode {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        if s.is_empty() || s.eq_ignore_ascii_case("hash") {
-            Ok(WorkerMode::Hash)
-        } else if s.eq_ignore_ascii_case("bind") {
-            Ok(WorkerMode::Bind)
-        } else if s.eq_ignore_ascii_case("dynamicbind") {
-            Ok(WorkerMode::DynamicBind)
-        } else {
-            Err(Error::ConfigValue {
-                key: "WorkerMode",
-                message: format!(
-                    "unknown worker mode {s:?}, expected \"Hash\", \"Bind\" or \"DynamicBind\""
-                ),
-            })
-        }
+        let modes = [
+            ("", WorkerMode::Hash),
+            ("Hash", WorkerMode::Hash),
+            ("Bind", WorkerMode::Bind),
+            ("DynamicBind", WorkerMode::DynamicBind),
+        ];
+        parse_name(s, "WorkerMode", "worker mode", &modes)
     }
 }
 
 impl<'de> Deserialize<'de> for WorkerMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
+        deserialize_parsed(d)
     }
+}
+
+/// Parses one of `choices` by name, in any case, as the value of config key `key`;
+/// the error names what was expected.
+pub(crate) fn parse_name<T: Copy>(
+    s: &str,
+    key: &'static str,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Result<T, Error> {
+    if let Some(&(_, value)) = choices
+        .iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+    {
+        return Ok(value);
+    }
+    let names: Vec<String> = choices
+        .iter()
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, _)| format!("{name:?}"))
+        .collect();
+    let expected = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    Err(Error::ConfigValue {
+        key,
+        message: format!("unknown {what} {s:?}, expected {expected}"),
+    })
+}
+
+/// Deserializes a value written as a string its `FromStr` understands.
+fn deserialize_parsed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = Error>,
+{
+    String::deserialize(d)?.parse().map_err(de::Error::custom)
 }
 
 /// What happens when a message is sent to a connection whose send queue
@@ -104,25 +134,19 @@ impl FromStr for SendQueueFull {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        if s.is_empty() || s.eq_ignore_ascii_case("wait") {
-            Ok(SendQueueFull::Wait)
-        } else if s.eq_ignore_ascii_case("fail") {
-            Ok(SendQueueFull::Fail)
-        } else if s.eq_ignore_ascii_case("close") {
-            Ok(SendQueueFull::Close)
-        } else {
-            Err(Error::ConfigValue {
-                key: "SendQueueFull",
-                message: format!("unknown policy {s:?}, expected \"wait\", \"fail\" or \"close\""),
-            })
-        }
+        let policies = [
+            ("", SendQueueFull::Wait),
+            ("wait", SendQueueFull::Wait),
+            ("fail", SendQueueFull::Fail),
+            ("close", SendQueueFull::Close),
+        ];
+        parse_name(s, "SendQueueFull", "policy", &policies)
     }
 }
 
 impl<'de> Deserialize<'de> for SendQueueFull {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
+        deserialize_parsed(d)
     }
 }
 
@@ -420,6 +444,26 @@ mod tests {
             let json = format!(r#"{{"WorkerMode": "{text}"}}"#);
             assert_eq!(Config::from_json_str(&json).unwrap().worker_mode, mode);
         }
+    }
+
+    #[test]
+    fn unknown_names_say_what_was_expected() {
+        let msg = |e: Error| match e {
+            Error::ConfigValue { key, message } => format!("{key}: {message}"),
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            msg("x".parse::<WorkerMode>().unwrap_err()),
+            r#"WorkerMode: unknown worker mode "x", expected "Hash", "Bind" or "DynamicBind""#
+        );
+        assert_eq!(
+            msg("x".parse::<SendQueueFull>().unwrap_err()),
+            r#"SendQueueFull: unknown policy "x", expected "wait", "fail" or "close""#
+        );
+        assert_eq!(
+            msg("x".parse::<crate::Layout>().unwrap_err()),
+            r#"format: unknown packet layout "x", expected "tlv" or "ltv""#
+        );
     }
 
     #[test]
