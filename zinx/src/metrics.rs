@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::manager::ConnManager;
 use crate::message::MsgId;
+use crate::router::IdHasher;
 
 type Reason = [(&'static str, &'static str); 1];
 type ById = [(&'static str, String); 1];
@@ -47,7 +48,8 @@ pub(crate) struct Metrics {
     queued: Gauge,
     queue_max: Gauge,
     handler_seconds: Histogram,
-    by_id: HashMap<u32, IdCounters>,
+    /// Looked up for every message in and out: keyed like the route table.
+    by_id: HashMap<MsgId, IdCounters, IdHasher>,
     other: IdCounters,
 }
 
@@ -126,7 +128,7 @@ impl Metrics {
         };
         let by_id = ids
             .into_iter()
-            .map(|id| (id.0, counters(id.0.to_string())))
+            .map(|id| (id, counters(id.0.to_string())))
             .collect();
         let other = counters("other".to_owned());
         Metrics {
@@ -145,7 +147,7 @@ impl Metrics {
     }
 
     fn id(&self, id: MsgId) -> &IdCounters {
-        self.by_id.get(&id.0).unwrap_or(&self.other)
+        self.by_id.get(&id).unwrap_or(&self.other)
     }
 
     pub(crate) fn received(&self, id: MsgId, len: usize) {
@@ -204,9 +206,13 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// How long a scraper may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Scrapes answered at once; connections beyond are closed at once.
+const MAX_SCRAPES: usize = 16;
+
 /// Serves `GET /metrics` on `listener` until `stop`, one short HTTP/1.1 exchange
 /// per connection (all a Prometheus scraper needs; anything else gets a 404), each
-/// on `tracker`, so the server's shutdown waits for scrapes in progress.
+/// on `tracker`, so the server's shutdown waits for scrapes in progress; at most
+/// `MAX_SCRAPES` at once, each bounded by `REQUEST_TIMEOUT`.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: std::sync::Arc<Metrics>,
@@ -214,6 +220,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let scrapes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let stream = tokio::select! {
             biased;
@@ -228,8 +235,13 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Ok(slot) = scrapes.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: too many scrapes at once, connection closed");
+            continue;
+        };
         let (metrics, manager) = (metrics.clone(), manager.clone());
         tracker.spawn(async move {
+            let _slot = slot;
             if let Err(e) = answer(stream, &metrics, &manager).await {
                 tracing::debug!(error = %e, "metrics: scrape failed");
             }

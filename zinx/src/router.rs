@@ -438,7 +438,7 @@ impl Router {
 /// needs no DoS-resistant hashing (the routes are fixed at start; a peer can only
 /// pick among them).
 #[derive(Clone, Copy, Default)]
-struct IdHasher;
+pub(crate) struct IdHasher;
 
 impl std::hash::BuildHasher for IdHasher {
     type Hasher = IdHash;
@@ -447,7 +447,7 @@ impl std::hash::BuildHasher for IdHasher {
     }
 }
 
-struct IdHash(u64);
+pub(crate) struct IdHash(u64);
 
 impl std::hash::Hasher for IdHash {
     fn finish(&self) -> u64 {
