@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{RawClient, frame, within};
+use support::{RawClient, TestServer, frame, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -59,48 +59,10 @@ fn count_panics() -> Arc<AtomicUsize> {
 
 const EXPECTED_PANIC: &str = "soak: handler panic";
 
-struct Running {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<zinx::Result<()>>,
-}
-
-impl Running {
-    /// Stops the server and waits for it to finish.
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        within("server shutdown", self.task).await.unwrap().unwrap();
-    }
-}
-
-async fn start(config: Config, router: Router, heartbeat: Option<Heartbeat>) -> Running {
-    let mut builder = Server::builder(config).router(router);
-    if let Some(hb) = heartbeat {
-        builder = builder.heartbeat(hb);
-    }
-    let server = builder.build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = server.handle();
-    let (stop, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(listener, async move {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        handle,
-        stop,
-        task,
-    }
-}
-
 fn config(max_conn: usize) -> Config {
     Config {
-        host: "127.0.0.1".into(),
-        tcp_port: 0,
         max_conn,
-        ..Config::default()
+        ..support::config()
     }
 }
 
@@ -135,19 +97,19 @@ async fn churn_10k_short_connections_with_closes_and_broadcasts() {
     const AT_ONCE: usize = 200;
     const MAX_CONN: usize = 1_000;
     let panics = count_panics();
-    let server = start(
-        config(MAX_CONN),
-        Router::new()
-            .route(1, support::echo)
-            // A handler that closes its own connection mid-stream.
-            .route(2, |req: Request| async move { req.conn().close() })
-            // A handler that panics: the framework closes that connection only.
-            .route(3, |_req: Request| async move {
-                if EXPECTED_PANIC.len() > 1 {
-                    std::panic::panic_any(EXPECTED_PANIC);
-                }
-            }),
-        None,
+    let server = TestServer::start(
+        Server::builder(config(MAX_CONN)).router(
+            Router::new()
+                .route(1, support::echo)
+                // A handler that closes its own connection mid-stream.
+                .route(2, |req: Request| async move { req.conn().close() })
+                // A handler that panics: the framework closes that connection only.
+                .route(3, |_req: Request| async move {
+                    if EXPECTED_PANIC.len() > 1 {
+                        std::panic::panic_any(EXPECTED_PANIC);
+                    }
+                }),
+        ),
     )
     .await;
     // Warm up the runtime and allocator before the RSS reference.
@@ -247,7 +209,7 @@ async fn churn_10k_short_connections_with_closes_and_broadcasts() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_end = rss_kib();
 
-    server.shutdown().await;
+    server.stop().await;
     println!(
         "soak churn: {CONNS} connections ({AT_ONCE} at once) in {:.1} s, {} connect failures, \
          {broadcasts} broadcast deliveries, {closes} server-side closes, drained in {} ms; \
@@ -273,14 +235,13 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
     const FAST: usize = 20;
     const QUEUE: u32 = 64;
     const PUSH: Duration = Duration::from_secs(5);
-    let server = start(
-        Config {
+    let server = TestServer::start(
+        Server::builder(Config {
             max_msg_chan_len: QUEUE,
             send_queue_full: policy,
             ..config(1_000)
-        },
-        Router::new().route(1, support::echo),
-        None,
+        })
+        .router(Router::new().route(1, support::echo)),
     )
     .await;
     let manager = server.handle.manager();
@@ -385,7 +346,7 @@ async fn slow_consumers(policy: SendQueueFull) -> String {
     let growth = peak_rss.saturating_sub(rss_start);
     drop(slow);
     drop(fast);
-    server.shutdown().await;
+    server.stop().await;
     assert!(
         growth <= bound_kib,
         "RSS grew {growth} KiB, bound {bound_kib} KiB"
@@ -429,10 +390,10 @@ async fn silent_peers_are_found_by_the_heartbeat_and_closed() {
     const PEERS: usize = 200;
     let interval = Duration::from_millis(500);
     let limit = Duration::from_secs(2);
-    let server = start(
-        config(1_000),
-        Router::new().route(1, support::echo),
-        Some(Heartbeat::new(interval).max_silence(limit)),
+    let server = TestServer::start(
+        Server::builder(config(1_000))
+            .router(Router::new().route(1, support::echo))
+            .heartbeat(Heartbeat::new(interval).max_silence(limit)),
     )
     .await;
     // Each peer says one thing, then goes silent without closing: from the
@@ -464,7 +425,7 @@ async fn silent_peers_are_found_by_the_heartbeat_and_closed() {
             closed += 1;
         }
     }
-    server.shutdown().await;
+    server.stop().await;
     println!(
         "soak silent peers: {PEERS} peers silent without FIN, heartbeat every {} ms, limit {} ms: \
          all closed {} ms after going silent, {closed} saw EOF",
