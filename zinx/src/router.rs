@@ -28,13 +28,46 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::BoxFuture;
+use tokio_util::sync::ReusableBoxFuture;
+
 use crate::conn::Connection;
 use crate::message::MsgId;
 use crate::request::Request;
 
-type BoxHandler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
-type BoxMiddleware = Arc<dyn Fn(Request, Next) -> BoxFuture + Send + Sync>;
+/// A handler, type-erased: it starts its future in the slot it is given.
+type BoxHandler = Arc<dyn Fn(Request, &mut Slot) + Send + Sync>;
+type BoxMiddleware = Arc<dyn Fn(Request, Next, &mut Slot) + Send + Sync>;
+
+/// Where a running handler's future lives. A connection's reader keeps one for
+/// all its messages, so the allocation is reused from one message to the next
+/// (whenever the next future has the same size, as it has for the same route)
+/// instead of a box being allocated and freed per message.
+#[derive(Default)]
+pub(crate) struct Slot(Option<ReusableBoxFuture<'static, ()>>);
+
+impl Slot {
+    fn put<F: Future<Output = ()> + Send + 'static>(&mut self, fut: F) {
+        match &mut self.0 {
+            Some(held) => held.set(fut),
+            None => self.0 = Some(ReusableBoxFuture::new(fut)),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(held) => held.poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// Where the held future lives, if any.
+    #[cfg(test)]
+    fn addr(&mut self) -> Option<*const ()> {
+        let held = self.0.as_mut()?;
+        let fut: &(dyn Future<Output = ()> + Send) = &*held.get_pin();
+        Some(std::ptr::from_ref(fut).cast::<()>())
+    }
+}
 
 /// What a handler may return: `()` or `Result<(), E>`.
 ///
@@ -108,7 +141,10 @@ pub struct Next {
 impl Next {
     /// Runs the rest of the chain (further middleware, then the handler) with `req`.
     pub async fn run(self, req: Request) {
-        (self.inner)(req).await;
+        // A panic unwinds to the dispatch that started the chain.
+        let mut slot = Slot::default();
+        (self.inner)(req, &mut slot);
+        std::future::poll_fn(|cx| slot.poll(cx)).await;
     }
 }
 
@@ -156,7 +192,10 @@ impl Middleware {
         Fut: Future<Output = ()> + Send + 'static,
     {
         Middleware {
-            inner: Arc::new(move |req, next| Box::pin(f(req, next))),
+            inner: Arc::new(move |req, next, slot| {
+                let (conn_id, msg_id) = (req.conn().id(), req.msg_id());
+                slot.put(Logged::new(f(req, next), conn_id, msg_id));
+            }),
         }
     }
 }
@@ -424,9 +463,9 @@ impl Router {
             });
         }
         let fallback = self.fallback.clone();
-        let lookup: BoxHandler = Arc::new(move |req: Request| {
+        let lookup: BoxHandler = Arc::new(move |req: Request, slot: &mut Slot| {
             let handler = routes.get(&req.msg_id()).unwrap_or(&fallback);
-            handler(req)
+            handler(req, slot);
         });
         Dispatcher {
             entry: wrap(first.into_iter().chain(&self.interceptors), lookup),
@@ -471,13 +510,14 @@ fn wrap<'a>(
 ) -> BoxHandler {
     chain.rev().fold(handler, |inner, mw| {
         let mw = mw.inner.clone();
-        Arc::new(move |req| {
+        Arc::new(move |req, slot| {
             mw(
                 req,
                 Next {
                     inner: inner.clone(),
                 },
-            )
+                slot,
+            );
         })
     })
 }
@@ -593,69 +633,110 @@ impl Dispatcher {
     /// connection is closed.
     pub fn dispatch(&self, req: Request) -> impl Future<Output = ()> + Send + 'static {
         let conn = req.conn().clone();
-        self.dispatch_on(conn, req)
+        let msg_id = req.msg_id();
+        let mut slot = Slot::default();
+        let panicked = start(&self.entry, req, &mut slot).err();
+        async move {
+            Dispatching {
+                conn: &conn,
+                msg_id,
+                slot: &mut slot,
+                panicked,
+            }
+            .await;
+        }
     }
 
-    /// As [`dispatch`](Self::dispatch), with the connection to close on panic
-    /// given by the caller (the reader lends its own instead of a clone).
-    pub(crate) fn dispatch_on<C>(&self, conn: C, req: Request) -> Dispatching<C>
-    where
-        C: std::borrow::Borrow<Connection> + Send,
-    {
+    /// Starts the chain for `req` in `slot`, which a connection reuses for all its
+    /// messages; the future returned polls it.
+    pub(crate) fn dispatch_in<'a>(
+        &self,
+        conn: &'a Connection,
+        req: Request,
+        slot: &'a mut Slot,
+    ) -> Dispatching<'a> {
         let msg_id = req.msg_id();
+        let panicked = start(&self.entry, req, slot).err();
         Dispatching {
             conn,
             msg_id,
-            handling: crate::call_catching(|| (self.entry)(req)),
+            slot,
+            panicked,
         }
     }
 }
 
-/// A request being handled: polls the handler's future, catching a panic.
+/// Calls `handler`, which starts its future in `slot`; a panic in the call
+/// comes back as its message.
+fn start(handler: &BoxHandler, req: Request, slot: &mut Slot) -> Result<(), String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| handler(req, slot)))
+        .map_err(|p| crate::panic_message(&*p))
+}
+
+/// A request being handled: polls the handler's future in its slot, turning a
+/// panic (in the call or in a poll) into a log line and the close of the
+/// connection.
 ///
 /// Written out by hand because an `async` block that awaits a future it captured
 /// keeps two copies of it, and this future lives in every connection's reader.
 #[must_use = "futures do nothing unless polled"]
-pub(crate) struct Dispatching<C> {
-    conn: C,
+pub(crate) struct Dispatching<'a> {
+    conn: &'a Connection,
     msg_id: MsgId,
-    handling: Result<BoxFuture, String>,
+    slot: &'a mut Slot,
+    /// Set when starting the handler panicked.
+    panicked: Option<String>,
 }
 
-impl<C: std::borrow::Borrow<Connection> + Unpin> Future for Dispatching<C> {
+impl Future for Dispatching<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let panic = match &mut this.handling {
-            Ok(fut) => match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(())) => return Poll::Ready(()),
+        let panic = match this.panicked.take() {
+            Some(message) => message,
+            None => match std::panic::catch_unwind(AssertUnwindSafe(|| this.slot.poll(cx))) {
+                Ok(poll) => return poll,
                 Err(p) => crate::panic_message(&*p),
             },
-            Err(message) => std::mem::take(message),
         };
         // Drop the panicked future now, before the connection's close runs.
-        this.handling = Err(String::new());
-        let conn = this.conn.borrow();
+        *this.slot = Slot::default();
         tracing::error!(
-            conn_id = %conn.id(),
+            conn_id = %this.conn.id(),
             msg_id = %this.msg_id,
             %panic,
             "handler panicked, closing its connection"
         );
-        conn.close();
+        this.conn.close();
         Poll::Ready(())
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A handler's future that logs the error it returns (see [`boxed`]).
-    struct Logged<Fut> {
-        #[pin]
-        fut: Fut,
-        conn_id: crate::message::ConnId,
-        msg_id: MsgId,
+    /// A handler's (or middleware's) future: logs the handler's error, and drops
+    /// the future as soon as it completes, so what it held is not kept in the
+    /// connection's slot until the next message.
+    #[project = LoggedProj]
+    #[project_replace = LoggedReplace]
+    enum Logged<Fut> {
+        Running {
+            #[pin]
+            fut: Fut,
+            conn_id: crate::message::ConnId,
+            msg_id: MsgId,
+        },
+        Done,
+    }
+}
+
+impl<Fut> Logged<Fut> {
+    fn new(fut: Fut, conn_id: crate::message::ConnId, msg_id: MsgId) -> Self {
+        Logged::Running {
+            fut,
+            conn_id,
+            msg_id,
+        }
     }
 }
 
@@ -666,11 +747,17 @@ where
 {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        let output = std::task::ready!(this.fut.poll(cx));
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let (output, conn_id, msg_id) = match self.as_mut().project() {
+            LoggedProj::Running {
+                fut,
+                conn_id,
+                msg_id,
+            } => (std::task::ready!(fut.poll(cx)), *conn_id, *msg_id),
+            LoggedProj::Done => return Poll::Ready(()),
+        };
+        self.project_replace(Logged::Done);
         if let Err(error) = output.into_result() {
-            let (conn_id, msg_id) = (*this.conn_id, *this.msg_id);
             tracing::warn!(%conn_id, %msg_id, %error, "handler returned an error");
         }
         Poll::Ready(())
@@ -683,14 +770,9 @@ where
     Fut: Future + Send + 'static,
     Fut::Output: HandlerOutput,
 {
-    Arc::new(move |req: Request| {
-        let conn_id = req.conn().id();
-        let msg_id = req.msg_id();
-        Box::pin(Logged {
-            fut: handler(req),
-            conn_id,
-            msg_id,
-        })
+    Arc::new(move |req: Request, slot: &mut Slot| {
+        let (conn_id, msg_id) = (req.conn().id(), req.msg_id());
+        slot.put(Logged::new(handler(req), conn_id, msg_id));
     })
 }
 
@@ -699,6 +781,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::BoxFuture;
     use crate::conn::tests::test_conn;
     use crate::message::Message;
 
@@ -902,6 +985,41 @@ mod tests {
         let (req, mut rx) = request(1, "");
         router.compile(None, None).dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap().id, MsgId(2));
+    }
+
+    #[tokio::test]
+    async fn a_connection_reuses_one_allocation_for_its_handlers_futures() {
+        /// A future that, like many hand-written ones, keeps what it holds after
+        /// it completed.
+        struct Holding(
+            #[allow(dead_code, reason = "held, never read")] Arc<()>,
+            Request,
+        );
+        impl Future for Holding {
+            type Output = Result<(), crate::Error>;
+            fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+                let req = &self.1;
+                Poll::Ready(req.conn().try_send(1, req.data().clone()))
+            }
+        }
+        let held = Arc::new(());
+        let router = {
+            let held = held.clone();
+            Router::new().route(1, move |req: Request| Holding(held.clone(), req))
+        };
+        let d = router.compile(None, None);
+        let (conn, mut rx) = test_conn(8);
+        let mut slot = Slot::default();
+        let mut addrs = Vec::new();
+        for data in ["a", "b", "c"] {
+            let req = Request::new(conn.clone(), Message::new(1, data));
+            d.dispatch_in(&conn, req, &mut slot).await;
+            addrs.push(slot.addr().unwrap());
+            assert_eq!(rx.recv().await.unwrap(), Message::new(1, data));
+            // The finished future was dropped in its slot: nothing it held is kept.
+            assert_eq!(Arc::strong_count(&held), 2, "the router's copy and ours");
+        }
+        assert!(addrs.windows(2).all(|w| w[0] == w[1]), "{addrs:?}");
     }
 
     #[tokio::test]

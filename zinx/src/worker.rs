@@ -35,7 +35,7 @@ use crate::conn::close::{CloseSignal, Waiter};
 use crate::message::{ConnId, Message};
 use crate::queue::Queue;
 use crate::request::Request;
-use crate::router::{Dispatcher, Dispatching};
+use crate::router::{Dispatcher, Dispatching, Slot};
 
 /// A callback delivered to a connection's lane (an async op's result).
 pub(crate) type Callback = Box<dyn FnOnce() -> BoxFuture + Send>;
@@ -152,9 +152,10 @@ impl Lane {
         &self,
         conn: &'a Connection,
         msg: Message,
-    ) -> Dispatching<&'a Connection> {
+        slot: &'a mut Slot,
+    ) -> Dispatching<'a> {
         self.router
-            .dispatch_on(conn, Request::new(conn.clone(), msg))
+            .dispatch_in(conn, Request::new(conn.clone(), msg), slot)
     }
 
     /// Where callbacks for this connection's handler context go.
@@ -247,7 +248,8 @@ mod tests {
         let run = |lane: Lane, conn: crate::Connection| async move {
             let open = CloseSignal::default();
             let _permit = lane.permit(&open).await.unwrap();
-            lane.dispatch(&conn, Message::new(1, "")).await;
+            let mut slot = Slot::default();
+            lane.dispatch(&conn, Message::new(1, ""), &mut slot).await;
         };
         tokio::join!(run(a, ca), run(b, cb));
         assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());

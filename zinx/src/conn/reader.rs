@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::limit::RateLimit;
+use crate::router::Slot;
 use crate::worker::Lane;
 
 /// Why the reader stopped.
@@ -150,6 +151,8 @@ where
         let mut chunk = min_chunk;
         let mut small_reads = 0u32;
         let mut batch = Vec::new();
+        // The running handler's future: one allocation for all the messages.
+        let mut slot = Slot::default();
         loop {
             // The read's result is matched in this statement, so it is not kept
             // across the dispatch below.
@@ -231,7 +234,7 @@ where
                 for msg in batch.drain(..n) {
                     #[cfg(feature = "metrics")]
                     let started = metrics.map(|_| std::time::Instant::now());
-                    lane.dispatch(conn, msg).await;
+                    lane.dispatch(conn, msg, &mut slot).await;
                     #[cfg(feature = "metrics")]
                     if let (Some(metrics), Some(started)) = (metrics, started) {
                         metrics.handled(started.elapsed());
