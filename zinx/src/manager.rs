@@ -381,25 +381,18 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
 
     use super::*;
-    use crate::conn::Parts;
+    use crate::conn::Detached;
 
     fn conn(manager: &ConnManager, id: u64, queue: usize) -> (Connection, crate::conn::Outbox) {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        Connection::new(Parts {
+        Connection::detached_with(Detached {
             id: ConnId(id),
-            peer: addr,
-            local: addr,
-            max_data_len: None,
-            send_queue: queue,
+            queue,
             send_queue_full: crate::SendQueueFull::Wait,
+            max_data_len: None,
             manager: manager.downgrade(),
             jobs: None,
-            tracker: None,
-            #[cfg(feature = "metrics")]
-            metrics: None,
         })
     }
 

@@ -1,37 +1,74 @@
 //! A bounded multi-producer, single-consumer queue that allocates nothing until
-//! the first item and keeps only a few slots once drained.
+//! the first item and keeps only a little storage once drained.
 //!
-//! It carries a connection's outgoing messages (handlers → writer) and its async
+//! It carries a connection's outgoing frames (handlers → writer) and its async
 //! op results (→ the connection's lane). `tokio::sync::mpsc` allocates a block of
 //! slots when the channel is created, which for thousands of idle connections is
-//! most of their memory; this queue is a `VecDeque` behind a short
+//! most of their memory; this queue is a [`Store`] behind a short
 //! `std::sync::Mutex`, an `AtomicWaker` for the consumer and a `Notify` for
-//! producers waiting for room. The consumer takes everything queued
-//! with one lock, which is what the writer wants anyway.
+//! producers waiting for room. The consumer takes what it wants with one lock:
+//! the writer takes every queued frame at once.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-/// Why an item was not queued; the item comes back.
+/// What a [`Queue`] holds its items in.
+pub(crate) trait Store {
+    type Item;
+    /// Why [`put`](Self::put) can refuse an item.
+    type Rejected;
+    /// Items held: what the queue's capacity bounds.
+    fn count(&self) -> usize;
+    /// Adds an item (the queue checked for room).
+    fn put(&mut self, item: Self::Item) -> Result<(), Self::Rejected>;
+    /// The consumer emptied the store: give back what a burst grew.
+    fn trim(&mut self) {}
+}
+
+/// Slots an emptied `VecDeque` keeps (more are given back), so a connection that
+/// gets one item at a time does not allocate and free the storage every time.
+const KEEP_WHEN_EMPTY: usize = 16;
+
+impl<T> Store for VecDeque<T> {
+    type Item = T;
+    type Rejected = Infallible;
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn put(&mut self, item: T) -> Result<(), Infallible> {
+        self.push_back(item);
+        Ok(())
+    }
+
+    fn trim(&mut self) {
+        if self.capacity() > KEEP_WHEN_EMPTY {
+            *self = VecDeque::new();
+        }
+    }
+}
+
+/// Why an item was not queued; the item comes back when it was not taken.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum PushError<T> {
+pub(crate) enum PushError<T, R = Infallible> {
     /// The queue holds its capacity.
     Full(T),
     /// The consumer closed the queue.
     Closed(T),
+    /// The store refused the item.
+    Rejected(R),
 }
 
-/// Slots an empty queue keeps (more are given back), so a connection that sends
-/// one message at a time does not allocate and free the storage every time.
-const KEEP_WHEN_EMPTY: usize = 16;
-
-pub(crate) struct Queue<T> {
-    state: Mutex<State<T>>,
+pub(crate) struct Queue<S> {
+    state: Mutex<State<S>>,
     /// The single consumer's waker: woken when an item arrives in an empty
     /// queue, or on close. Cheaper than a `Notify` on the per-message path.
     readable: AtomicWaker,
@@ -42,16 +79,27 @@ pub(crate) struct Queue<T> {
     capacity: usize,
 }
 
-struct State<T> {
-    items: VecDeque<T>,
+struct State<S> {
+    store: S,
     closed: bool,
 }
 
-impl<T> Queue<T> {
+impl<T> Queue<VecDeque<T>> {
     pub(crate) fn new(capacity: usize) -> Self {
+        Queue::with_store(VecDeque::new(), capacity)
+    }
+
+    /// Takes the oldest item.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.take(VecDeque::pop_front)
+    }
+}
+
+impl<S: Store> Queue<S> {
+    pub(crate) fn with_store(store: S, capacity: usize) -> Self {
         Queue {
             state: Mutex::new(State {
-                items: VecDeque::new(),
+                store,
                 closed: false,
             }),
             readable: AtomicWaker::new(),
@@ -61,22 +109,23 @@ impl<T> Queue<T> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        // Every critical section is a single push, drain or flag change.
+    fn lock(&self) -> MutexGuard<'_, State<S>> {
+        // Every critical section is a single push, take or flag change.
         crate::lock(&self.state)
     }
 
     /// Queues `item` if there is room.
-    pub(crate) fn try_push(&self, item: T) -> Result<(), PushError<T>> {
+    pub(crate) fn try_push(&self, item: S::Item) -> Result<(), PushError<S::Item, S::Rejected>> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed(item));
         }
-        if state.items.len() >= self.capacity {
+        let count = state.store.count();
+        if count >= self.capacity {
             return Err(PushError::Full(item));
         }
-        state.items.push_back(item);
-        let first = state.items.len() == 1;
+        state.store.put(item).map_err(PushError::Rejected)?;
+        let first = count == 0;
         if first {
             self.ready.store(true, Ordering::Release);
         }
@@ -87,10 +136,13 @@ impl<T> Queue<T> {
         Ok(())
     }
 
-    /// Queues `item`, waiting for room.
+    /// Queues `item`, waiting for room; never fails with `Full`.
     ///
     /// Cancel-safe: if dropped while waiting, nothing was queued.
-    pub(crate) async fn push(&self, mut item: T) -> Result<(), T> {
+    pub(crate) async fn push(
+        &self,
+        mut item: S::Item,
+    ) -> Result<(), PushError<S::Item, S::Rejected>> {
         loop {
             let room = self.writable.notified();
             tokio::pin!(room);
@@ -98,50 +150,33 @@ impl<T> Queue<T> {
             // wait still wakes this producer.
             room.as_mut().enable();
             match self.try_push(item) {
-                Ok(()) => return Ok(()),
-                Err(PushError::Closed(back)) => return Err(back),
                 Err(PushError::Full(back)) => item = back,
+                done => return done,
             }
             room.await;
         }
     }
 
-    /// Moves up to `max` queued items into `out`; returns how many.
-    pub(crate) fn drain_into(&self, out: &mut Vec<T>, max: usize) -> usize {
-        self.take(max, |items, n| out.extend(items.drain(..n)))
-    }
-
-    /// Takes the oldest item.
-    pub(crate) fn pop(&self) -> Option<T> {
-        let mut item = None;
-        self.take(1, |items, _| item = items.pop_front());
-        item
-    }
-
-    /// Takes up to `max` items with `take` under the lock, then does the
-    /// bookkeeping every consumer needs: clear the ready flag once empty, trim the
-    /// storage, wake producers that were waiting for room.
-    fn take(&self, max: usize, take: impl FnOnce(&mut VecDeque<T>, usize)) -> usize {
+    /// Runs `take` on the store under the lock (the consumer takes what it
+    /// wants), then does the bookkeeping every consumer needs: clear the ready
+    /// flag and trim the store once empty, wake producers that were waiting for
+    /// room.
+    pub(crate) fn take<R>(&self, take: impl FnOnce(&mut S) -> R) -> R {
         let mut state = self.lock();
-        let was_full = state.items.len() >= self.capacity;
-        let n = state.items.len().min(max);
-        if n > 0 {
-            take(&mut state.items, n);
-        }
-        if state.items.is_empty() {
+        let before = state.store.count();
+        let taken = take(&mut state.store);
+        let after = state.store.count();
+        if after == 0 {
             if !state.closed {
                 self.ready.store(false, Ordering::Release);
             }
-            if state.items.capacity() > KEEP_WHEN_EMPTY {
-                // Give back what a burst grew; a few slots stay for the next item.
-                state.items = VecDeque::new();
-            }
+            state.store.trim();
         }
         drop(state);
-        if was_full && n > 0 {
+        if before >= self.capacity && after < before {
             self.writable.notify_waiters();
         }
-        n
+        taken
     }
 
     /// Completes when an item is queued or the queue is closed. For the single
@@ -176,13 +211,10 @@ impl<T> Queue<T> {
         self.capacity
     }
 
-    #[cfg(feature = "metrics")]
+    /// Items queued.
+    #[cfg(any(test, feature = "metrics"))]
     pub(crate) fn len(&self) -> usize {
-        self.lock().items.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.lock().items.is_empty()
+        self.lock().store.count()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -202,10 +234,9 @@ mod tests {
         q.try_push(1).unwrap();
         q.try_push(2).unwrap();
         assert_eq!(q.try_push(3), Err(PushError::Full(3)));
-        let mut out = Vec::new();
-        assert_eq!(q.drain_into(&mut out, 10), 2);
+        let out: Vec<_> = q.take(|items| items.drain(..).collect());
         assert_eq!(out, [1, 2]);
-        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
         q.try_push(4).unwrap();
         q.close();
         assert_eq!(q.try_push(5), Err(PushError::Closed(5)));
@@ -242,12 +273,12 @@ mod tests {
         };
         tokio::task::yield_now().await;
         q.close();
-        assert_eq!(producer.await.unwrap(), Err(2));
+        assert_eq!(producer.await.unwrap(), Err(PushError::Closed(2)));
     }
 
     #[tokio::test]
     async fn the_consumer_is_woken_by_a_push_that_races_its_wait() {
-        let q = Arc::new(Queue::<u32>::new(4));
+        let q = Arc::new(Queue::<VecDeque<u32>>::new(4));
         for i in 0..100 {
             let consumer = {
                 let q = q.clone();

@@ -23,6 +23,7 @@
 //! reader runs under the same worker permit, so they never overlap the
 //! connection's handlers.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -97,7 +98,7 @@ pub(crate) struct Lane {
     /// The shared worker to hold while handling (Hash mode).
     worker: Option<Arc<Mutex<()>>>,
     /// Async op results waiting to run (allocates nothing until the first).
-    jobs: Arc<Queue<Job>>,
+    jobs: Arc<Queue<VecDeque<Job>>>,
 }
 
 impl Drop for Lane {
@@ -159,20 +160,21 @@ impl Lane {
     }
 
     /// Where callbacks for this connection's handler context go.
-    pub(crate) fn jobs(&self) -> Arc<Queue<Job>> {
+    pub(crate) fn jobs(&self) -> Arc<Queue<VecDeque<Job>>> {
         self.jobs.clone()
     }
 
-    /// The next queued callback. Cancel-safe: waiting takes nothing, and the
-    /// item is taken only when this completes.
-    pub(crate) async fn next_job(&mut self) -> Job {
+    /// The next queued callback, or `None` once the queue is closed (the
+    /// connection closed). Cancel-safe: waiting takes nothing, and the item is
+    /// taken only when this completes.
+    pub(crate) async fn next_job(&mut self) -> Option<Job> {
         loop {
             self.jobs.readable().await;
             if let Some(job) = self.jobs.pop() {
-                return job;
+                return Some(job);
             }
             if self.jobs.is_closed() {
-                std::future::pending::<()>().await;
+                return None;
             }
         }
     }

@@ -69,7 +69,18 @@ async fn metrics_follow_the_traffic() {
     b.expect_closed().await;
     a.roundtrip(1, "sync").await;
 
-    let text = get(addr, "/metrics").await;
+    // The peer sees EOF before the server has released the connection: scrape
+    // until the count shows it.
+    let text = within("the closed connection to be released", async {
+        loop {
+            let text = get(addr, "/metrics").await;
+            if value(&text, "zinx_connections") == Some(1.0) {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("application/openmetrics-text"), "{text}");
     assert_eq!(value(&text, "zinx_connections"), Some(1.0), "{text}");

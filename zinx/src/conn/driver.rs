@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::config::SendQueueFull;
 use crate::conn::reader::{self, ReadEnd, ReadSource};
-use crate::conn::writer::{self, WriterConfig};
+use crate::conn::writer;
 use crate::conn::{Connection, Parts};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
@@ -105,6 +105,7 @@ impl<F: Framing> Engine<F> {
             max_data_len: self.framing.max_data_len(),
             send_queue: self.send_queue,
             send_queue_full: self.send_queue_full,
+            encoder: Box::new(self.framing.clone()),
             manager: self.manager.downgrade(),
             jobs: Some(lane.jobs()),
             tracker: Some(self.tracker.clone()),
@@ -112,19 +113,13 @@ impl<F: Framing> Engine<F> {
             metrics: self.metrics.clone(),
         });
         let registration = self.manager.register(conn.clone());
-        let cfg = WriterConfig {
-            framing: self.framing.clone(),
-            batch: self.send_queue,
-            linger: self.linger,
-            #[cfg(feature = "metrics")]
-            metrics: self.metrics.clone(),
-        };
+        let linger = self.linger;
         let tracker = self.tracker.clone();
         let runtime = tokio::runtime::Handle::current();
         let span = tracing::Span::current();
         // Started from whichever thread queues first, hence the runtime handle.
         conn.set_writer(Box::new(move |conn| {
-            tracker.spawn_on(writer::run(w, rx, conn, cfg).instrument(span), &runtime)
+            tracker.spawn_on(writer::run(w, rx, conn, linger).instrument(span), &runtime)
         }));
         Opened {
             r,

@@ -11,6 +11,7 @@
 
 pub(crate) mod close;
 pub(crate) mod driver;
+pub(crate) mod outgoing;
 pub(crate) mod reader;
 pub(crate) mod writer;
 
@@ -21,16 +22,21 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::codec::{Codec, Layout};
 use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
+use crate::conn::outgoing::{Encode, Outgoing, Receiver, SendQueue};
 use crate::error::Error;
 use crate::extensions::Extensions;
+use crate::framing::Framing;
 use crate::lock;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
@@ -54,13 +60,13 @@ struct Shared {
     local: SocketAddr,
     max_data_len: Option<usize>,
     send_queue_full: SendQueueFull,
-    queue: Arc<Queue<Message>>,
+    queue: Arc<SendQueue>,
     close: CloseSignal,
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
-    jobs: Option<Arc<Queue<Job>>>,
+    jobs: Option<Arc<Queue<VecDeque<Job>>>>,
     tracker: Option<TaskTracker>,
     /// Completes when the previous async op's result was handed to the lane, so
     /// results are delivered in the order the ops were started.
@@ -89,6 +95,17 @@ enum WriterTask {
     Taken,
 }
 
+/// Settings of a [`Connection::detached_with`] connection.
+pub(crate) struct Detached {
+    pub(crate) id: ConnId,
+    pub(crate) queue: usize,
+    pub(crate) send_queue_full: SendQueueFull,
+    pub(crate) max_data_len: Option<usize>,
+    pub(crate) manager: Weak<ManagerShared>,
+    /// A lane's callback queue, for a reader to run the connection on.
+    pub(crate) jobs: Option<Arc<Queue<VecDeque<Job>>>>,
+}
+
 /// What a new connection's two tasks are made of.
 pub(crate) struct Parts {
     pub(crate) id: ConnId,
@@ -97,9 +114,11 @@ pub(crate) struct Parts {
     pub(crate) max_data_len: Option<usize>,
     pub(crate) send_queue: usize,
     pub(crate) send_queue_full: SendQueueFull,
+    /// The connection's framing, which encodes what is sent.
+    pub(crate) encoder: Box<dyn Encode>,
     pub(crate) manager: Weak<ManagerShared>,
     /// The lane's callback queue, for async op results.
-    pub(crate) jobs: Option<Arc<Queue<Job>>>,
+    pub(crate) jobs: Option<Arc<Queue<VecDeque<Job>>>>,
     /// Where async op tasks are tracked, so shutdown waits for them.
     pub(crate) tracker: Option<TaskTracker>,
     #[cfg(feature = "metrics")]
@@ -108,8 +127,11 @@ pub(crate) struct Parts {
 
 impl Connection {
     /// Creates the handle and the receiving end of its send queue (for the writer).
-    pub(crate) fn new(parts: Parts) -> (Connection, Outbox) {
-        let queue = Arc::new(Queue::new(parts.send_queue));
+    pub(crate) fn new(parts: Parts) -> (Connection, Receiver) {
+        let queue = Arc::new(Queue::with_store(
+            Outgoing::new(parts.encoder),
+            parts.send_queue,
+        ));
         let shared = Shared {
             id: parts.id,
             peer: parts.peer,
@@ -134,7 +156,7 @@ impl Connection {
             Connection {
                 shared: Arc::new(shared),
             },
-            Outbox { queue },
+            Receiver::new(queue),
         )
     }
 
@@ -143,20 +165,34 @@ impl Connection {
     /// handlers and for benchmarks; `async_op` is not available on it.
     #[must_use]
     pub fn detached(queue: usize) -> (Connection, Outbox) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Connection::new(Parts {
+        Connection::detached_with(Detached {
             id: ConnId(0),
-            peer: addr,
-            local: addr,
-            max_data_len: None,
-            send_queue: queue,
+            queue,
             send_queue_full: SendQueueFull::Wait,
+            max_data_len: None,
             manager: Weak::new(),
             jobs: None,
+        })
+    }
+
+    /// A detached connection with the given settings.
+    pub(crate) fn detached_with(d: Detached) -> (Connection, Outbox) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (conn, rx) = Connection::new(Parts {
+            id: d.id,
+            peer: addr,
+            local: addr,
+            max_data_len: d.max_data_len,
+            send_queue: d.queue,
+            send_queue_full: d.send_queue_full,
+            encoder: Box::new(Outbox::codec()),
+            manager: d.manager,
+            jobs: d.jobs,
             tracker: None,
             #[cfg(feature = "metrics")]
             metrics: None,
-        })
+        });
+        (conn, Outbox::new(rx))
     }
 
     /// The connection's ID, unique within its server.
@@ -195,16 +231,16 @@ impl Connection {
         // handler awaits is a few words; the waiting path, rare, is boxed. Handler
         // futures embed this one and are moved and boxed per message.
         let fast = self.outgoing(id.into(), data.into()).and_then(|msg| {
+            let (id, len) = (msg.id, msg.data.len());
             match self.shared.queue.try_push(msg) {
                 Ok(()) => {
-                    self.queued();
+                    self.queued(id, len);
                     Ok(None)
                 }
-                Err(PushError::Closed(_)) => Err(Error::Closed),
                 Err(PushError::Full(msg)) if self.shared.send_queue_full == SendQueueFull::Wait => {
                     Ok(Some(msg))
                 }
-                Err(PushError::Full(_)) => Err(self.queue_full()),
+                Err(e) => Err(self.refused(e)),
             }
         });
         async move {
@@ -239,15 +275,26 @@ impl Connection {
     }
 
     async fn send_waiting(&self, msg: Message) -> Result<(), Error> {
+        let (id, len) = (msg.id, msg.data.len());
         tokio::select! {
             biased;
             // Cancel-safe: if the close wins, the message is simply not queued.
             () = self.shared.close.closed() => Err(Error::Closed),
             r = self.shared.queue.push(msg) => {
-                r.map_err(|_| Error::Closed)?;
-                self.queued();
+                r.map_err(|e| self.refused(e))?;
+                self.queued(id, len);
                 Ok(())
             }
+        }
+    }
+
+    /// Why the send queue refused a message, as the sender's error.
+    #[cold]
+    fn refused(&self, e: PushError<Message, Error>) -> Error {
+        match e {
+            PushError::Full(_) => self.queue_full(),
+            PushError::Closed(_) => Error::Closed,
+            PushError::Rejected(e) => e,
         }
     }
 
@@ -271,8 +318,15 @@ impl Connection {
         self.shared.writer_started.store(false, Ordering::Release);
     }
 
-    /// After a message was queued: makes sure the writer runs.
-    fn queued(&self) {
+    /// After a message was queued: makes sure the writer runs (and counts the
+    /// message, with metrics).
+    fn queued(&self, id: MsgId, len: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.written(id, len);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (id, len);
         if !self.shared.writer_started.load(Ordering::Acquire) {
             self.start_writer();
         }
@@ -314,13 +368,12 @@ impl Connection {
         let msg = self
             .outgoing(id.into(), data.into())
             .map_err(|e| self.failed(e))?;
-        self.shared.queue.try_push(msg).map_err(|e| {
-            self.failed(match e {
-                PushError::Full(_) => self.queue_full(),
-                PushError::Closed(_) => Error::Closed,
-            })
-        })?;
-        self.queued();
+        let (id, len) = (msg.id, msg.data.len());
+        self.shared
+            .queue
+            .try_push(msg)
+            .map_err(|e| self.failed(self.refused(e)))?;
+        self.queued(id, len);
         Ok(())
     }
 
@@ -343,7 +396,14 @@ impl Connection {
     /// queued and closes the socket, then `on_disconnect` and the close callbacks
     /// run. Closing twice is harmless.
     pub fn close(&self) {
-        self.shared.close.close();
+        if self.shared.close.close() {
+            // The writer and the reader wait on these queues (one waker each
+            // instead of a second one for the close): closed, they wake them.
+            self.shared.queue.close();
+            if let Some(jobs) = &self.shared.jobs {
+                jobs.close();
+            }
+        }
     }
 
     /// True once [`close`](Self::close) was called or the connection ended.
@@ -503,25 +563,39 @@ impl Connection {
     }
 }
 
-/// The receiving end of a connection's send queue: the writer's, or a test's
-/// (see [`Connection::detached`]). Dropping it closes the queue, so later sends
-/// fail with [`Error::Closed`].
+/// What is sent on a [`Connection::detached`] connection: the messages, in the
+/// order they were sent. Dropping it closes the connection's send queue, so later
+/// sends fail with [`Error::Closed`].
 pub struct Outbox {
-    queue: Arc<Queue<Message>>,
+    rx: Receiver,
+    /// Bytes taken from the queue, decoded into `messages` as they come.
+    wire: BytesMut,
+    messages: VecDeque<Message>,
 }
 
 impl Outbox {
+    fn new(rx: Receiver) -> Self {
+        Outbox {
+            rx,
+            wire: BytesMut::new(),
+            messages: VecDeque::new(),
+        }
+    }
+
+    /// The framing of detached connections: Zinx's TLV with no size limit.
+    fn codec() -> Codec {
+        Codec::new(Layout::Tlv, 0)
+    }
+
     /// The next message sent, waiting for one; `None` once the connection's
     /// queue is closed and empty.
     pub async fn recv(&mut self) -> Option<Message> {
         loop {
-            if let Some(msg) = self.queue.pop() {
-                return Some(msg);
+            match self.try_recv() {
+                Ok(msg) => return Some(msg),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => self.rx.queue().readable().await,
             }
-            if self.queue.is_closed() {
-                return None;
-            }
-            self.queue.readable().await;
         }
     }
 
@@ -531,21 +605,27 @@ impl Outbox {
     ///
     /// `Empty` when nothing is queued, `Disconnected` once closed and empty.
     pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
-        match self.queue.pop() {
+        if self.messages.is_empty() {
+            let queue = self.rx.queue();
+            queue.take(|out| out.frames().drain_bytes(&mut self.wire));
+            let mut decoded = Vec::new();
+            // What the codec encoded it decodes: an error here is a bug.
+            if let Err(e) = Outbox::codec().decode_all(&mut self.wire, &mut decoded, false) {
+                tracing::error!(error = %e, "detached connection's frames do not decode");
+            }
+            self.messages.extend(decoded);
+        }
+        match self.messages.pop_front() {
             Some(msg) => Ok(msg),
-            None if self.queue.is_closed() => Err(TryRecvError::Disconnected),
+            None if self.rx.queue().is_closed() => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),
         }
     }
-
-    pub(crate) fn queue(&self) -> &Queue<Message> {
-        &self.queue
-    }
 }
 
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        self.queue.close();
+impl From<Outbox> for Receiver {
+    fn from(outbox: Outbox) -> Receiver {
+        outbox.rx
     }
 }
 
@@ -576,19 +656,13 @@ pub(crate) mod tests {
     }
 
     fn test_conn_with(queue: usize, send_queue_full: SendQueueFull) -> (Connection, Outbox) {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        Connection::new(Parts {
+        Connection::detached_with(Detached {
             id: ConnId(7),
-            peer: addr,
-            local: addr,
-            max_data_len: Some(16),
-            send_queue: queue,
+            queue,
             send_queue_full,
+            max_data_len: Some(16),
             manager: Weak::new(),
             jobs: None,
-            tracker: None,
-            #[cfg(feature = "metrics")]
-            metrics: None,
         })
     }
 

@@ -158,15 +158,17 @@ where
             // across the dispatch below.
             let n = match tokio::select! {
                 biased;
-                // Cancel-safe: waiting for the close consumes nothing.
-                () = signal.closed_for(Waiter::Reader) => return ReadEnd::Cancelled,
                 // Cancel-safe: recv loses nothing; the job runs in the branch body, so
-                // no other branch can interrupt it.
-                job = lane.next_job() => {
-                    // Boxed: rare, and it would enlarge every connection's reader.
-                    Box::pin(lane.run_job(job)).await;
-                    continue;
-                }
+                // no other branch can interrupt it. Closing the connection closes
+                // the job queue, so this is also how the reader learns of the close.
+                job = lane.next_job() => match job {
+                    Some(job) if !signal.is_closed() => {
+                        // Boxed: rare, and it would enlarge every connection's reader.
+                        Box::pin(lane.run_job(job)).await;
+                        continue;
+                    }
+                    _ => return ReadEnd::Cancelled,
+                },
                 // Cancel-safe: Interval::tick only records a tick when it completes.
                 _ = tick(extras.as_mut().and_then(|x| x.heartbeat.as_mut())) => {
                     if let Some(hb) = extras.as_ref().and_then(|x| x.heartbeat.as_ref()) {
@@ -420,10 +422,18 @@ mod tests {
 
     #[tokio::test]
     async fn close_stops_a_reader_waiting_for_bytes() {
-        let (conn, _rx) = test_conn(16);
+        let mut lane = inline_lane();
+        // As a server sets it up: the connection closes its lane's job queue.
+        let (conn, _rx) = Connection::detached_with(crate::conn::Detached {
+            id: ConnId(1),
+            queue: 16,
+            send_queue_full: crate::SendQueueFull::Wait,
+            max_data_len: None,
+            manager: std::sync::Weak::new(),
+            jobs: Some(lane.jobs()),
+        });
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
-        let mut lane = inline_lane();
         let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));

@@ -1,7 +1,8 @@
 //! The writer task: the only code that writes to a connection's socket.
 //!
-//! It takes every message waiting in the send queue at once (one lock), encodes
-//! them into one buffer and writes and flushes that buffer. Under load many
+//! It takes every frame waiting in the send queue at once (one lock; the senders
+//! encoded them, see [`outgoing`](super::outgoing)) and writes and flushes them
+//! with one vectored write. Under load many
 //! messages share one syscall; when idle a single message goes out at once. There
 //! are no timers in this path. On close it writes whatever is still queued (bounded
 //! by the linger time, so a peer that stopped reading cannot hold the task), then
@@ -9,89 +10,56 @@
 
 use std::time::Duration;
 
-use std::collections::VecDeque;
-use std::io::IoSlice;
-
-use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::conn::Connection;
 use crate::conn::close::Waiter;
-use crate::conn::{Connection, Outbox};
-use crate::framing::Framing;
-use crate::message::Message;
-
-/// Largest write buffer an idle writer keeps (a connection that has never
-/// sent holds none).
-const KEEP_WHEN_IDLE: usize = 1024;
-
-/// Settings of one writer.
-#[derive(Debug, Clone)]
-pub(crate) struct WriterConfig<F> {
-    pub(crate) framing: F,
-    /// Most messages taken from the queue per write.
-    pub(crate) batch: usize,
-    /// How long the final flush on close may take.
-    pub(crate) linger: Duration,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
-}
+use crate::conn::outgoing::{Frames, Receiver};
 
 /// Runs the writer until the connection is cancelled, the queue's senders are all
 /// gone, or a write fails. Always cancels the connection on the way out, so a dead
-/// socket stops the reader too.
-pub(crate) async fn run<W, F>(mut io: W, outbox: Outbox, conn: Connection, cfg: WriterConfig<F>)
+/// socket stops the reader too. `linger` bounds the final flush on close.
+pub(crate) async fn run<W>(mut io: W, rx: Receiver, conn: Connection, linger: Duration)
 where
     W: AsyncWrite + Unpin,
-    F: Framing,
 {
-    let WriterConfig {
-        mut framing,
-        batch: batch_len,
-        linger,
-        #[cfg(feature = "metrics")]
-        metrics,
-    } = cfg;
-    let batch_len = batch_len.max(1);
-    let queue = outbox.queue();
-    let mut batch = Vec::new();
-    let mut pending = Pending::default();
+    let queue = rx.queue();
+    let mut pending = Frames::default();
     let result: std::io::Result<()> = async {
         let signal = conn.close_signal();
         loop {
             if pending.is_empty() {
-                tokio::select! {
-                    biased;
-                    // Cancel-safe: waiting for the close consumes nothing.
-                    () = signal.closed_for(Waiter::Writer) => return Ok(()),
-                    // Cancel-safe: waiting takes nothing; the drain happens below.
-                    () = queue.readable() => {}
-                }
-                if queue.drain_into(&mut batch, batch_len) == 0 && queue.is_closed() {
+                // Closing the connection closes the queue, which makes it readable.
+                queue.readable().await;
+                if signal.is_closed() {
                     return Ok(());
                 }
-                #[cfg(feature = "metrics")]
-                count_written(metrics.as_deref(), &batch);
-                pending.encode_all(&mut framing, &mut batch);
+                queue.take(|out| out.frames().move_into(&mut pending));
+                if pending.is_empty() && queue.is_closed() {
+                    return Ok(());
+                }
                 continue;
             }
             let written = tokio::select! {
                 biased;
-                () = signal.closed_for(Waiter::Writer) => return Ok(()),
                 // Cancel-safe: one vectored write; if it is dropped unfinished,
-                // nothing was written and `pending` is unchanged.
-                n = pending.write_some(&mut io) => n?,
+                // nothing was written and `pending` is unchanged. Polled first, so
+                // the close is only waited for when the socket is full.
+                n = write_some(&pending, &mut io) => n?,
+                // Cancel-safe: waiting for the close consumes nothing.
+                () = signal.closed_for(Waiter::Writer) => return Ok(()),
             };
             pending.advance(written);
             if pending.is_empty() {
                 io.flush().await?;
-                if queue.is_empty() {
-                    // Going idle: keep small buffers for the next reply, give back
-                    // what a burst grew.
-                    pending.shrink();
-                    if batch.capacity() > 16 {
-                        batch = Vec::new();
+                // Going idle: keep small buffers for the next reply, give back
+                // what a burst grew.
+                pending.shrink();
+                queue.take(|out| {
+                    if out.frames().is_empty() {
+                        out.frames().shrink();
                     }
-                }
+                });
             }
         }
     }
@@ -101,14 +69,14 @@ where
         Ok(()) => {
             // Close the queue first: a send from now on fails instead of being lost.
             queue.close();
-            queue.drain_into(&mut batch, usize::MAX);
-            #[cfg(feature = "metrics")]
-            count_written(metrics.as_deref(), &batch);
-            pending.encode_all(&mut framing, &mut batch);
+            let mut rest = Frames::default();
+            queue.take(|out| out.frames().move_into(&mut rest));
             let flush = async {
-                while !pending.is_empty() {
-                    let n = pending.write_some(&mut io).await?;
-                    pending.advance(n);
+                for frames in [&mut pending, &mut rest] {
+                    while !frames.is_empty() {
+                        let n = write_some(frames, &mut io).await?;
+                        frames.advance(n);
+                    }
                 }
                 io.flush().await?;
                 io.shutdown().await
@@ -117,7 +85,7 @@ where
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "final flush failed"),
                 Err(_) => tracing::debug!(
-                    unsent = pending.len(),
+                    unsent = pending.len() + rest.len(),
                     "peer did not take the final writes within the linger time"
                 ),
             }
@@ -127,97 +95,9 @@ where
     conn.close();
 }
 
-/// Counts what is handed to the socket, by message ID.
-#[cfg(feature = "metrics")]
-fn count_written(metrics: Option<&crate::metrics::Metrics>, batch: &[Message]) {
-    if let Some(metrics) = metrics {
-        for msg in batch {
-            metrics.written(msg.id, msg.data.len());
-        }
-    }
-}
-
-/// Payloads at least this long are written from their own buffer (vectored
-/// write) instead of being copied next to their header.
-const ZERO_COPY_MIN: usize = 512;
-
-/// Most buffers handed to one vectored write.
-const MAX_SLICES: usize = 64;
-
-/// Encoded bytes not yet written: small frames are copied into shared chunks;
-/// large payloads stay in the `Bytes` they arrived in, behind their header.
-#[derive(Default)]
-struct Pending {
-    segments: VecDeque<Bytes>,
-    /// Frames being gathered into the next chunk.
-    small: BytesMut,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.segments.is_empty() && self.small.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.segments.iter().map(Bytes::len).sum::<usize>() + self.small.len()
-    }
-
-    fn encode_all<F: Framing>(&mut self, framing: &mut F, batch: &mut Vec<Message>) {
-        // Zinx framing adds 8 bytes a message; reserving for the small frames saves
-        // regrowth, and encoders reserve for themselves anyway.
-        let small: usize = batch
-            .iter()
-            .map(|m| {
-                8 + if m.data.len() < ZERO_COPY_MIN {
-                    m.data.len()
-                } else {
-                    0
-                }
-            })
-            .sum();
-        self.small.reserve(small);
-        for msg in batch.drain(..) {
-            let id = msg.id;
-            // Connection::send checked the length already; what is left is a message
-            // the framing cannot express (an ID out of its range): logged, skipped.
-            if let Err(e) = self.push(framing, msg) {
-                tracing::warn!(error = %e, msg_id = %id, "dropping a message the framing cannot encode");
-            }
-        }
-        self.seal();
-    }
-
-    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), crate::Error> {
-        if msg.data.len() >= ZERO_COPY_MIN
-            && let Some(header) = framing.encode_header(&msg, &mut self.small)
-        {
-            header?;
-            self.seal();
-            self.segments.push_back(msg.data);
-            return Ok(());
-        }
-        framing.encode(msg, &mut self.small)
-    }
-
-    /// Moves the gathered small frames into the segment list.
-    fn seal(&mut self) {
-        if !self.small.is_empty() {
-            let chunk = self.small.split().freeze();
-            self.segments.push_back(chunk);
-        }
-    }
-
-    /// One vectored write of the first segments.
-    async fn write_some<W: AsyncWrite + Unpin>(&self, io: &mut W) -> std::io::Result<usize> {
-        std::future::poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for (slot, segment) in slices.iter_mut().zip(&self.segments) {
-                *slot = IoSlice::new(segment);
-                count += 1;
-            }
-            std::pin::Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
-        })
+/// One vectored write of the first frames.
+async fn write_some<W: AsyncWrite + Unpin>(frames: &Frames, io: &mut W) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| frames.poll_write_some(io, cx))
         .await
         .and_then(|n| {
             if n == 0 {
@@ -226,32 +106,6 @@ impl Pending {
                 Ok(n)
             }
         })
-    }
-
-    /// Drops the first `n` written bytes.
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.segments.front_mut() else {
-                return;
-            };
-            if front.len() <= n {
-                n -= front.len();
-                self.segments.pop_front();
-            } else {
-                front.advance(n);
-                return;
-            }
-        }
-    }
-
-    fn shrink(&mut self) {
-        if self.small.capacity() > KEEP_WHEN_IDLE {
-            self.small = BytesMut::new();
-        }
-        if self.segments.capacity() > 16 {
-            self.segments = VecDeque::new();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -265,7 +119,6 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::codec::{Codec, Layout};
     use crate::conn::tests::test_conn;
 
     /// Records every write call; optionally stalls (never accepts bytes).
@@ -297,15 +150,7 @@ mod tests {
         }
     }
 
-    fn cfg() -> WriterConfig<Codec> {
-        WriterConfig {
-            framing: Codec::new(Layout::Tlv, 4096),
-            batch: 1024,
-            linger: Duration::from_secs(5),
-            #[cfg(feature = "metrics")]
-            metrics: None,
-        }
-    }
+    const LINGER: Duration = Duration::from_secs(5);
 
     #[tokio::test(flavor = "current_thread")]
     async fn queued_messages_go_out_in_one_write_and_one_flush() {
@@ -314,7 +159,7 @@ mod tests {
             conn.try_send(i, vec![i as u8; 3]).unwrap();
         }
         let rec = Recorder::default();
-        let task = tokio::spawn(run(rec.clone(), rx, conn.clone(), cfg()));
+        let task = tokio::spawn(run(rec.clone(), rx.into(), conn.clone(), LINGER));
         // Wait for the first write: the writer had all ten queued when it started.
         while rec.writes.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
@@ -333,7 +178,7 @@ mod tests {
     async fn order_is_preserved_on_the_wire() {
         let (conn, rx) = test_conn(4);
         let (client, server) = tokio::io::duplex(64);
-        let task = tokio::spawn(run(server, rx, conn.clone(), cfg()));
+        let task = tokio::spawn(run(server, rx.into(), conn.clone(), LINGER));
         let sender = conn.clone();
         let producer = tokio::spawn(async move {
             for i in 0..200u32 {
@@ -356,16 +201,9 @@ mod tests {
     #[tokio::test]
     async fn large_payloads_written_in_place_keep_order_through_partial_writes() {
         let (conn, rx) = Connection::detached(8);
-        let cfg = WriterConfig {
-            framing: Codec::new(Layout::Tlv, 0),
-            batch: 1024,
-            linger: Duration::from_secs(5),
-            #[cfg(feature = "metrics")]
-            metrics: None,
-        };
         // A 64-byte pipe: every write is partial.
         let (client, server) = tokio::io::duplex(64);
-        let task = tokio::spawn(run(server, rx, conn.clone(), cfg));
+        let task = tokio::spawn(run(server, rx.into(), conn.clone(), LINGER));
         let sizes: Vec<usize> = (0..60)
             .map(|i| if i % 3 == 0 { 600 + i } else { i })
             .collect();
@@ -408,7 +246,7 @@ mod tests {
         }
         conn.close();
         let (mut client, server) = tokio::io::duplex(1024);
-        run(server, rx, conn.clone(), cfg()).await;
+        run(server, rx.into(), conn.clone(), LINGER).await;
         let mut wire = Vec::new();
         client.read_to_end(&mut wire).await.unwrap();
         assert_eq!(wire.len(), 5 * 9);
@@ -422,7 +260,7 @@ mod tests {
             stalled: true,
             ..Recorder::default()
         };
-        let task = tokio::spawn(run(rec, rx, conn.clone(), cfg()));
+        let task = tokio::spawn(run(rec, rx.into(), conn.clone(), LINGER));
         tokio::task::yield_now().await;
         conn.close();
         // Paused time: the linger timeout fires as soon as everything is idle.
@@ -436,7 +274,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(16);
         drop(client);
         conn.try_send(1, "to nobody").unwrap();
-        run(server, rx, conn.clone(), cfg()).await;
+        run(server, rx.into(), conn.clone(), LINGER).await;
         assert!(conn.is_closed());
     }
 }

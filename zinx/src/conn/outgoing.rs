@@ -1,0 +1,285 @@
+//! A connection's send queue: messages are encoded by the handler that sends
+//! them, as Go Zinx's `SendMsg` packs before it queues, into bytes the writer
+//! takes all at once and writes.
+//!
+//! Encoding at send time means a message is copied once, next to its header, into
+//! the queue's buffer; the writer takes the whole buffer with one lock and does
+//! no per-message work. Payloads of at least [`ZERO_COPY_MIN`] bytes are not
+//! copied: their `Bytes` is queued behind the header, and written with it by one
+//! vectored write. An encoding error (a message the framing cannot express) is
+//! returned to the sender instead of being discovered by the writer.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+
+use crate::error::Error;
+use crate::framing::Framing;
+use crate::message::Message;
+use crate::queue::{Queue, Store};
+
+/// Payloads at least this long are written from their own buffer (vectored
+/// write) instead of being copied next to their header.
+pub(crate) const ZERO_COPY_MIN: usize = 512;
+
+/// Most buffers handed to one vectored write.
+const MAX_SLICES: usize = 32;
+
+/// Largest frame buffer an idle connection keeps (one that has never sent holds
+/// none).
+const KEEP_WHEN_IDLE: usize = 1024;
+
+/// A connection's framing, as the send queue uses it: encodes one message into
+/// the queued frames. Object-safe, so [`Connection`](super::Connection) need not
+/// be generic over the framing.
+pub(crate) trait Encode: Send {
+    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error>;
+}
+
+impl<F: Framing> Encode for F {
+    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error> {
+        frames.push(self, msg)
+    }
+}
+
+/// Encoded frames not yet written: small frames are copied into a shared buffer;
+/// large payloads stay in the `Bytes` they were sent in, behind their header.
+#[derive(Default)]
+pub(crate) struct Frames {
+    segments: VecDeque<Bytes>,
+    /// Frames being gathered into the next segment.
+    small: BytesMut,
+    /// Messages encoded since the last take.
+    messages: usize,
+}
+
+impl Frames {
+    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), Error> {
+        let start = self.small.len();
+        let encoded = if msg.data.len() >= ZERO_COPY_MIN
+            && let Some(header) = framing.encode_header(&msg, &mut self.small)
+        {
+            header.map(|()| {
+                self.seal();
+                self.segments.push_back(msg.data);
+            })
+        } else {
+            framing.encode(msg, &mut self.small)
+        };
+        match encoded {
+            Ok(()) => {
+                self.messages += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of a frame that failed half-way reaches the wire.
+                self.small.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves the gathered small frames into the segment list.
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            let chunk = self.small.split().freeze();
+            self.segments.push_back(chunk);
+        }
+    }
+
+    /// Moves everything encoded into `out`, which must be empty (its storage is
+    /// swapped in, so a connection in steady state allocates nothing here).
+    pub(crate) fn move_into(&mut self, out: &mut Frames) {
+        debug_assert!(out.is_empty());
+        self.seal();
+        std::mem::swap(&mut self.segments, &mut out.segments);
+        out.messages = std::mem::take(&mut self.messages);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.segments.is_empty() && self.small.is_empty()
+    }
+
+    /// Bytes not yet written.
+    pub(crate) fn len(&self) -> usize {
+        self.segments.iter().map(Bytes::len).sum::<usize>() + self.small.len()
+    }
+
+    /// One vectored write of the first segments.
+    pub(crate) fn poll_write_some<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let io = Pin::new(&mut *io);
+        match self.segments.len() {
+            // The usual case, small frames only: a plain write.
+            0 | 1 => io.poll_write(cx, self.segments.front().map_or(&[], |s| &s[..])),
+            _ => {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for (slot, segment) in slices.iter_mut().zip(&self.segments) {
+                    *slot = IoSlice::new(segment);
+                    count += 1;
+                }
+                io.poll_write_vectored(cx, &slices[..count])
+            }
+        }
+    }
+
+    /// Drops the first `n` written bytes.
+    pub(crate) fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.segments.pop_front();
+            } else {
+                front.advance(n);
+                return;
+            }
+        }
+    }
+
+    /// Going idle: keep small buffers for the next frames, give back what a burst
+    /// grew.
+    pub(crate) fn shrink(&mut self) {
+        if self.small.capacity() > KEEP_WHEN_IDLE {
+            self.small = BytesMut::new();
+        }
+        if self.segments.capacity() > 16 {
+            self.segments = VecDeque::new();
+        }
+    }
+
+    /// Every byte, in order (for [`Outbox`](super::Outbox), which decodes them).
+    pub(crate) fn drain_bytes(&mut self, out: &mut BytesMut) {
+        self.seal();
+        for segment in self.segments.drain(..) {
+            out.extend_from_slice(&segment);
+        }
+        self.messages = 0;
+    }
+}
+
+/// What a connection's send queue holds: its framing and the frames it encoded.
+pub(crate) struct Outgoing {
+    encoder: Box<dyn Encode>,
+    frames: Frames,
+}
+
+impl Outgoing {
+    pub(crate) fn new(encoder: Box<dyn Encode>) -> Self {
+        Outgoing {
+            encoder,
+            frames: Frames::default(),
+        }
+    }
+
+    pub(crate) fn frames(&mut self) -> &mut Frames {
+        &mut self.frames
+    }
+}
+
+impl Store for Outgoing {
+    type Item = Message;
+    type Rejected = Error;
+
+    fn count(&self) -> usize {
+        self.frames.messages
+    }
+
+    fn put(&mut self, msg: Message) -> Result<(), Error> {
+        self.encoder.encode_into(msg, &mut self.frames)
+    }
+}
+
+/// A connection's send queue.
+pub(crate) type SendQueue = Queue<Outgoing>;
+
+/// The consuming end of a send queue (the writer's, or an
+/// [`Outbox`](super::Outbox)'s). Dropping it closes the queue, so later sends
+/// fail with [`Error::Closed`] instead of queuing for nobody.
+pub(crate) struct Receiver(Arc<SendQueue>);
+
+impl Receiver {
+    pub(crate) fn new(queue: Arc<SendQueue>) -> Self {
+        Receiver(queue)
+    }
+
+    pub(crate) fn queue(&self) -> &SendQueue {
+        &self.0
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::codec::{Codec, Layout};
+    use crate::queue::PushError;
+
+    #[test]
+    fn small_frames_share_a_buffer_and_large_payloads_are_not_copied() {
+        let q = SendQueue::with_store(Outgoing::new(Box::new(Codec::new(Layout::Tlv, 0))), 8);
+        let big = Bytes::from(vec![7u8; ZERO_COPY_MIN]);
+        q.try_push(Message::new(1, "ab")).unwrap();
+        q.try_push(Message::new(2, big.clone())).unwrap();
+        q.try_push(Message::new(3, "c")).unwrap();
+        assert_eq!(q.len(), 3);
+        let mut out = Frames::default();
+        q.take(|o| o.frames().move_into(&mut out));
+        assert_eq!(q.len(), 0);
+        assert_eq!(
+            out.segments.len(),
+            3,
+            "[1 and 2's header], 2's payload, [3]"
+        );
+        assert_eq!(
+            out.segments[1].as_ptr(),
+            big.as_ptr(),
+            "the payload was queued, not copied"
+        );
+        assert_eq!(out.len(), 3 * 8 + 2 + ZERO_COPY_MIN + 1);
+        let mut wire = BytesMut::new();
+        out.drain_bytes(&mut wire);
+        let mut codec = Codec::new(Layout::Tlv, 0);
+        let mut got = Vec::new();
+        codec.decode_all(&mut wire, &mut got, true).unwrap();
+        assert_eq!(
+            got,
+            [
+                Message::new(1, "ab"),
+                Message::new(2, big),
+                Message::new(3, "c")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_message_the_framing_cannot_encode_is_refused_and_leaves_no_bytes() {
+        let q = SendQueue::with_store(Outgoing::new(Box::new(Codec::new(Layout::Tlv, 4))), 8);
+        q.try_push(Message::new(1, "ok")).unwrap();
+        assert!(matches!(
+            q.try_push(Message::new(1, "too long")),
+            Err(PushError::Rejected(Error::FrameTooLarge { .. }))
+        ));
+        assert_eq!(q.len(), 1);
+        let mut out = Frames::default();
+        q.take(|o| o.frames().move_into(&mut out));
+        assert_eq!(out.len(), 8 + 2);
+    }
+}
