@@ -147,7 +147,17 @@ impl Codec {
             end += frame_len;
             count += 1;
         }
-        if count > 0 {
+        if count == 1 {
+            // One frame (the request-response case): its data is the split itself,
+            // without a slice of it (one reference count less).
+            let mut frame = src.split_to(end);
+            let (id, _) = self.parse_header(&frame[..HEADER_LEN]);
+            frame.advance(HEADER_LEN);
+            out.push(Message {
+                id: MsgId(id),
+                data: frame.freeze(),
+            });
+        } else if count > 1 {
             let frames = src.split_to(end).freeze();
             out.reserve(count);
             let mut at = 0;

@@ -88,8 +88,8 @@ impl ReadSource for OwnedReadHalf {
         // A poll function rather than `readable().await` then `read_buf`: the
         // future of `readable` is 168 bytes, held by every idle connection.
         std::future::poll_fn(move |cx| {
-            std::task::ready!(self.as_ref().poll_read_ready(cx))?;
             if buf.capacity() == 0 {
+                std::task::ready!(self.as_ref().poll_read_ready(cx))?;
                 // No buffer yet (a new or long-idle connection): make sure bytes
                 // are really there before allocating one. Readiness is also
                 // reported with nothing to read, e.g. for a fresh connection.
@@ -102,8 +102,8 @@ impl ReadSource for OwnedReadHalf {
             make_room(buf, chunk);
             // `poll_read` rather than `try_read`: tokio clears the socket's
             // readiness after a short read, which saves the extra read that would
-            // only return `WouldBlock`. After readiness it completes at once
-            // unless the readiness was stale (then it waits for the next).
+            // only return `WouldBlock`. It waits for readiness itself, so there is
+            // no separate readiness check when a buffer exists.
             tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *self), cx, buf)
         })
     }
