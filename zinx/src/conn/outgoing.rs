@@ -33,6 +33,9 @@ const MAX_SLICES: usize = 32;
 /// none).
 const KEEP_WHEN_IDLE: usize = 1024;
 
+/// Segment slots an idle connection keeps.
+const KEEP_SEGMENTS: usize = 16;
+
 /// A connection's framing, as the send queue uses it: encodes one message into
 /// the queued frames. Object-safe, so [`Connection`](super::Connection) need not
 /// be generic over the framing.
@@ -93,11 +96,24 @@ impl Frames {
 
     /// Moves everything encoded into `out`, which must be empty (its storage is
     /// swapped in, so a connection in steady state allocates nothing here).
-    pub(crate) fn move_into(&mut self, out: &mut Frames) {
+    /// Returns whether this holds more storage than an idle connection keeps
+    /// (see [`shrink`](Self::shrink)).
+    pub(crate) fn move_into(&mut self, out: &mut Frames) -> bool {
         debug_assert!(out.is_empty());
         self.seal();
         std::mem::swap(&mut self.segments, &mut out.segments);
         out.messages = std::mem::take(&mut self.messages);
+        self.oversized()
+    }
+
+    /// Bytes of storage held.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.small.capacity() + self.segments.capacity() * std::mem::size_of::<Bytes>()
+    }
+
+    fn oversized(&self) -> bool {
+        self.small.capacity() > KEEP_WHEN_IDLE || self.segments.capacity() > KEEP_SEGMENTS
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -153,7 +169,7 @@ impl Frames {
         if self.small.capacity() > KEEP_WHEN_IDLE {
             self.small = BytesMut::new();
         }
-        if self.segments.capacity() > 16 {
+        if self.segments.capacity() > KEEP_SEGMENTS {
             self.segments = VecDeque::new();
         }
     }

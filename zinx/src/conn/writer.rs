@@ -25,6 +25,8 @@ where
 {
     let queue = rx.queue();
     let mut pending = Frames::default();
+    // Whether the queue's buffers grew past what an idle connection keeps.
+    let mut grown = false;
     let result: std::io::Result<()> = async {
         let signal = conn.close_signal();
         loop {
@@ -34,7 +36,7 @@ where
                 if signal.is_closed() {
                     return Ok(());
                 }
-                queue.take(|out| out.frames().move_into(&mut pending));
+                grown |= queue.take(|out| out.frames().move_into(&mut pending));
                 if pending.is_empty() && queue.is_closed() {
                     return Ok(());
                 }
@@ -55,11 +57,16 @@ where
                 // Going idle: keep small buffers for the next reply, give back
                 // what a burst grew.
                 pending.shrink();
-                queue.take(|out| {
-                    if out.frames().is_empty() {
-                        out.frames().shrink();
-                    }
-                });
+                if grown {
+                    grown = queue.take(|out| {
+                        if out.frames().is_empty() {
+                            out.frames().shrink();
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
             }
         }
     }
@@ -170,6 +177,25 @@ mod tests {
             assert_eq!(writes[0].len(), 10 * (8 + 3));
             assert_eq!(*rec.flushes.lock().unwrap(), 1);
         }
+        conn.close();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_writer_gives_back_what_a_burst_grew() {
+        let (conn, rx) = test_conn(256);
+        for i in 0..200u32 {
+            conn.try_send(i, vec![0u8; 12]).unwrap();
+        }
+        let queued = || conn.shared.queue.take(|out| out.frames().capacity());
+        assert!(queued() >= 200 * 20, "{}", queued());
+        let rec = Recorder::default();
+        let task = tokio::spawn(run(rec.clone(), rx.into(), conn.clone(), LINGER));
+        // The writer flushes and trims in one poll, before it yields again.
+        while *rec.flushes.lock().unwrap() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(queued() <= 1024, "{}", queued());
         conn.close();
         task.await.unwrap();
     }
