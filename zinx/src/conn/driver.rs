@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::SendQueueFull;
+use crate::conn::outgoing::Receiver;
 use crate::conn::reader::{self, ReadEnd, ReadSource};
 use crate::conn::writer;
 use crate::conn::{Connection, Parts};
@@ -98,14 +99,14 @@ impl<F: Framing> Engine<F> {
     {
         let Endpoint { id, peer, local } = endpoint;
         let lane = self.pool.assign(id);
-        let (conn, rx) = Connection::new(Parts {
+        let conn = Connection::new(Parts {
             id,
             peer,
             local,
             max_data_len: self.framing.max_data_len(),
             send_queue: self.send_queue,
             send_queue_full: self.send_queue_full,
-            encoder: Box::new(self.framing.clone()),
+            encoder: crate::conn::outgoing::Encoder::new(&self.framing),
             manager: self.manager.downgrade(),
             jobs: Some(lane.jobs()),
             tracker: Some(self.tracker.clone()),
@@ -119,7 +120,8 @@ impl<F: Framing> Engine<F> {
         let span = tracing::Span::current();
         // Started from whichever thread queues first, hence the runtime handle.
         conn.set_writer(Box::new(move |conn| {
-            tracker.spawn_on(writer::run(w, rx, conn, linger).instrument(span), &runtime)
+            let rx = Receiver::new(conn);
+            tracker.spawn_on(writer::run(w, rx, linger).instrument(span), &runtime)
         }));
         Opened {
             r,

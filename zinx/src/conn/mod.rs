@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::codec::{Codec, Layout};
 use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
-use crate::conn::outgoing::{Encode, Outgoing, Receiver, SendQueue};
+use crate::conn::outgoing::{Encoder, Outgoing, Receiver, SendQueue};
 use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::framing::Framing;
@@ -60,7 +60,7 @@ struct Shared {
     local: SocketAddr,
     max_data_len: Option<usize>,
     send_queue_full: SendQueueFull,
-    queue: Arc<SendQueue>,
+    queue: SendQueue,
     close: CloseSignal,
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
@@ -115,7 +115,7 @@ pub(crate) struct Parts {
     pub(crate) send_queue: usize,
     pub(crate) send_queue_full: SendQueueFull,
     /// The connection's framing, which encodes what is sent.
-    pub(crate) encoder: Box<dyn Encode>,
+    pub(crate) encoder: Encoder,
     pub(crate) manager: Weak<ManagerShared>,
     /// The lane's callback queue, for async op results.
     pub(crate) jobs: Option<Arc<Queue<VecDeque<Job>>>>,
@@ -126,19 +126,17 @@ pub(crate) struct Parts {
 }
 
 impl Connection {
-    /// Creates the handle and the receiving end of its send queue (for the writer).
-    pub(crate) fn new(parts: Parts) -> (Connection, Receiver) {
-        let queue = Arc::new(Queue::with_store(
-            Outgoing::new(parts.encoder),
-            parts.send_queue,
-        ));
+    /// Creates the handle; the writer takes from its send queue through a
+    /// [`Receiver`].
+    pub(crate) fn new(parts: Parts) -> Connection {
+        let queue = Queue::with_store(Outgoing::new(parts.encoder), parts.send_queue);
         let shared = Shared {
             id: parts.id,
             peer: parts.peer,
             local: parts.local,
             max_data_len: parts.max_data_len,
             send_queue_full: parts.send_queue_full,
-            queue: queue.clone(),
+            queue,
             close: CloseSignal::default(),
             properties: Mutex::new(Extensions::new()),
             close_callbacks: Mutex::new(Some(Vec::new())),
@@ -152,12 +150,9 @@ impl Connection {
             writer_started: AtomicBool::new(true),
             writer: Mutex::new(WriterTask::Absent),
         };
-        (
-            Connection {
-                shared: Arc::new(shared),
-            },
-            Receiver::new(queue),
-        )
+        Connection {
+            shared: Arc::new(shared),
+        }
     }
 
     /// A connection with no socket behind it: what is sent on it arrives in the
@@ -178,21 +173,21 @@ impl Connection {
     /// A detached connection with the given settings.
     pub(crate) fn detached_with(d: Detached) -> (Connection, Outbox) {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (conn, rx) = Connection::new(Parts {
+        let conn = Connection::new(Parts {
             id: d.id,
             peer: addr,
             local: addr,
             max_data_len: d.max_data_len,
             send_queue: d.queue,
             send_queue_full: d.send_queue_full,
-            encoder: Box::new(Outbox::codec()),
+            encoder: Encoder::Zinx(Outbox::codec()),
             manager: d.manager,
             jobs: d.jobs,
             tracker: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         });
-        (conn, Outbox::new(rx))
+        (conn.clone(), Outbox::new(Receiver::new(conn)))
     }
 
     /// The connection's ID, unique within its server.
@@ -556,6 +551,10 @@ impl Connection {
     #[must_use]
     pub fn manager(&self) -> Option<ConnManager> {
         self.shared.manager.upgrade().map(ConnManager::from_shared)
+    }
+
+    pub(crate) fn send_queue(&self) -> &SendQueue {
+        &self.shared.queue
     }
 
     pub(crate) fn close_signal(&self) -> &CloseSignal {

@@ -9,14 +9,16 @@
 //! vectored write. An encoding error (a message the framing cannot express) is
 //! returned to the sender instead of being discovered by the writer.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
+use crate::codec::Codec;
+use crate::conn::Connection;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message::Message;
@@ -36,9 +38,9 @@ const KEEP_WHEN_IDLE: usize = 1024;
 /// Segment slots an idle connection keeps.
 const KEEP_SEGMENTS: usize = 16;
 
-/// A connection's framing, as the send queue uses it: encodes one message into
-/// the queued frames. Object-safe, so [`Connection`](super::Connection) need not
-/// be generic over the framing.
+/// A framing, as the send queue uses it: encodes one message into the queued
+/// frames. Object-safe, so [`Connection`](super::Connection) need not be generic
+/// over the framing.
 pub(crate) trait Encode: Send {
     fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error>;
 }
@@ -184,14 +186,30 @@ impl Frames {
     }
 }
 
+/// A connection's framing, as its send queue holds it: Zinx's codec inline (the
+/// usual case: no allocation, no virtual call), any other framing boxed.
+pub(crate) enum Encoder {
+    Zinx(Codec),
+    Other(Box<dyn Encode>),
+}
+
+impl Encoder {
+    pub(crate) fn new<F: Framing>(framing: &F) -> Self {
+        match (framing as &dyn Any).downcast_ref::<Codec>() {
+            Some(codec) => Encoder::Zinx(*codec),
+            None => Encoder::Other(Box::new(framing.clone())),
+        }
+    }
+}
+
 /// What a connection's send queue holds: its framing and the frames it encoded.
 pub(crate) struct Outgoing {
-    encoder: Box<dyn Encode>,
+    encoder: Encoder,
     frames: Frames,
 }
 
 impl Outgoing {
-    pub(crate) fn new(encoder: Box<dyn Encode>) -> Self {
+    pub(crate) fn new(encoder: Encoder) -> Self {
         Outgoing {
             encoder,
             frames: Frames::default(),
@@ -212,31 +230,38 @@ impl Store for Outgoing {
     }
 
     fn put(&mut self, msg: Message) -> Result<(), Error> {
-        self.encoder.encode_into(msg, &mut self.frames)
+        match &mut self.encoder {
+            Encoder::Zinx(codec) => self.frames.push(codec, msg),
+            Encoder::Other(encoder) => encoder.encode_into(msg, &mut self.frames),
+        }
     }
 }
 
 /// A connection's send queue.
 pub(crate) type SendQueue = Queue<Outgoing>;
 
-/// The consuming end of a send queue (the writer's, or an
+/// The consuming end of a connection's send queue (the writer's, or an
 /// [`Outbox`](super::Outbox)'s). Dropping it closes the queue, so later sends
 /// fail with [`Error::Closed`] instead of queuing for nobody.
-pub(crate) struct Receiver(Arc<SendQueue>);
+pub(crate) struct Receiver(Connection);
 
 impl Receiver {
-    pub(crate) fn new(queue: Arc<SendQueue>) -> Self {
-        Receiver(queue)
+    pub(crate) fn new(conn: Connection) -> Self {
+        Receiver(conn)
     }
 
     pub(crate) fn queue(&self) -> &SendQueue {
+        self.0.send_queue()
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
         &self.0
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.0.close();
+        self.queue().close();
     }
 }
 
@@ -250,7 +275,7 @@ mod tests {
 
     #[test]
     fn small_frames_share_a_buffer_and_large_payloads_are_not_copied() {
-        let q = SendQueue::with_store(Outgoing::new(Box::new(Codec::new(Layout::Tlv, 0))), 8);
+        let q = SendQueue::with_store(Outgoing::new(Encoder::Zinx(Codec::new(Layout::Tlv, 0))), 8);
         let big = Bytes::from(vec![7u8; ZERO_COPY_MIN]);
         q.try_push(Message::new(1, "ab")).unwrap();
         q.try_push(Message::new(2, big.clone())).unwrap();
@@ -287,7 +312,7 @@ mod tests {
 
     #[test]
     fn a_message_the_framing_cannot_encode_is_refused_and_leaves_no_bytes() {
-        let q = SendQueue::with_store(Outgoing::new(Box::new(Codec::new(Layout::Tlv, 4))), 8);
+        let q = SendQueue::with_store(Outgoing::new(Encoder::Zinx(Codec::new(Layout::Tlv, 4))), 8);
         q.try_push(Message::new(1, "ok")).unwrap();
         assert!(matches!(
             q.try_push(Message::new(1, "too long")),

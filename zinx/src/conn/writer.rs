@@ -12,17 +12,17 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::conn::Connection;
 use crate::conn::close::Waiter;
 use crate::conn::outgoing::{Frames, Receiver};
 
 /// Runs the writer until the connection is cancelled, the queue's senders are all
 /// gone, or a write fails. Always cancels the connection on the way out, so a dead
 /// socket stops the reader too. `linger` bounds the final flush on close.
-pub(crate) async fn run<W>(mut io: W, rx: Receiver, conn: Connection, linger: Duration)
+pub(crate) async fn run<W>(mut io: W, rx: Receiver, linger: Duration)
 where
     W: AsyncWrite + Unpin,
 {
+    let conn = rx.conn();
     let queue = rx.queue();
     let mut pending = Frames::default();
     // Whether the queue's buffers grew past what an idle connection keeps.
@@ -166,7 +166,7 @@ mod tests {
             conn.try_send(i, vec![i as u8; 3]).unwrap();
         }
         let rec = Recorder::default();
-        let task = tokio::spawn(run(rec.clone(), rx.into(), conn.clone(), LINGER));
+        let task = tokio::spawn(run(rec.clone(), rx.into(), LINGER));
         // Wait for the first write: the writer had all ten queued when it started.
         while rec.writes.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
@@ -190,7 +190,7 @@ mod tests {
         let queued = || conn.shared.queue.take(|out| out.frames().capacity());
         assert!(queued() >= 200 * 20, "{}", queued());
         let rec = Recorder::default();
-        let task = tokio::spawn(run(rec.clone(), rx.into(), conn.clone(), LINGER));
+        let task = tokio::spawn(run(rec.clone(), rx.into(), LINGER));
         // The writer flushes and trims in one poll, before it yields again.
         while *rec.flushes.lock().unwrap() == 0 {
             tokio::task::yield_now().await;
@@ -204,7 +204,7 @@ mod tests {
     async fn order_is_preserved_on_the_wire() {
         let (conn, rx) = test_conn(4);
         let (client, server) = tokio::io::duplex(64);
-        let task = tokio::spawn(run(server, rx.into(), conn.clone(), LINGER));
+        let task = tokio::spawn(run(server, rx.into(), LINGER));
         let sender = conn.clone();
         let producer = tokio::spawn(async move {
             for i in 0..200u32 {
@@ -226,10 +226,10 @@ mod tests {
 
     #[tokio::test]
     async fn large_payloads_written_in_place_keep_order_through_partial_writes() {
-        let (conn, rx) = Connection::detached(8);
+        let (conn, rx) = crate::Connection::detached(8);
         // A 64-byte pipe: every write is partial.
         let (client, server) = tokio::io::duplex(64);
-        let task = tokio::spawn(run(server, rx.into(), conn.clone(), LINGER));
+        let task = tokio::spawn(run(server, rx.into(), LINGER));
         let sizes: Vec<usize> = (0..60)
             .map(|i| if i % 3 == 0 { 600 + i } else { i })
             .collect();
@@ -272,7 +272,7 @@ mod tests {
         }
         conn.close();
         let (mut client, server) = tokio::io::duplex(1024);
-        run(server, rx.into(), conn.clone(), LINGER).await;
+        run(server, rx.into(), LINGER).await;
         let mut wire = Vec::new();
         client.read_to_end(&mut wire).await.unwrap();
         assert_eq!(wire.len(), 5 * 9);
@@ -286,7 +286,7 @@ mod tests {
             stalled: true,
             ..Recorder::default()
         };
-        let task = tokio::spawn(run(rec, rx.into(), conn.clone(), LINGER));
+        let task = tokio::spawn(run(rec, rx.into(), LINGER));
         tokio::task::yield_now().await;
         conn.close();
         // Paused time: the linger timeout fires as soon as everything is idle.
@@ -300,7 +300,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(16);
         drop(client);
         conn.try_send(1, "to nobody").unwrap();
-        run(server, rx.into(), conn.clone(), LINGER).await;
+        run(server, rx.into(), LINGER).await;
         assert!(conn.is_closed());
     }
 }
