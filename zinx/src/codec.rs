@@ -213,6 +213,7 @@ impl Codec {
     ///
     /// [`Error::FrameTooLarge`] when `data` is longer than the maximum (or than
     /// `u32::MAX`); `dst` is left unchanged.
+    #[inline]
     pub fn encode_into(&self, id: MsgId, data: &[u8], dst: &mut BytesMut) -> Result<(), Error> {
         let header = self.header(id, data.len())?;
         dst.reserve(HEADER_LEN + data.len());
@@ -237,6 +238,7 @@ impl Codec {
     }
 
     /// The header of a frame carrying `len` data bytes.
+    #[inline]
     fn header(&self, id: MsgId, len: usize) -> Result<[u8; HEADER_LEN], Error> {
         let len = len as u64;
         self.check_len(len)?;
@@ -244,11 +246,13 @@ impl Codec {
             len,
             max: u64::from(u32::MAX),
         })?;
-        let (a, b) = match self.layout {
-            Layout::Tlv => (id.0.to_be_bytes(), len.to_be_bytes()),
-            Layout::Ltv => (len.to_le_bytes(), id.0.to_le_bytes()),
-        };
-        Ok([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
+        // Both layouts are the two words as one: ID then length big-endian (TLV),
+        // length then ID little-endian (LTV).
+        let words = u64::from(id.0) << 32 | u64::from(len);
+        Ok(match self.layout {
+            Layout::Tlv => words.to_be_bytes(),
+            Layout::Ltv => words.to_le_bytes(),
+        })
     }
 }
 
