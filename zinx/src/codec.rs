@@ -297,6 +297,7 @@ impl Decoder for Codec {
 impl Encoder<Message> for Codec {
     type Error = Error;
 
+    #[inline]
     fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), Error> {
         self.encode_into(msg.id, &msg.data, dst)
     }

@@ -115,6 +115,7 @@ impl<S: Store> Queue<S> {
     }
 
     /// Queues `item` if there is room.
+    #[inline]
     pub(crate) fn try_push(&self, item: S::Item) -> Result<(), PushError<S::Item, S::Rejected>> {
         let mut state = self.lock();
         if state.closed {

@@ -23,6 +23,7 @@ pub struct Request {
 impl Request {
     /// Pairs a message with the connection it came from.
     #[must_use]
+    #[inline]
     pub fn new(conn: Connection, msg: Message) -> Self {
         Request {
             conn,

@@ -638,6 +638,7 @@ struct RouteTable {
 }
 
 impl RouteTable {
+    #[inline]
     fn get(&self, id: MsgId) -> &BoxHandler {
         self.routes.get(&id).unwrap_or(&self.fallback)
     }
@@ -669,6 +670,7 @@ impl Dispatcher {
     }
 
     /// Where a message with `id` enters: the interceptors, or its route's chain.
+    #[inline]
     fn entry(&self, id: MsgId) -> &BoxHandler {
         match &self.intercepted {
             Some(chain) => chain,
@@ -678,6 +680,7 @@ impl Dispatcher {
 
     /// Starts the chain for `req` in `slot`, which a connection reuses for all its
     /// messages; the future returned polls it.
+    #[inline]
     pub(crate) fn dispatch_in<'a>(
         &self,
         conn: &'a Connection,
@@ -697,6 +700,7 @@ impl Dispatcher {
 
 /// Calls `handler`, which starts its future in `slot`; a panic in the call
 /// comes back as its message.
+#[inline]
 fn start(handler: &BoxHandler, req: Request, slot: &mut Slot) -> Result<(), String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| handler(req, slot)))
         .map_err(|p| crate::panic_message(&*p))

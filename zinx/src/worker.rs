@@ -149,6 +149,7 @@ impl Lane {
     }
 
     /// Handles one message (with the permit held by the caller).
+    #[inline]
     pub(crate) fn dispatch<'a>(
         &self,
         conn: &'a Connection,

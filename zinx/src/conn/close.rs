@@ -40,6 +40,7 @@ impl CloseSignal {
         true
     }
 
+    #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

@@ -315,6 +315,7 @@ impl Connection {
 
     /// After a message was queued: makes sure the writer runs (and counts the
     /// message, with metrics).
+    #[inline]
     fn queued(&self, id: MsgId, len: usize) {
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.shared.metrics {
@@ -372,6 +373,7 @@ impl Connection {
         Ok(())
     }
 
+    #[inline]
     fn outgoing(&self, id: MsgId, data: Bytes) -> Result<Message, Error> {
         if self.is_closed() {
             return Err(Error::Closed);
@@ -403,6 +405,7 @@ impl Connection {
 
     /// True once [`close`](Self::close) was called or the connection ended.
     #[must_use]
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.shared.close.is_closed()
     }

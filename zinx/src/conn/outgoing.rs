@@ -63,6 +63,7 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
+    #[inline]
     fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), Error> {
         let start = self.small.len();
         let encoded = if msg.data.len() >= ZERO_COPY_MIN
@@ -229,6 +230,7 @@ impl Store for Outgoing {
         self.frames.messages
     }
 
+    #[inline]
     fn put(&mut self, msg: Message) -> Result<(), Error> {
         match &mut self.encoder {
             Encoder::Zinx(codec) => self.frames.push(codec, msg),
