@@ -112,8 +112,8 @@ impl Metrics {
         for (family, (name, help)) in families.iter().zip([
             ("messages_in", "Messages received, by message ID"),
             ("bytes_in", "Data bytes received, by message ID"),
-            ("messages_out", "Messages written, by message ID"),
-            ("bytes_out", "Data bytes written, by message ID"),
+            ("messages_out", "Messages sent (queued for writing), by message ID"),
+            ("bytes_out", "Data bytes sent (queued for writing), by message ID"),
         ]) {
             registry.register(name, help, family.clone());
         }
@@ -156,7 +156,7 @@ impl Metrics {
         c.bytes_in.inc_by(len as u64);
     }
 
-    pub(crate) fn written(&self, id: MsgId, len: usize) {
+    pub(crate) fn sent(&self, id: MsgId, len: usize) {
         let c = self.id(id);
         c.msgs_out.inc();
         c.bytes_out.inc_by(len as u64);

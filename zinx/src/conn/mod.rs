@@ -319,7 +319,7 @@ impl Connection {
     fn queued(&self, id: MsgId, len: usize) {
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.shared.metrics {
-            metrics.written(id, len);
+            metrics.sent(id, len);
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (id, len);
