@@ -112,8 +112,14 @@ impl Metrics {
         for (family, (name, help)) in families.iter().zip([
             ("messages_in", "Messages received, by message ID"),
             ("bytes_in", "Data bytes received, by message ID"),
-            ("messages_out", "Messages sent (queued for writing), by message ID"),
-            ("bytes_out", "Data bytes sent (queued for writing), by message ID"),
+            (
+                "messages_out",
+                "Messages sent (queued for writing), by message ID",
+            ),
+            (
+                "bytes_out",
+                "Data bytes sent (queued for writing), by message ID",
+            ),
         ]) {
             registry.register(name, help, family.clone());
         }

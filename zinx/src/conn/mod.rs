@@ -668,6 +668,38 @@ pub(crate) mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_message_the_framing_cannot_encode_is_the_senders_error() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        // HTLV+CRC has a 1-byte function code: ID 300 cannot be expressed.
+        let framing = crate::framing::HtlvCrcCodec::new(0xA1);
+        let conn = Connection::new(Parts {
+            id: ConnId(1),
+            peer: addr,
+            local: addr,
+            max_data_len: framing.max_data_len(),
+            send_queue: 4,
+            send_queue_full: SendQueueFull::Wait,
+            encoder: Encoder::new(&framing),
+            manager: Weak::new(),
+            jobs: None,
+            tracker: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        });
+        let err = conn.try_send(300, "x").unwrap_err();
+        assert!(matches!(err, Error::BadFrame { .. }), "{err}");
+        let err = conn.send(300, "x").await.unwrap_err();
+        assert!(matches!(err, Error::BadFrame { .. }), "{err}");
+        conn.send(3, "ok").await.unwrap();
+        assert_eq!(
+            conn.send_queue().len(),
+            1,
+            "only the good message was queued"
+        );
+        assert!(!conn.is_closed());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_waits_fails_or_closes_as_configured() {
         // wait: send waits until there is room, try_send fails fast.
