@@ -150,12 +150,12 @@ impl Codec {
         if count == 1 {
             // One frame (the request-response case): its data is the split itself,
             // without a slice of it (one reference count less).
-            let mut frame = src.split_to(end);
-            let (id, _) = self.parse_header(&frame[..HEADER_LEN]);
-            frame.advance(HEADER_LEN);
+            let mut data = src.split_to(end).freeze();
+            let (id, _) = self.parse_header(&data[..HEADER_LEN]);
+            data.advance(HEADER_LEN);
             out.push(Message {
                 id: MsgId(id),
-                data: frame.freeze(),
+                data,
             });
         } else if count > 1 {
             let frames = src.split_to(end).freeze();
