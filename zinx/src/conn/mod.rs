@@ -609,7 +609,7 @@ impl Outbox {
     pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
         if self.messages.is_empty() {
             let queue = self.rx.queue();
-            queue.take(|out| out.frames().drain_bytes(&mut self.wire));
+            queue.take(|out| out.take_bytes(&mut self.wire));
             let mut decoded = Vec::new();
             // What the codec encoded it decodes: an error here is a bug.
             if let Err(e) = Outbox::codec().decode_all(&mut self.wire, &mut decoded, false) {

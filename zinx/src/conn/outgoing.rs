@@ -58,8 +58,6 @@ pub(crate) struct Frames {
     segments: VecDeque<Bytes>,
     /// Frames being gathered into the next segment.
     small: BytesMut,
-    /// Messages encoded since the last take.
-    messages: usize,
 }
 
 impl Frames {
@@ -76,17 +74,11 @@ impl Frames {
         } else {
             framing.encode(msg, &mut self.small)
         };
-        match encoded {
-            Ok(()) => {
-                self.messages += 1;
-                Ok(())
-            }
-            Err(e) => {
-                // Nothing of a frame that failed half-way reaches the wire.
-                self.small.truncate(start);
-                Err(e)
-            }
+        if encoded.is_err() {
+            // Nothing of a frame that failed half-way reaches the wire.
+            self.small.truncate(start);
         }
+        encoded
     }
 
     /// Moves the gathered small frames into the segment list.
@@ -101,11 +93,10 @@ impl Frames {
     /// swapped in, so a connection in steady state allocates nothing here).
     /// Returns whether this holds more storage than an idle connection keeps
     /// (see [`shrink`](Self::shrink)).
-    pub(crate) fn move_into(&mut self, out: &mut Frames) -> bool {
+    fn move_into(&mut self, out: &mut Frames) -> bool {
         debug_assert!(out.is_empty());
         self.seal();
         std::mem::swap(&mut self.segments, &mut out.segments);
-        out.messages = std::mem::take(&mut self.messages);
         self.oversized()
     }
 
@@ -178,12 +169,11 @@ impl Frames {
     }
 
     /// Every byte, in order (for [`Outbox`](super::Outbox), which decodes them).
-    pub(crate) fn drain_bytes(&mut self, out: &mut BytesMut) {
+    fn drain_bytes(&mut self, out: &mut BytesMut) {
         self.seal();
         for segment in self.segments.drain(..) {
             out.extend_from_slice(&segment);
         }
-        self.messages = 0;
     }
 }
 
@@ -203,10 +193,12 @@ impl Encoder {
     }
 }
 
-/// What a connection's send queue holds: its framing and the frames it encoded.
+/// What a connection's send queue holds: its framing, the frames it encoded and
+/// how many messages they are (what the queue's bound counts).
 pub(crate) struct Outgoing {
     encoder: Encoder,
     frames: Frames,
+    messages: usize,
 }
 
 impl Outgoing {
@@ -214,11 +206,34 @@ impl Outgoing {
         Outgoing {
             encoder,
             frames: Frames::default(),
+            messages: 0,
         }
     }
 
-    pub(crate) fn frames(&mut self) -> &mut Frames {
-        &mut self.frames
+    /// Moves every encoded frame into `out` (see [`Frames::move_into`]).
+    pub(crate) fn take_into(&mut self, out: &mut Frames) -> bool {
+        self.messages = 0;
+        self.frames.move_into(out)
+    }
+
+    /// Every encoded byte, in order (for [`Outbox`](super::Outbox)).
+    pub(crate) fn take_bytes(&mut self, out: &mut BytesMut) {
+        self.messages = 0;
+        self.frames.drain_bytes(out);
+    }
+
+    /// Going idle: gives back what a burst grew, unless more was queued since.
+    /// Returns whether the buffers are still larger than an idle connection keeps.
+    pub(crate) fn shrink_if_idle(&mut self) -> bool {
+        if self.messages == 0 {
+            self.frames.shrink();
+        }
+        self.frames.oversized()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn frames(&self) -> &Frames {
+        &self.frames
     }
 }
 
@@ -227,7 +242,7 @@ impl Store for Outgoing {
     type Rejected = Error;
 
     fn count(&self) -> usize {
-        self.frames.messages
+        self.messages
     }
 
     #[inline]
@@ -235,7 +250,9 @@ impl Store for Outgoing {
         match &mut self.encoder {
             Encoder::Zinx(codec) => self.frames.push(codec, msg),
             Encoder::Other(encoder) => encoder.encode_into(msg, &mut self.frames),
-        }
+        }?;
+        self.messages += 1;
+        Ok(())
     }
 }
 
@@ -284,7 +301,7 @@ mod tests {
         q.try_push(Message::new(3, "c")).unwrap();
         assert_eq!(q.len(), 3);
         let mut out = Frames::default();
-        q.take(|o| o.frames().move_into(&mut out));
+        q.take(|o| o.take_into(&mut out));
         assert_eq!(q.len(), 0);
         assert_eq!(
             out.segments.len(),
@@ -322,7 +339,7 @@ mod tests {
         ));
         assert_eq!(q.len(), 1);
         let mut out = Frames::default();
-        q.take(|o| o.frames().move_into(&mut out));
+        q.take(|o| o.take_into(&mut out));
         assert_eq!(out.len(), 8 + 2);
     }
 }

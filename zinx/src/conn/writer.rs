@@ -1,8 +1,8 @@
 //! The writer task: the only code that writes to a connection's socket.
 //!
 //! It takes every frame waiting in the send queue at once (one lock; the senders
-//! encoded them, see [`outgoing`](super::outgoing)) and writes and flushes them
-//! with one vectored write. Under load many
+//! encoded them, see [`outgoing`](super::outgoing)) and writes them with one
+//! write (vectored when large payloads are queued by reference), then flushes. Under load many
 //! messages share one syscall; when idle a single message goes out at once. There
 //! are no timers in this path. On close it writes whatever is still queued (bounded
 //! by the linger time, so a peer that stopped reading cannot hold the task), then
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::conn::close::Waiter;
-use crate::conn::outgoing::{Frames, Receiver};
+use crate::conn::outgoing::{Frames, Outgoing, Receiver};
 
 /// Runs the writer until the connection is cancelled, the queue's senders are all
 /// gone, or a write fails. Always cancels the connection on the way out, so a dead
@@ -36,7 +36,7 @@ where
                 if signal.is_closed() {
                     return Ok(());
                 }
-                grown |= queue.take(|out| out.frames().move_into(&mut pending));
+                grown |= queue.take(|out| out.take_into(&mut pending));
                 if pending.is_empty() && queue.is_closed() {
                     return Ok(());
                 }
@@ -58,14 +58,7 @@ where
                 // what a burst grew.
                 pending.shrink();
                 if grown {
-                    grown = queue.take(|out| {
-                        if out.frames().is_empty() {
-                            out.frames().shrink();
-                            false
-                        } else {
-                            true
-                        }
-                    });
+                    grown = queue.take(Outgoing::shrink_if_idle);
                 }
             }
         }
@@ -77,7 +70,7 @@ where
             // Close the queue first: a send from now on fails instead of being lost.
             queue.close();
             let mut rest = Frames::default();
-            queue.take(|out| out.frames().move_into(&mut rest));
+            queue.take(|out| out.take_into(&mut rest));
             let flush = async {
                 for frames in [&mut pending, &mut rest] {
                     while !frames.is_empty() {
