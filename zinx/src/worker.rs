@@ -42,6 +42,9 @@ use crate::router::{Dispatcher, Dispatching, Slot};
 pub(crate) type Callback = Box<dyn FnOnce() -> BoxFuture + Send>;
 
 /// What the lane's callback queue carries.
+/// A lane's queue of callbacks.
+pub(crate) type Jobs = Queue<VecDeque<Job>>;
+
 pub(crate) enum Job {
     /// Run a callback in the connection's handler context.
     Run(Callback),
@@ -98,7 +101,7 @@ pub(crate) struct Lane {
     /// The shared worker to hold while handling (Hash mode).
     worker: Option<Arc<Mutex<()>>>,
     /// Async op results waiting to run (allocates nothing until the first).
-    jobs: Arc<Queue<VecDeque<Job>>>,
+    jobs: Arc<Jobs>,
 }
 
 impl Drop for Lane {
@@ -161,7 +164,7 @@ impl Lane {
     }
 
     /// Where callbacks for this connection's handler context go.
-    pub(crate) fn jobs(&self) -> Arc<Queue<VecDeque<Job>>> {
+    pub(crate) fn jobs(&self) -> Arc<Jobs> {
         self.jobs.clone()
     }
 

@@ -41,7 +41,7 @@ use crate::lock;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
 use crate::queue::{PushError, Queue};
-use crate::worker::{Callback, Job};
+use crate::worker::{Callback, Job, Jobs};
 
 type CloseCallback = Box<dyn FnOnce() + Send>;
 
@@ -66,7 +66,7 @@ struct Shared {
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
-    jobs: Option<Arc<Queue<VecDeque<Job>>>>,
+    jobs: Option<Arc<Jobs>>,
     tracker: Option<TaskTracker>,
     /// Completes when the previous async op's result was handed to the lane, so
     /// results are delivered in the order the ops were started.
@@ -103,7 +103,7 @@ pub(crate) struct Detached {
     pub(crate) max_data_len: Option<usize>,
     pub(crate) manager: Weak<ManagerShared>,
     /// A lane's callback queue, for a reader to run the connection on.
-    pub(crate) jobs: Option<Arc<Queue<VecDeque<Job>>>>,
+    pub(crate) jobs: Option<Arc<Jobs>>,
 }
 
 /// What a new connection's two tasks are made of.
@@ -118,7 +118,7 @@ pub(crate) struct Parts {
     pub(crate) encoder: Encoder,
     pub(crate) manager: Weak<ManagerShared>,
     /// The lane's callback queue, for async op results.
-    pub(crate) jobs: Option<Arc<Queue<VecDeque<Job>>>>,
+    pub(crate) jobs: Option<Arc<Jobs>>,
     /// Where async op tasks are tracked, so shutdown waits for them.
     pub(crate) tracker: Option<TaskTracker>,
     #[cfg(feature = "metrics")]
@@ -225,19 +225,15 @@ impl Connection {
         // The common case (room in the queue) is decided here, so the future a
         // handler awaits is a few words; the waiting path, rare, is boxed. Handler
         // futures embed this one and are moved and boxed per message.
-        let fast = self.outgoing(id.into(), data.into()).and_then(|msg| {
-            let (id, len) = (msg.id, msg.data.len());
-            match self.shared.queue.try_push(msg) {
-                Ok(()) => {
-                    self.queued(id, len);
-                    Ok(None)
-                }
+        let fast = self
+            .outgoing(id.into(), data.into())
+            .and_then(|msg| match self.enqueue(msg) {
+                Ok(()) => Ok(None),
                 Err(PushError::Full(msg)) if self.shared.send_queue_full == SendQueueFull::Wait => {
                     Ok(Some(msg))
                 }
                 Err(e) => Err(self.refused(e)),
-            }
-        });
+            });
         async move {
             match fast {
                 Ok(None) => Ok(()),
@@ -364,11 +360,14 @@ impl Connection {
         let msg = self
             .outgoing(id.into(), data.into())
             .map_err(|e| self.failed(e))?;
+        self.enqueue(msg).map_err(|e| self.failed(self.refused(e)))
+    }
+
+    /// Queues `msg` if there is room, then makes sure the writer runs.
+    #[inline]
+    fn enqueue(&self, msg: Message) -> Result<(), PushError<Message, Error>> {
         let (id, len) = (msg.id, msg.data.len());
-        self.shared
-            .queue
-            .try_push(msg)
-            .map_err(|e| self.failed(self.refused(e)))?;
+        self.shared.queue.try_push(msg)?;
         self.queued(id, len);
         Ok(())
     }
