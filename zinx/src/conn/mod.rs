@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::codec::Decoder;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{Codec, Layout};
@@ -36,7 +37,6 @@ use crate::conn::close::CloseSignal;
 use crate::conn::outgoing::{Encoder, Outgoing, Receiver, SendQueue};
 use crate::error::Error;
 use crate::extensions::Extensions;
-use crate::framing::Framing;
 use crate::lock;
 use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId};
@@ -607,14 +607,19 @@ impl Outbox {
     /// `Empty` when nothing is queued, `Disconnected` once closed and empty.
     pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
         if self.messages.is_empty() {
-            let queue = self.rx.queue();
-            queue.take(|out| out.take_bytes(&mut self.wire));
-            let mut decoded = Vec::new();
-            // What the codec encoded it decodes: an error here is a bug.
-            if let Err(e) = Outbox::codec().decode_all(&mut self.wire, &mut decoded, false) {
-                tracing::error!(error = %e, "detached connection's frames do not decode");
+            self.rx.queue().take(|out| out.take_bytes(&mut self.wire));
+            let mut codec = Outbox::codec();
+            loop {
+                match codec.decode(&mut self.wire) {
+                    Ok(Some(msg)) => self.messages.push_back(msg),
+                    Ok(None) => break,
+                    // What the codec encoded it decodes: an error here is a bug.
+                    Err(e) => {
+                        tracing::error!(error = %e, "detached connection's frames do not decode");
+                        break;
+                    }
+                }
             }
-            self.messages.extend(decoded);
         }
         match self.messages.pop_front() {
             Some(msg) => Ok(msg),
@@ -651,6 +656,7 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::framing::Framing;
 
     pub(crate) fn test_conn(queue: usize) -> (Connection, Outbox) {
         test_conn_with(queue, SendQueueFull::Wait)
