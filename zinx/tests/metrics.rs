@@ -83,34 +83,20 @@ async fn metrics_follow_the_traffic() {
     .await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("application/openmetrics-text"), "{text}");
-    assert_eq!(value(&text, "zinx_connections"), Some(1.0), "{text}");
-    assert_eq!(value(&text, "zinx_connections_accepted_total"), Some(2.0));
-    assert_eq!(
-        value(&text, r#"zinx_connections_closed_total{reason="protocol"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(&text, r#"zinx_messages_in_total{msg_id="1"}"#),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(&text, r#"zinx_bytes_in_total{msg_id="1"}"#),
-        Some(19.0)
-    );
-    assert_eq!(
-        value(&text, r#"zinx_messages_in_total{msg_id="other"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(&text, r#"zinx_messages_out_total{msg_id="1"}"#),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(&text, r#"zinx_bytes_out_total{msg_id="1"}"#),
-        Some(19.0)
-    );
-    assert_eq!(value(&text, "zinx_handler_seconds_count"), Some(5.0));
-    assert_eq!(value(&text, "zinx_send_queue_messages"), Some(0.0));
+    for (series, want) in [
+        ("zinx_connections", 1.0),
+        ("zinx_connections_accepted_total", 2.0),
+        (r#"zinx_connections_closed_total{reason="protocol"}"#, 1.0),
+        (r#"zinx_messages_in_total{msg_id="1"}"#, 4.0),
+        (r#"zinx_bytes_in_total{msg_id="1"}"#, 19.0),
+        (r#"zinx_messages_in_total{msg_id="other"}"#, 1.0),
+        (r#"zinx_messages_out_total{msg_id="1"}"#, 4.0),
+        (r#"zinx_bytes_out_total{msg_id="1"}"#, 19.0),
+        ("zinx_handler_seconds_count", 5.0),
+        ("zinx_send_queue_messages", 0.0),
+    ] {
+        assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
+    }
 
     let other = get(addr, "/").await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
