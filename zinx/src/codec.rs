@@ -147,26 +147,24 @@ impl Codec {
             end += frame_len;
             count += 1;
         }
-        if count == 1 {
-            // One frame (the request-response case): its data is the split itself,
-            // without a slice of it (one reference count less).
-            let mut data = src.split_to(end).freeze();
-            let (id, _) = self.parse_header(&data[..HEADER_LEN]);
-            data.advance(HEADER_LEN);
-            out.push(Message {
-                id: MsgId(id),
-                data,
-            });
-        } else if count > 1 {
-            let frames = src.split_to(end).freeze();
+        if count > 0 {
+            let mut frames = src.split_to(end).freeze();
             out.reserve(count);
             let mut at = 0;
-            while at < end {
+            loop {
                 let (id, len) = self.parse_header(&frames[at..at + HEADER_LEN]);
                 let start = at + HEADER_LEN;
                 at = start + len as usize;
+                let id = MsgId(id);
+                if at == end {
+                    // The last frame (the only one, request-response) takes the
+                    // split itself: one reference count less than a slice.
+                    frames.advance(start);
+                    out.push(Message { id, data: frames });
+                    break;
+                }
                 out.push(Message {
-                    id: MsgId(id),
+                    id,
                     data: frames.slice(start..at),
                 });
             }
