@@ -267,16 +267,15 @@ impl Connection {
 
     async fn send_waiting(&self, msg: Message) -> Result<(), Error> {
         let (id, len) = (msg.id, msg.data.len());
-        tokio::select! {
-            biased;
-            // Cancel-safe: if the close wins, the message is simply not queued.
-            () = self.shared.close.closed() => Err(Error::Closed),
-            r = self.shared.queue.push(msg) => {
-                r.map_err(|e| self.refused(e))?;
-                self.queued(id, len);
-                Ok(())
-            }
-        }
+        // Closing the connection closes the queue, which hands the message back
+        // to a waiting push: no separate wait for the close.
+        self.shared
+            .queue
+            .push(msg)
+            .await
+            .map_err(|e| self.refused(e))?;
+        self.queued(id, len);
+        Ok(())
     }
 
     /// Why the send queue refused a message, as the sender's error.
