@@ -1,11 +1,12 @@
-//! A connection's close signal: one flag, checked on every send and polled on
-//! every turn of the reader and writer loops, so it has to be cheap.
+//! A connection's close signal: one flag, checked on every send, so it has to be
+//! cheap.
 //!
 //! `CancellationToken` keeps its state behind a mutex and registers a `Notify`
 //! waiter per poll, which showed up as one of the largest per-message costs. Here
 //! the reader and the writer each have an `AtomicWaker` slot (a poll is two atomic
-//! loads and a register), and everything else that waits for the close (sends
-//! waiting for room, `Connection::closed`) uses a `Notify`.
+//! loads and a register), and everything else that waits for the close
+//! (`Connection::closed`) uses a `Notify`. The reader's and writer's main loops
+//! wait on their queues instead, which the close closes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
