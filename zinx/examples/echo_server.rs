@@ -1,8 +1,10 @@
 //! The Zinx echo server.
 //!
 //! Reads zinx.json the Zinx way (`ZINX_CONFIG_FILE_PATH`, else `./conf/zinx.json`,
-//! else defaults), echoes message ID 1 with `send` (waits when the send queue is
-//! full) and message ID 2 with `try_send` (fails fast, Zinx's `SendBuffMsg`), and
+//! else defaults), echoes message ID 1 with a synchronous handler (it awaits
+//! nothing, like Zinx's handlers; the reader waits for room in the send queue
+//! before calling it, so its `try_send` finds room) and message ID 2 with an
+//! async handler that awaits `send` (waits when the send queue is full), and
 //! stops on SIGINT or SIGTERM after flushing every connection.
 //!
 //! ```text
@@ -15,7 +17,9 @@ use tracing_subscriber::EnvFilter;
 use zinx::{Config, Layout, Request, Router, Server};
 
 #[derive(Parser)]
-#[command(about = "Zinx echo server: msgID 1 echoed with send, msgID 2 with try_send")]
+#[command(
+    about = "Zinx echo server: msgID 1 echoed by a synchronous handler, msgID 2 by an async one"
+)]
 struct Args {
     /// Packet layout: tlv (big-endian, Zinx default) or ltv (little-endian, classic Zinx).
     #[arg(long, default_value = "tlv")]
@@ -45,11 +49,12 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
         .init();
 
     let router = Router::new()
-        .route(1, |req: Request| async move {
-            req.conn().send(req.msg_id(), req.data().clone()).await
+        .route_sync(1, |req: Request| {
+            let (conn, msg) = req.into_parts();
+            conn.try_send(msg.id, msg.data)
         })
         .route(2, |req: Request| async move {
-            req.conn().try_send(req.msg_id(), req.data().clone())
+            req.conn().send(req.msg_id(), req.data().clone()).await
         });
     let listener = TcpListener::bind(config.tcp_addr()).await?;
     let addr = listener.local_addr()?;

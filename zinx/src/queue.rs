@@ -74,6 +74,9 @@ pub(crate) struct Queue<S> {
     readable: AtomicWaker,
     /// Mirrors "items queued or closed", so the consumer checks without the lock.
     ready: AtomicBool,
+    /// Mirrors "holds its capacity", so a producer can see without the lock
+    /// that it would have to wait.
+    full: AtomicBool,
     /// Wakes producers waiting for room, after a drain of a full queue, or on close.
     writable: Notify,
     capacity: usize,
@@ -104,6 +107,7 @@ impl<S: Store> Queue<S> {
             }),
             readable: AtomicWaker::new(),
             ready: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             writable: Notify::new(),
             capacity: capacity.max(1),
         }
@@ -129,6 +133,9 @@ impl<S: Store> Queue<S> {
         let first = count == 0;
         if first {
             self.ready.store(true, Ordering::Release);
+        }
+        if count + 1 >= self.capacity {
+            self.full.store(true, Ordering::Relaxed);
         }
         drop(state);
         if first {
@@ -173,11 +180,42 @@ impl<S: Store> Queue<S> {
             }
             state.store.trim();
         }
+        let drained = before >= self.capacity && after < before;
+        if drained {
+            self.full.store(false, Ordering::Relaxed);
+        }
         drop(state);
-        if before >= self.capacity && after < before {
+        if drained {
             self.writable.notify_waiters();
         }
         taken
+    }
+
+    /// True if the queue held its capacity when last looked at: a hint, for a
+    /// producer deciding whether to wait for [`room`](Self::room) (which
+    /// checks under the lock).
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Completes when the queue has room for an item, or is closed.
+    ///
+    /// Cancel-safe: waiting takes nothing.
+    pub(crate) async fn room(&self) {
+        loop {
+            let room = self.writable.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a drain in between still wakes us.
+            room.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.closed || state.store.count() < self.capacity {
+                    return;
+                }
+            }
+            room.await;
+        }
     }
 
     /// Completes when an item is queued or the queue is closed. For the single
@@ -262,6 +300,27 @@ mod tests {
         assert_eq!(q.pop(), Some(1));
         producer.await.unwrap().unwrap();
         assert_eq!(q.pop(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn room_is_awaited_while_full_and_ends_with_a_take_or_the_close() {
+        use futures_util::FutureExt;
+        let q = Queue::new(2);
+        q.try_push(1).unwrap();
+        assert!(!q.is_full());
+        q.room().now_or_never().expect("room for one more");
+        q.try_push(2).unwrap();
+        assert!(q.is_full());
+        let mut room = Box::pin(q.room());
+        assert!((&mut room).now_or_never().is_none(), "full: waits");
+        assert_eq!(q.pop(), Some(1));
+        assert!(!q.is_full());
+        room.now_or_never().expect("the take made room");
+        q.try_push(3).unwrap();
+        let mut room = Box::pin(q.room());
+        assert!((&mut room).now_or_never().is_none());
+        q.close();
+        room.now_or_never().expect("the close ends the wait");
     }
 
     #[tokio::test]

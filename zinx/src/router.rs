@@ -36,6 +36,9 @@ use crate::request::Request;
 
 /// A handler, type-erased: it starts its future in the slot it is given.
 type BoxHandler = Arc<dyn Fn(Request, &mut Slot) + Send + Sync>;
+/// A synchronous handler, type-erased: it runs to completion in the call (and
+/// logs its own error).
+type SyncHandler = Arc<dyn Fn(Request) + Send + Sync>;
 type BoxMiddleware = Arc<dyn Fn(Request, Next, &mut Slot) + Send + Sync>;
 
 /// Where a running handler's future lives. A connection's reader keeps one for
@@ -201,8 +204,43 @@ impl Middleware {
 }
 
 struct Route {
-    handler: BoxHandler,
+    handler: Handler,
     middleware: Vec<Middleware>,
+}
+
+/// A route's handler, or a compiled route: asynchronous (a future started in the
+/// connection's slot) or synchronous (done when the call returns).
+#[derive(Clone)]
+enum Handler {
+    Async(BoxHandler),
+    Sync(SyncHandler),
+}
+
+impl Handler {
+    /// Runs the handler for `req`: a synchronous one completes, an asynchronous
+    /// one starts its future in `slot`. True if `slot` must now be polled.
+    #[inline]
+    fn call(&self, req: Request, slot: &mut Slot) -> bool {
+        match self {
+            Handler::Async(handler) => {
+                handler(req, slot);
+                true
+            }
+            Handler::Sync(handler) => {
+                handler(req);
+                false
+            }
+        }
+    }
+
+    /// As an asynchronous handler, to be wrapped in middleware.
+    fn into_async(self) -> BoxHandler {
+        match self {
+            Handler::Async(handler) => handler,
+            // Runs in the call, so its future is empty and ready at once.
+            Handler::Sync(handler) => Arc::new(move |req, _slot| handler(req)),
+        }
+    }
 }
 
 /// Maps message IDs to handlers, with middleware, groups and interceptors.
@@ -304,7 +342,7 @@ impl Router {
     ///
     /// If `id` is already routed.
     pub fn route_with<F, Fut>(
-        mut self,
+        self,
         id: impl Into<MsgId>,
         middleware: impl IntoIterator<Item = Middleware>,
         handler: F,
@@ -314,7 +352,14 @@ impl Router {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerOutput,
     {
-        let id = id.into();
+        self.insert(
+            id.into(),
+            Handler::Async(boxed(handler)),
+            middleware.into_iter().collect(),
+        )
+    }
+
+    fn insert(mut self, id: MsgId, handler: Handler, middleware: Vec<Middleware>) -> Self {
         assert!(
             !self.routes.contains_key(&id),
             "message ID {id} is already routed: each ID takes one handler"
@@ -322,11 +367,46 @@ impl Router {
         self.routes.insert(
             id,
             Route {
-                handler: boxed(handler),
-                middleware: middleware.into_iter().collect(),
+                handler,
+                middleware,
             },
         );
         self
+    }
+
+    /// Routes message `id` to a synchronous handler, `fn(Request)` returning `()`
+    /// or `Result<(), E>`: Zinx's handlers are synchronous too.
+    ///
+    /// A handler that awaits nothing should be synchronous: the reader calls it
+    /// directly, with no future to build, store and poll, which makes a route
+    /// without middleware about twice as cheap per message (see
+    /// docs/PERFORMANCE.md). It replies with
+    /// [`try_send`](crate::Connection::try_send): under `SendQueueFull = "wait"`
+    /// (the default) the reader dispatches a message only when the connection's
+    /// send queue has room, so the reply to it fits unless other tasks fill the
+    /// queue at the same time. With middleware (global, group or the route's own)
+    /// it runs at the end of the chain like any handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use zinx::{Request, Router};
+    ///
+    /// let router = Router::new().route_sync(1, |req: Request| {
+    ///     req.conn().try_send(req.msg_id(), req.data().clone())
+    /// });
+    /// assert!(router.has_route(1));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `id` is already routed.
+    pub fn route_sync<F, Out>(self, id: impl Into<MsgId>, handler: F) -> Self
+    where
+        F: Fn(Request) -> Out + Send + Sync + 'static,
+        Out: HandlerOutput,
+    {
+        self.insert(id.into(), Handler::Sync(sync(handler)), Vec::new())
     }
 
     /// Routes message `id` to a Zinx-style router (pre / handle / post).
@@ -439,7 +519,7 @@ impl Router {
         heartbeat: Option<MsgId>,
         first: Option<&Middleware>,
     ) -> Dispatcher {
-        let mut routes: HashMap<MsgId, BoxHandler, IdHasher> = self
+        let mut routes: HashMap<MsgId, Handler, IdHasher> = self
             .routes
             .iter()
             .map(|(id, route)| {
@@ -450,8 +530,18 @@ impl Router {
                     .iter()
                     .find(|(range, _)| range.contains(&id.0))
                     .map_or(&[][..], |(_, mw)| &mw[..]);
-                let chain = self.middleware.iter().chain(group).chain(&route.middleware);
-                (*id, wrap(chain, route.handler.clone()))
+                let mut chain = self
+                    .middleware
+                    .iter()
+                    .chain(group)
+                    .chain(&route.middleware)
+                    .peekable();
+                // A synchronous handler stays synchronous unless middleware wraps it.
+                let handler = match &route.handler {
+                    Handler::Sync(_) if chain.peek().is_none() => route.handler.clone(),
+                    handler => Handler::Async(wrap(chain, handler.clone().into_async())),
+                };
+                (*id, handler)
             })
             .collect();
         if let Some(id) = heartbeat {
@@ -459,12 +549,12 @@ impl Router {
                 let log = boxed(|req: Request| async move {
                     tracing::debug!(conn_id = %req.conn().id(), len = req.data().len(), "heartbeat received");
                 });
-                wrap(self.middleware.iter(), log)
+                Handler::Async(wrap(self.middleware.iter(), log))
             });
         }
         let table = Arc::new(RouteTable {
             routes,
-            fallback: self.fallback.clone(),
+            fallback: Handler::Async(self.fallback.clone()),
         });
         let mut interceptors = first.into_iter().chain(&self.interceptors).peekable();
         // Without interceptors the dispatcher looks the route up itself: one call
@@ -472,9 +562,9 @@ impl Router {
         let intercepted = interceptors.peek().is_some().then(|| {
             let table = table.clone();
             let lookup: BoxHandler = Arc::new(move |req: Request, slot: &mut Slot| {
-                table.get(req.msg_id())(req, slot);
+                table.get(req.msg_id()).call(req, slot);
             });
-            wrap(interceptors, lookup)
+            Handler::Async(wrap(interceptors, lookup))
         });
         Dispatcher { table, intercepted }
     }
@@ -570,13 +660,27 @@ impl Group {
         self.route_with(id, [], handler)
     }
 
+    /// Routes `id` (inside the group's range) to a synchronous handler, as
+    /// [`Router::route_sync`]; the group's middleware makes it part of a chain.
+    ///
+    /// # Panics
+    ///
+    /// As [`route`](Self::route).
+    pub fn route_sync<F, Out>(self, id: impl Into<MsgId>, handler: F) -> Self
+    where
+        F: Fn(Request) -> Out + Send + Sync + 'static,
+        Out: HandlerOutput,
+    {
+        self.insert(id.into(), Handler::Sync(sync(handler)), Vec::new())
+    }
+
     /// Routes `id` through its own middleware to `handler`.
     ///
     /// # Panics
     ///
     /// As [`route`](Self::route).
     pub fn route_with<F, Fut>(
-        mut self,
+        self,
         id: impl Into<MsgId>,
         middleware: impl IntoIterator<Item = Middleware>,
         handler: F,
@@ -586,7 +690,14 @@ impl Group {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerOutput,
     {
-        let id = id.into();
+        self.insert(
+            id.into(),
+            Handler::Async(boxed(handler)),
+            middleware.into_iter().collect(),
+        )
+    }
+
+    fn insert(mut self, id: MsgId, handler: Handler, middleware: Vec<Middleware>) -> Self {
         assert!(
             self.ids.contains(&id.0),
             "message ID {id} is outside group {:?}",
@@ -599,8 +710,8 @@ impl Group {
         self.routes.push((
             id,
             Route {
-                handler: boxed(handler),
-                middleware: middleware.into_iter().collect(),
+                handler,
+                middleware,
             },
         ));
         self
@@ -628,18 +739,18 @@ impl Group {
 pub struct Dispatcher {
     table: Arc<RouteTable>,
     /// The interceptors' chain around the lookup, when there are interceptors.
-    intercepted: Option<BoxHandler>,
+    intercepted: Option<Handler>,
 }
 
 /// Every route's chain by ID, and the fallback.
 struct RouteTable {
-    routes: HashMap<MsgId, BoxHandler, IdHasher>,
-    fallback: BoxHandler,
+    routes: HashMap<MsgId, Handler, IdHasher>,
+    fallback: Handler,
 }
 
 impl RouteTable {
     #[inline]
-    fn get(&self, id: MsgId) -> &BoxHandler {
+    fn get(&self, id: MsgId) -> &Handler {
         self.routes.get(&id).unwrap_or(&self.fallback)
     }
 }
@@ -657,52 +768,44 @@ impl Dispatcher {
         let conn = req.conn().clone();
         let msg_id = req.msg_id();
         let mut slot = Slot::default();
-        let panicked = start(self.entry(msg_id), req, &mut slot).err();
+        let started = start(self.entry(msg_id), req, &mut slot);
         async move {
-            Dispatching {
-                conn: &conn,
-                msg_id,
-                slot: &mut slot,
-                panicked,
+            if let Some(dispatching) = Dispatching::new(&conn, msg_id, &mut slot, started) {
+                dispatching.await;
             }
-            .await;
         }
     }
 
     /// Where a message with `id` enters: the interceptors, or its route's chain.
     #[inline]
-    fn entry(&self, id: MsgId) -> &BoxHandler {
+    fn entry(&self, id: MsgId) -> &Handler {
         match &self.intercepted {
             Some(chain) => chain,
             None => self.table.get(id),
         }
     }
 
-    /// Starts the chain for `req` in `slot`, which a connection reuses for all its
-    /// messages; the future returned polls it.
+    /// Runs the chain for `req`: a synchronous route is done when this returns
+    /// (`None`); otherwise the chain's future is started in `slot`, which a
+    /// connection reuses for all its messages, and the future returned polls it.
     #[inline]
     pub(crate) fn dispatch_in<'a>(
         &self,
         conn: &'a Connection,
         req: Request,
         slot: &'a mut Slot,
-    ) -> Dispatching<'a> {
+    ) -> Option<Dispatching<'a>> {
         let msg_id = req.msg_id();
-        let panicked = start(self.entry(msg_id), req, slot).err();
-        Dispatching {
-            conn,
-            msg_id,
-            slot,
-            panicked,
-        }
+        let started = start(self.entry(msg_id), req, slot);
+        Dispatching::new(conn, msg_id, slot, started)
     }
 }
 
-/// Calls `handler`, which starts its future in `slot`; a panic in the call
-/// comes back as its message.
+/// Calls `handler`: true if it started a future in `slot`, false if it is done;
+/// a panic in the call comes back as its message.
 #[inline]
-fn start(handler: &BoxHandler, req: Request, slot: &mut Slot) -> Result<(), String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| handler(req, slot)))
+fn start(handler: &Handler, req: Request, slot: &mut Slot) -> Result<bool, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(req, slot)))
         .map_err(|p| crate::panic_message(&*p))
 }
 
@@ -719,6 +822,30 @@ pub(crate) struct Dispatching<'a> {
     slot: &'a mut Slot,
     /// Set when starting the handler panicked.
     panicked: Option<String>,
+}
+
+impl<'a> Dispatching<'a> {
+    /// What is left to do after [`start`]: poll the future it started, report
+    /// its panic, or nothing.
+    #[inline]
+    fn new(
+        conn: &'a Connection,
+        msg_id: MsgId,
+        slot: &'a mut Slot,
+        started: Result<bool, String>,
+    ) -> Option<Self> {
+        let panicked = match started {
+            Ok(false) => return None,
+            Ok(true) => None,
+            Err(panic) => Some(panic),
+        };
+        Some(Dispatching {
+            conn,
+            msg_id,
+            slot,
+            panicked,
+        })
+    }
 }
 
 impl Future for Dispatching<'_> {
@@ -791,10 +918,32 @@ where
         };
         self.project_replace(Logged::Done);
         if let Err(error) = output.into_result() {
-            tracing::warn!(%conn_id, %msg_id, %error, "handler returned an error");
+            handler_failed(conn_id, msg_id, &*error);
         }
         Poll::Ready(())
     }
+}
+
+fn sync<F, Out>(handler: F) -> SyncHandler
+where
+    F: Fn(Request) -> Out + Send + Sync + 'static,
+    Out: HandlerOutput,
+{
+    Arc::new(move |req: Request| {
+        let (conn_id, msg_id) = (req.conn().id(), req.msg_id());
+        if let Err(error) = handler(req).into_result() {
+            handler_failed(conn_id, msg_id, &*error);
+        }
+    })
+}
+
+#[cold]
+fn handler_failed(
+    conn_id: crate::message::ConnId,
+    msg_id: MsgId,
+    error: &(dyn std::error::Error + Send + Sync),
+) {
+    tracing::warn!(%conn_id, %msg_id, %error, "handler returned an error");
 }
 
 fn boxed<F, Fut>(handler: F) -> BoxHandler
@@ -1046,7 +1195,9 @@ mod tests {
         let mut addrs = Vec::new();
         for data in ["a", "b", "c"] {
             let req = Request::new(conn.clone(), Message::new(1, data));
-            d.dispatch_in(&conn, req, &mut slot).await;
+            d.dispatch_in(&conn, req, &mut slot)
+                .expect("an async route")
+                .await;
             addrs.push(slot.addr().unwrap());
             assert_eq!(rx.recv().await.unwrap(), Message::new(1, data));
             // The finished future was dropped in its slot: nothing it held is kept.
@@ -1056,8 +1207,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sync_route_is_done_in_the_call_unless_middleware_wraps_it() {
+        let log = Log::default();
+        let sync_handler = |log: &Log, name: &'static str| {
+            let log = log.clone();
+            move |req: Request| {
+                log.lock().unwrap().push(name.to_owned());
+                req.conn().try_send(req.msg_id(), req.data().clone())
+            }
+        };
+        let router = Router::new()
+            .route_sync(1, sync_handler(&log, "sync 1"))
+            .group(10..=19, |g| {
+                g.middleware(mark(&log, "group"))
+                    .route_sync(12, sync_handler(&log, "sync 12"))
+            });
+        let d = router.compile(None, None);
+        let (conn, mut rx) = test_conn(8);
+        let mut slot = Slot::default();
+        // No middleware: handled in the call, nothing to poll.
+        let req = Request::new(conn.clone(), Message::new(1, "a"));
+        assert!(d.dispatch_in(&conn, req, &mut slot).is_none());
+        assert_eq!(rx.try_recv().unwrap(), Message::new(1, "a"));
+        assert!(slot.addr().is_none(), "no future was stored");
+        // In a group with middleware: the end of an async chain.
+        let req = Request::new(conn.clone(), Message::new(12, "b"));
+        d.dispatch_in(&conn, req, &mut slot)
+            .expect("wrapped in middleware")
+            .await;
+        assert_eq!(rx.try_recv().unwrap(), Message::new(12, "b"));
+        // Interceptors see a sync route's messages too.
+        let intercepted = Router::new()
+            .intercept(mark(&log, "interceptor"))
+            .route_sync(1, sync_handler(&log, "sync 1"));
+        let (req, mut rx) = request(1, "c");
+        intercepted.compile(None, None).dispatch(req).await;
+        assert_eq!(rx.try_recv().unwrap(), Message::new(1, "c"));
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["sync 1", "group", "sync 12", "interceptor", "sync 1"]
+        );
+    }
+
+    #[tokio::test]
     async fn panicking_handler_or_middleware_closes_only_its_connection() {
         let router = Router::new()
+            .route_sync(3, |_req: Request| -> () { panic!("sync") })
             .route(1, |_req: Request| async {
                 if true {
                     panic!("boom");
@@ -1070,16 +1265,29 @@ mod tests {
                 g.middleware(|_req: Request, _next: Next| async { panic!("middleware") })
                     .route(10, |_req: Request| async {})
             });
-        for id in [1, 2, 10] {
+        for id in [1, 2, 3, 10] {
             let req = run(&router, id, "").await;
             assert!(req.conn().is_closed(), "{id}");
         }
+        // The reader's own dispatch of a sync route that panics.
+        let d = router.compile(None, None);
+        let (conn, _rx) = test_conn(8);
+        let mut slot = Slot::default();
+        let req = Request::new(conn.clone(), Message::new(3, ""));
+        d.dispatch_in(&conn, req, &mut slot)
+            .expect("a panic is reported by polling")
+            .await;
+        assert!(conn.is_closed());
     }
 
     #[tokio::test]
     async fn handler_error_keeps_the_connection_open() {
-        let router = Router::new().route(1, |_req: Request| async { Err("bad input") });
-        let req = run(&router, 1, "").await;
-        assert!(!req.conn().is_closed());
+        let router = Router::new()
+            .route(1, |_req: Request| async { Err("bad input") })
+            .route_sync(2, |_req: Request| Err("bad input"));
+        for id in [1, 2] {
+            let req = run(&router, id, "").await;
+            assert!(!req.conn().is_closed(), "{id}");
+        }
     }
 }

@@ -158,7 +158,7 @@ impl Lane {
         conn: &'a Connection,
         msg: Message,
         slot: &'a mut Slot,
-    ) -> Dispatching<'a> {
+    ) -> Option<Dispatching<'a>> {
         self.router
             .dispatch_in(conn, Request::new(conn.clone(), msg), slot)
     }
@@ -255,7 +255,9 @@ mod tests {
             let open = CloseSignal::default();
             let _permit = lane.permit(&open).await.unwrap();
             let mut slot = Slot::default();
-            lane.dispatch(&conn, Message::new(1, ""), &mut slot).await;
+            if let Some(handling) = lane.dispatch(&conn, Message::new(1, ""), &mut slot) {
+                handling.await;
+            }
         };
         tokio::join!(run(a, ca), run(b, cb));
         assert!(ra.try_recv().is_ok() && rb.try_recv().is_ok());

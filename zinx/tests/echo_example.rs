@@ -83,14 +83,14 @@ async fn wait_exit(mut child: Child) -> std::process::ExitStatus {
 const CONFIG: &str = r#"{"Name": "example test", "Host": "127.0.0.1", "TcpPort": 0, "MaxConn": 8}"#;
 
 #[tokio::test]
-async fn echo_server_tlv_send_and_try_send_then_sigterm_exits_zero() {
+async fn echo_server_tlv_sync_and_async_routes_then_sigterm_exits_zero() {
     let config = write_config("tlv.json", CONFIG);
     let server = start(&config, &[]);
     let mut client = RawClient::connect(server.addr, Layout::Tlv).await;
-    let m = client.roundtrip(1, "via send").await;
-    assert_eq!((m.id.0, &m.data[..]), (1, &b"via send"[..]));
-    let m = client.roundtrip(2, "via try_send").await;
-    assert_eq!((m.id.0, &m.data[..]), (2, &b"via try_send"[..]));
+    let m = client.roundtrip(1, "via the sync route").await;
+    assert_eq!((m.id.0, &m.data[..]), (1, &b"via the sync route"[..]));
+    let m = client.roundtrip(2, "via the async route").await;
+    assert_eq!((m.id.0, &m.data[..]), (2, &b"via the async route"[..]));
     signal(&server.child, "-TERM");
     // The open connection is closed by the shutdown, and the process exits 0.
     assert!(client.recv_until_closed().await.is_empty());

@@ -265,6 +265,20 @@ impl Connection {
         self.shared.queue.len()
     }
 
+    /// True if the reader should wait for [`room`](Self::room) before it
+    /// handles the next message: the send queue is full and the policy is to
+    /// wait (Netty's high watermark: a peer that does not read its replies is
+    /// not read from either).
+    #[inline]
+    pub(crate) fn must_wait_for_room(&self) -> bool {
+        self.shared.queue.is_full() && self.shared.send_queue_full == SendQueueFull::Wait
+    }
+
+    /// Completes when the send queue has room, or the connection is closed.
+    pub(crate) async fn room(&self) {
+        self.shared.queue.room().await;
+    }
+
     async fn send_waiting(&self, msg: Message) -> Result<(), Error> {
         let (id, len) = (msg.id, msg.data.len());
         // Closing the connection closes the queue, which hands the message back
@@ -661,7 +675,10 @@ pub(crate) mod tests {
         test_conn_with(queue, SendQueueFull::Wait)
     }
 
-    fn test_conn_with(queue: usize, send_queue_full: SendQueueFull) -> (Connection, Outbox) {
+    pub(crate) fn test_conn_with(
+        queue: usize,
+        send_queue_full: SendQueueFull,
+    ) -> (Connection, Outbox) {
         Connection::detached_with(Detached {
             id: ConnId(7),
             queue,

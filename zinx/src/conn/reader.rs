@@ -212,36 +212,62 @@ where
                     metrics.received(msg.id, msg.data.len());
                 }
             }
+            // Messages at the front of the batch the rate limit has let through.
+            let mut allowed = 0;
             while !batch.is_empty() {
-                // With a rate limit, at most a burst at a time, after waiting for it
-                // (without holding the worker).
-                let n = match extras.as_mut().and_then(|x| x.rate.as_mut()) {
-                    None => batch.len(),
-                    Some(rate) => {
-                        let n = rate.burst().min(batch.len());
-                        let wait = rate.acquire(Instant::now(), n);
-                        // Boxed: only a throttled connection pays for the timer.
-                        if !wait.is_zero() && Box::pin(pause(signal, wait)).await.is_err() {
-                            return ReadEnd::Cancelled;
-                        }
-                        n
+                // Under `SendQueueFull = "wait"` nothing is handled while the send
+                // queue is full, and the worker is not held meanwhile: a handler
+                // finds room for its reply, and a peer that does not read its
+                // replies is not read from either.
+                if conn.must_wait_for_room() {
+                    // Boxed: only a connection whose peer reads slowly waits.
+                    Box::pin(conn.room()).await;
+                    if signal.is_closed() {
+                        return ReadEnd::Cancelled;
                     }
-                };
-                // The worker is held for the whole batch.
+                }
+                if allowed == 0 {
+                    // With a rate limit, at most a burst at a time, after waiting
+                    // for it (without holding the worker).
+                    allowed = match extras.as_mut().and_then(|x| x.rate.as_mut()) {
+                        None => batch.len(),
+                        Some(rate) => {
+                            let n = rate.burst().min(batch.len());
+                            let wait = rate.acquire(Instant::now(), n);
+                            // Boxed: only a throttled connection pays for the timer.
+                            if !wait.is_zero() && Box::pin(pause(signal, wait)).await.is_err() {
+                                return ReadEnd::Cancelled;
+                            }
+                            n
+                        }
+                    };
+                }
+                // The worker is held while the batch is handled.
                 let Ok(_permit) = lane.permit(signal).await else {
                     return ReadEnd::Cancelled;
                 };
                 #[cfg(feature = "metrics")]
                 let metrics = extras.as_ref().and_then(|x| x.metrics.as_deref());
-                for msg in batch.drain(..n) {
+                let mut handled = 0;
+                while handled < allowed {
+                    if handled > 0 && conn.must_wait_for_room() {
+                        break;
+                    }
+                    let msg = std::mem::take(&mut batch[handled]);
+                    handled += 1;
                     #[cfg(feature = "metrics")]
                     let started = metrics.map(|_| std::time::Instant::now());
-                    lane.dispatch(conn, msg, &mut slot).await;
+                    // A synchronous route is done when `dispatch` returns.
+                    if let Some(handling) = lane.dispatch(conn, msg, &mut slot) {
+                        handling.await;
+                    }
                     #[cfg(feature = "metrics")]
                     if let (Some(metrics), Some(started)) = (metrics, started) {
                         metrics.handled(started.elapsed());
                     }
                 }
+                batch.drain(..handled);
+                allowed -= handled;
             }
             if let Err(e) = decoded {
                 return ReadEnd::Failed(*e);
@@ -347,6 +373,7 @@ async fn tick(heartbeat: Option<&mut Beating<'_>>) {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
 
@@ -393,6 +420,118 @@ mod tests {
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"one");
         assert_eq!(&rx.recv().await.unwrap().data[..], b"two");
+    }
+
+    /// A pool of `workers` (0: handled on the reader) whose route 1 echoes
+    /// synchronously with `try_send`.
+    fn sync_echo_pool(workers: usize) -> Arc<WorkerPool> {
+        let router = Router::new().route_sync(1, |req: Request| {
+            let (conn, msg) = req.into_parts();
+            conn.try_send(msg.id, msg.data)
+        });
+        WorkerPool::new(
+            WorkerMode::Hash,
+            workers,
+            1,
+            Arc::new(router.compile(None, None)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_send_queue_pauses_handling_until_it_drains() {
+        let (conn, mut rx) = test_conn(2);
+        let (mut peer, io) = tokio::io::duplex(1024);
+        for i in 0..10u8 {
+            peer.write_all(&wire(1, &[i])).await.unwrap();
+        }
+        drop(peer);
+        let mut lane = sync_echo_pool(0).assign(conn.id());
+        let reading = run(io, &conn, &mut lane, Codec::default(), 1024, None);
+        let draining = async {
+            let mut got = Vec::new();
+            while got.len() < 10 {
+                got.push(rx.recv().await.unwrap().data[0]);
+            }
+            got
+        };
+        // Paused time: the timeout fires only if both sides are stuck, i.e. if a
+        // reply was refused by the full queue instead of waited for.
+        let (end, got) = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::join!(reading, draining)
+        })
+        .await
+        .expect("every reply fits once the queue drains");
+        assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
+        assert_eq!(got, (0..10).collect::<Vec<u8>>());
+    }
+
+    #[tokio::test]
+    async fn without_the_wait_policy_a_full_queue_refuses_instead() {
+        let (conn, mut rx) = crate::conn::tests::test_conn_with(2, crate::SendQueueFull::Fail);
+        let (mut peer, io) = tokio::io::duplex(1024);
+        for i in 0..10u8 {
+            peer.write_all(&wire(1, &[i])).await.unwrap();
+        }
+        drop(peer);
+        let mut lane = sync_echo_pool(0).assign(conn.id());
+        let end = run(io, &conn, &mut lane, Codec::default(), 1024, None).await;
+        assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
+        assert_eq!(rx.try_recv().unwrap().data[0], 0);
+        assert_eq!(rx.try_recv().unwrap().data[0], 1);
+        assert!(rx.try_recv().is_err(), "the rest failed with QueueFull");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waiting_for_room_does_not_hold_its_worker() {
+        // One worker for both connections; `slow`'s replies are never taken.
+        let (slow, _slow_rx) = test_conn(1);
+        let (fast, mut fast_rx) = test_conn(1);
+        let (mut slow_peer, slow_io) = tokio::io::duplex(1024);
+        let (mut fast_peer, fast_io) = tokio::io::duplex(1024);
+        for i in 0..3u8 {
+            slow_peer.write_all(&wire(1, &[i])).await.unwrap();
+        }
+        fast_peer.write_all(&wire(1, b"f")).await.unwrap();
+        let pool = sync_echo_pool(1);
+        let (mut slow_lane, mut fast_lane) = (pool.assign(slow.id()), pool.assign(fast.id()));
+        let slow_reading = run(slow_io, &slow, &mut slow_lane, Codec::default(), 1024, None);
+        let fast_reading = async {
+            // Let the slow connection fill its queue first.
+            tokio::task::yield_now().await;
+            run(fast_io, &fast, &mut fast_lane, Codec::default(), 1024, None).await
+        };
+        let reply = async { fast_rx.recv().await.unwrap() };
+        tokio::select! {
+            _ = slow_reading => panic!("the slow connection cannot finish"),
+            _ = fast_reading => panic!("the fast peer is still open"),
+            reply = tokio::time::timeout(Duration::from_secs(1), reply) => {
+                assert_eq!(&reply.expect("the fast connection was served").data[..], b"f");
+            }
+        }
+        assert!(slow.must_wait_for_room(), "the slow connection was waiting");
+    }
+
+    #[tokio::test]
+    async fn close_stops_a_reader_waiting_for_room() {
+        let (conn, _rx) = test_conn(1);
+        let (mut peer, io) = tokio::io::duplex(1024);
+        for i in 0..2u8 {
+            peer.write_all(&wire(1, &[i])).await.unwrap();
+        }
+        let mut lane = sync_echo_pool(0).assign(conn.id());
+        let reading = run(io, &conn, &mut lane, Codec::default(), 1024, None);
+        let closing = async {
+            for _ in 0..100 {
+                if conn.must_wait_for_room() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(conn.must_wait_for_room(), "the reader filled the queue");
+            conn.close();
+        };
+        let (end, ()) = tokio::join!(reading, closing);
+        assert!(matches!(end, ReadEnd::Cancelled), "{end:?}");
     }
 
     #[tokio::test]
