@@ -73,6 +73,7 @@ scenario() {
 }
 
 scenario "50 conns x pipeline 16 x 64 B" --conns 50 --pipeline 16 --payload 64
+scenario "50 conns x pipeline 16 x 64 B, async route" --conns 50 --pipeline 16 --payload 64 --msg-id 2
 scenario "50 conns ping-pong x 64 B" --conns 50 --pipeline 1 --payload 64
 scenario "1000 conns ping-pong x 64 B" --conns 1000 --pipeline 1 --payload 64
 scenario "50 conns ping-pong x 4 KiB" --conns 50 --pipeline 1 --payload 4096
@@ -137,7 +138,9 @@ raw runs are in \`target/bench/results.jsonl\` after running it.
 - Toolchain: $(rustc --version).
 - Server pinned to CPU $SERVER_CPU, load generator (\`zinx-bench\`) to CPU $LOAD_CPU.
 - \`zinx\`: \`examples/echo_server\` with its default worker pool (\`WorkerPoolSize\` 10, Hash),
-  \`MaxConn\` raised to 60000, logging at warnings.
+  \`MaxConn\` raised to 60000, logging at warnings. Requests are message ID 1, which it
+  answers with a synchronous route (\`route_sync\`, \`try_send\`); the "async route"
+  scenario sends ID 2, answered by an \`async\` handler awaiting \`send\`.
 - \`baseline\`: \`zinx-bench/src/bin/zinx-baseline.rs\`, the smallest correct tokio echo server
   for Zinx framing (validates every header, writes the complete frames of each read back in
   one write).
