@@ -34,24 +34,28 @@ impl Request {
 
     /// The connection the message arrived on.
     #[must_use]
+    #[inline]
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
 
     /// The message ID.
     #[must_use]
+    #[inline]
     pub fn msg_id(&self) -> MsgId {
         self.msg.id
     }
 
     /// The message data.
     #[must_use]
+    #[inline]
     pub fn data(&self) -> &Bytes {
         &self.msg.data
     }
 
     /// The whole message.
     #[must_use]
+    #[inline]
     pub fn message(&self) -> &Message {
         &self.msg
     }
@@ -75,6 +79,7 @@ impl Request {
 
     /// Splits the request into its connection and message.
     #[must_use]
+    #[inline]
     pub fn into_parts(self) -> (Connection, Message) {
         (self.conn, self.msg)
     }

@@ -552,10 +552,10 @@ impl Router {
                 Handler::Async(wrap(self.middleware.iter(), log))
             });
         }
-        let table = Arc::new(RouteTable {
+        let table = Arc::new(RouteTable::new(
             routes,
-            fallback: Handler::Async(self.fallback.clone()),
-        });
+            Handler::Async(self.fallback.clone()),
+        ));
         let mut interceptors = first.into_iter().chain(&self.interceptors).peekable();
         // Without interceptors the dispatcher looks the route up itself: one call
         // less per message than going through the lookup as a chain.
@@ -742,16 +742,49 @@ pub struct Dispatcher {
     intercepted: Option<Handler>,
 }
 
+/// Routed IDs below this are looked up by index (Zinx's message IDs are
+/// usually small numbers); larger ones in a map.
+const DENSE_IDS: u32 = 1024;
+
 /// Every route's chain by ID, and the fallback.
 struct RouteTable {
-    routes: HashMap<MsgId, Handler, IdHasher>,
+    /// Indexed by ID, up to the largest routed ID below [`DENSE_IDS`]; the
+    /// unrouted ones in between hold the fallback.
+    dense: Box<[Handler]>,
+    /// Routes with larger IDs.
+    sparse: HashMap<MsgId, Handler, IdHasher>,
     fallback: Handler,
 }
 
 impl RouteTable {
+    fn new(mut routes: HashMap<MsgId, Handler, IdHasher>, fallback: Handler) -> Self {
+        let len = routes
+            .keys()
+            .filter(|id| id.0 < DENSE_IDS)
+            .map(|id| id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let dense = (0..DENSE_IDS)
+            .take(len)
+            .map(|id| {
+                routes
+                    .remove(&MsgId(id))
+                    .unwrap_or_else(|| fallback.clone())
+            })
+            .collect();
+        RouteTable {
+            dense,
+            sparse: routes,
+            fallback,
+        }
+    }
+
     #[inline]
     fn get(&self, id: MsgId) -> &Handler {
-        self.routes.get(&id).unwrap_or(&self.fallback)
+        match self.dense.get(id.0 as usize) {
+            Some(handler) => handler,
+            None => self.sparse.get(&id).unwrap_or(&self.fallback),
+        }
     }
 }
 
@@ -1056,6 +1089,36 @@ mod tests {
         let (req, mut rx) = request(42, "unknown");
         d.dispatch(req).await;
         assert_eq!(rx.recv().await.unwrap(), Message::new(999, "unknown"));
+    }
+
+    #[tokio::test]
+    async fn small_and_large_ids_route_alike() {
+        // Small IDs are looked up by index, large ones in a map; unrouted IDs of
+        // either kind reach the fallback.
+        let reply = |to: u32| {
+            move |req: Request| async move { req.conn().try_send(to, req.data().clone()) }
+        };
+        let router = Router::new()
+            .route(0, reply(100))
+            .route(5, reply(105))
+            .route(DENSE_IDS - 1, reply(106))
+            .route(DENSE_IDS, reply(107))
+            .route(u32::MAX, reply(108))
+            .fallback(reply(999));
+        let d = router.compile(None, None);
+        for (id, to) in [
+            (0, 100),
+            (3, 999),
+            (5, 105),
+            (DENSE_IDS - 1, 106),
+            (DENSE_IDS, 107),
+            (DENSE_IDS + 1, 999),
+            (u32::MAX, 108),
+        ] {
+            let (req, mut rx) = request(id, "x");
+            d.dispatch(req).await;
+            assert_eq!(rx.recv().await.unwrap().id, MsgId(to), "{id}");
+        }
     }
 
     #[tokio::test]

@@ -212,7 +212,10 @@ where
                     metrics.received(msg.id, msg.data.len());
                 }
             }
-            // Messages at the front of the batch the rate limit has let through.
+            // Handled from the back: popping takes a message out without a
+            // placeholder or a drain.
+            batch.reverse();
+            // Messages at the back of the batch the rate limit has let through.
             let mut allowed = 0;
             while !batch.is_empty() {
                 // Under `SendQueueFull = "wait"` nothing is handled while the send
@@ -248,13 +251,10 @@ where
                 };
                 #[cfg(feature = "metrics")]
                 let metrics = extras.as_ref().and_then(|x| x.metrics.as_deref());
-                let mut handled = 0;
-                while handled < allowed {
-                    if handled > 0 && conn.must_wait_for_room() {
-                        break;
-                    }
-                    let msg = std::mem::take(&mut batch[handled]);
-                    handled += 1;
+                while allowed > 0
+                    && let Some(msg) = batch.pop()
+                {
+                    allowed -= 1;
                     #[cfg(feature = "metrics")]
                     let started = metrics.map(|_| std::time::Instant::now());
                     // A synchronous route is done when `dispatch` returns.
@@ -265,9 +265,11 @@ where
                     if let (Some(metrics), Some(started)) = (metrics, started) {
                         metrics.handled(started.elapsed());
                     }
+                    // The queue filled up: wait for room (above) before the rest.
+                    if allowed > 0 && conn.must_wait_for_room() {
+                        break;
+                    }
                 }
-                batch.drain(..handled);
-                allowed -= handled;
             }
             if let Err(e) = decoded {
                 return ReadEnd::Failed(*e);
