@@ -2,7 +2,8 @@
 //!
 //! [`Router`] is built by value before the server starts and compiled once when it
 //! runs: every route becomes a single boxed chain, so dispatching a message is one
-//! map lookup and the chain's calls. A message goes through, in order:
+//! lookup (by index for small IDs) and the chain's calls. A message goes through,
+//! in order:
 //!
 //! 1. **interceptors** ([`Router::intercept`], Zinx's interceptors): every inbound
 //!    message, routed or not; they may rewrite the message ID or data, or drop it;
@@ -10,7 +11,9 @@
 //! 3. **global middleware** ([`Router::middleware`], Zinx's `Use`), then the
 //!    middleware of the route's **group** ([`Router::group`]), then the route's own
 //!    middleware ([`Router::route_with`]);
-//! 4. the handler: an `async fn(Request)` or a Zinx-style [`ZinxRouter`].
+//! 4. the handler: an `async fn(Request)`, a synchronous `fn(Request)`
+//!    ([`Router::route_sync`]: no future to build and poll, the cheapest kind) or
+//!    a Zinx-style [`ZinxRouter`].
 //!
 //! Middleware is `async fn(Request, Next)`: calling [`Next::run`] continues the
 //! chain, returning without calling it aborts it (Zinx's `Abort`). Values put in

@@ -378,6 +378,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_declared_dead_while_its_replies_wait() {
+        let hb = Heartbeat::new(Duration::from_secs(1)).max_silence(Duration::from_secs(3));
+        let router =
+            Router::new().route_sync(1, |req: Request| req.conn().try_send(1, req.data().clone()));
+        let (peer, task) = start_with_pipe(Arc::new(engine(Some(hb), router)), 64);
+        // The peer sends and never reads: the send queue fills and the reader
+        // waits for room, reading nothing more.
+        let (_unread, mut peer_w) = tokio::io::split(peer);
+        let writing = tokio::spawn(async move {
+            for _ in 0..10_000 {
+                if peer_w.write_all(&frame(1, "data")).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let start = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the stuck peer is closed")
+            .unwrap();
+        // The limit, at most one interval to notice, then the 1 s linger for
+        // the writer that cannot flush.
+        assert!(
+            start.elapsed() <= Duration::from_secs(5),
+            "closed after {:?}",
+            start.elapsed()
+        );
+        writing.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn any_inbound_message_counts_as_activity() {
         let hb = Heartbeat::new(Duration::from_secs(1)).max_silence(Duration::from_secs(3));
         let router = Router::new().route(1, |_req: Request| async {});

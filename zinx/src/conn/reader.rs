@@ -224,7 +224,8 @@ where
                 // replies is not read from either.
                 if conn.must_wait_for_room() {
                     // Boxed: only a connection whose peer reads slowly waits.
-                    Box::pin(conn.room()).await;
+                    let heartbeat = extras.as_mut().and_then(|x| x.heartbeat.as_mut());
+                    Box::pin(wait_for_room(conn, heartbeat)).await;
                     if signal.is_closed() {
                         return ReadEnd::Cancelled;
                     }
@@ -350,6 +351,23 @@ impl<'a> Extras<'a> {
             #[cfg(feature = "metrics")]
             metrics,
         }))
+    }
+}
+
+/// Waits for room in the send queue (or the close). The heartbeat goes on
+/// meanwhile: nothing is read while the reader waits, so a peer that reads
+/// nothing for the heartbeat's limit is declared dead like a silent one.
+async fn wait_for_room(conn: &Connection, mut heartbeat: Option<&mut Beating<'_>>) {
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.room() => return,
+            () = tick(heartbeat.as_deref_mut()) => {
+                if let Some(hb) = heartbeat.as_deref() {
+                    hb.beat(conn);
+                }
+            }
+        }
     }
 }
 
