@@ -145,6 +145,36 @@ async fn send_waits_for_a_slow_reader_and_delivers_everything() {
 }
 
 #[tokio::test]
+async fn a_sync_route_replies_to_every_pipelined_request_through_a_small_queue() {
+    // Each request is answered with 4 KiB by `try_send` into a 4-message queue:
+    // a read brings hundreds of requests, so only the reader waiting for room
+    // (SendQueueFull = "wait", the default) keeps the replies from being refused.
+    let router = Router::new().route_sync(1, |req: Request| {
+        let mut reply = vec![0u8; 4096];
+        reply[..4].copy_from_slice(&req.data()[..4]);
+        req.conn().try_send(1, reply)
+    });
+    let cfg = Config {
+        max_msg_chan_len: 4,
+        ..config()
+    };
+    let server = TestServer::start(Server::builder(cfg).router(router)).await;
+    let mut client = server.connect(Layout::Tlv).await;
+    let requests: Vec<u8> = (0..2000u32)
+        .flat_map(|seq| support::frame(Layout::Tlv, 1, &seq.to_be_bytes()))
+        .collect();
+    client.write_raw(&requests).await;
+    for seq in 0..2000u32 {
+        let reply = client.recv().await;
+        assert_eq!(
+            (reply.data.len(), &reply.data[..4]),
+            (4096, &seq.to_be_bytes()[..])
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn handler_can_close_after_replying_and_later_sends_fail() {
     let (tx, mut rx) = mpsc::channel::<bool>(1);
     let router = Router::new().route(1, move |req: Request| {
