@@ -74,9 +74,12 @@ pub(crate) struct Queue<S> {
     readable: AtomicWaker,
     /// Mirrors "items queued or closed", so the consumer checks without the lock.
     ready: AtomicBool,
-    /// Mirrors "holds its capacity", so a producer can see without the lock
-    /// that it would have to wait.
-    full: AtomicBool,
+    /// While set, a push that finds the queue full goes in anyway, up to twice
+    /// the capacity (see [`allow_overflow`](Self::allow_overflow)).
+    overflow: AtomicBool,
+    /// Set when a push went past the capacity; cleared by
+    /// [`take_overflowed`](Self::take_overflowed).
+    overflowed: AtomicBool,
     /// Wakes producers waiting for room, after a drain of a full queue, or on close.
     writable: Notify,
     capacity: usize,
@@ -107,7 +110,8 @@ impl<S: Store> Queue<S> {
             }),
             readable: AtomicWaker::new(),
             ready: AtomicBool::new(false),
-            full: AtomicBool::new(false),
+            overflow: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
             writable: Notify::new(),
             capacity: capacity.max(1),
         }
@@ -127,15 +131,15 @@ impl<S: Store> Queue<S> {
         }
         let count = state.store.count();
         if count >= self.capacity {
-            return Err(PushError::Full(item));
+            if !self.overflow.load(Ordering::Relaxed) || count >= 2 * self.capacity {
+                return Err(PushError::Full(item));
+            }
+            self.overflowed.store(true, Ordering::Relaxed);
         }
         state.store.put(item).map_err(PushError::Rejected)?;
         let first = count == 0;
         if first {
             self.ready.store(true, Ordering::Release);
-        }
-        if count + 1 >= self.capacity {
-            self.full.store(true, Ordering::Relaxed);
         }
         drop(state);
         if first {
@@ -180,23 +184,32 @@ impl<S: Store> Queue<S> {
             }
             state.store.trim();
         }
-        let drained = before >= self.capacity && after < before;
-        if drained {
-            self.full.store(false, Ordering::Relaxed);
-        }
         drop(state);
-        if drained {
+        if before >= self.capacity && after < self.capacity {
             self.writable.notify_waiters();
         }
         taken
     }
 
-    /// True if the queue held its capacity when last looked at: a hint, for a
-    /// producer deciding whether to wait for [`room`](Self::room) (which
-    /// checks under the lock).
+    /// Lets pushes go past the capacity (up to twice it) while `on`: for a
+    /// producer that cannot wait and will wait for [`room`](Self::room)
+    /// afterwards instead.
     #[inline]
-    pub(crate) fn is_full(&self) -> bool {
-        self.full.load(Ordering::Relaxed)
+    pub(crate) fn allow_overflow(&self, on: bool) {
+        self.overflow.store(on, Ordering::Relaxed);
+    }
+
+    /// True if a push went past the capacity since the last
+    /// [`take_overflowed`](Self::take_overflowed).
+    #[inline]
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// True if a push went past the capacity since the last call.
+    #[inline]
+    pub(crate) fn take_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed) && self.overflowed.swap(false, Ordering::Relaxed)
     }
 
     /// Completes when the queue has room for an item, or is closed.
@@ -307,20 +320,44 @@ mod tests {
         use futures_util::FutureExt;
         let q = Queue::new(2);
         q.try_push(1).unwrap();
-        assert!(!q.is_full());
         q.room().now_or_never().expect("room for one more");
         q.try_push(2).unwrap();
-        assert!(q.is_full());
         let mut room = Box::pin(q.room());
         assert!((&mut room).now_or_never().is_none(), "full: waits");
         assert_eq!(q.pop(), Some(1));
-        assert!(!q.is_full());
         room.now_or_never().expect("the take made room");
         q.try_push(3).unwrap();
         let mut room = Box::pin(q.room());
         assert!((&mut room).now_or_never().is_none());
         q.close();
         room.now_or_never().expect("the close ends the wait");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_overflow_goes_to_twice_the_capacity_and_is_reported() {
+        use futures_util::FutureExt;
+        let q = Queue::new(2);
+        q.try_push(1).unwrap();
+        q.try_push(2).unwrap();
+        assert_eq!(q.try_push(3), Err(PushError::Full(3)));
+        assert!(!q.take_overflowed());
+        q.allow_overflow(true);
+        q.try_push(3).unwrap();
+        q.try_push(4).unwrap();
+        assert_eq!(q.try_push(5), Err(PushError::Full(5)), "twice the capacity");
+        q.allow_overflow(false);
+        assert!(q.take_overflowed());
+        assert!(!q.take_overflowed(), "reported once");
+        let mut room = Box::pin(q.room());
+        assert_eq!(q.pop(), Some(1));
+        assert!(
+            (&mut room).now_or_never().is_none(),
+            "three of two: still no room"
+        );
+        let room = Box::pin(q.room());
+        assert_eq!(q.pop(), Some(2));
+        assert_eq!(q.pop(), Some(3));
+        room.now_or_never().expect("below the capacity again");
     }
 
     #[tokio::test]

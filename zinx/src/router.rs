@@ -385,10 +385,11 @@ impl Router {
     /// about 40% less work per message than the same handler as an `async` route;
     /// see docs/PERFORMANCE.md). It replies with
     /// [`try_send`](crate::Connection::try_send): under `SendQueueFull = "wait"`
-    /// (the default) the reader dispatches a message only when the connection's
-    /// send queue has room, so the reply to it fits unless other tasks fill the
-    /// queue at the same time. With middleware (global, group or the route's own)
-    /// it runs at the end of the chain like any handler.
+    /// (the default) its sends on its own connection may go past `MaxMsgChanLen`
+    /// (up to twice it), and the reader then waits for the writer to catch up
+    /// before the next message, so its replies are not refused for a full queue.
+    /// With middleware (global, group or the route's own) it runs at the end of
+    /// the chain like any handler.
     ///
     /// # Examples
     ///

@@ -159,8 +159,14 @@ impl Lane {
         msg: Message,
         slot: &'a mut Slot,
     ) -> Option<Dispatching<'a>> {
-        self.router
-            .dispatch_in(conn, Request::new(conn.clone(), msg), slot)
+        // A synchronous handler's replies may go past the send queue's bound;
+        // the reader then waits for room before the next message.
+        conn.handling(true);
+        let handling = self
+            .router
+            .dispatch_in(conn, Request::new(conn.clone(), msg), slot);
+        conn.handling(false);
+        handling
     }
 
     /// Where callbacks for this connection's handler context go.

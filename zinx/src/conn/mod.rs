@@ -265,16 +265,31 @@ impl Connection {
         self.shared.queue.len()
     }
 
-    /// True if the reader should wait for [`room`](Self::room) before it
-    /// handles the next message: the send queue is full and the policy is to
-    /// wait (Netty's high watermark: a peer that does not read its replies is
-    /// not read from either).
+    /// Opens (or closes) the window in which sends may go past the send queue's
+    /// bound, up to twice it, under `SendQueueFull = "wait"`: while the reader
+    /// calls a handler, which cannot wait for room itself if it is synchronous.
+    /// The reader then waits for [`room`](Self::room) before the next message.
     #[inline]
-    pub(crate) fn must_wait_for_room(&self) -> bool {
-        self.shared.queue.is_full() && self.shared.send_queue_full == SendQueueFull::Wait
+    pub(crate) fn handling(&self, on: bool) {
+        if self.shared.send_queue_full == SendQueueFull::Wait {
+            self.shared.queue.allow_overflow(on);
+        }
     }
 
-    /// Completes when the send queue has room, or the connection is closed.
+    /// True if a send went past the send queue's bound since the last
+    /// [`take_overflowed`](Self::take_overflowed).
+    #[inline]
+    pub(crate) fn overflowed(&self) -> bool {
+        self.shared.queue.overflowed()
+    }
+
+    /// True if a send went past the send queue's bound since the last call.
+    #[inline]
+    pub(crate) fn take_overflowed(&self) -> bool {
+        self.shared.queue.take_overflowed()
+    }
+
+    /// Completes when the send queue is below its bound, or is closed.
     pub(crate) async fn room(&self) {
         self.shared.queue.room().await;
     }
@@ -364,6 +379,11 @@ impl Connection {
 
     /// Queues a message for the writer, failing at once when the queue is full
     /// (Zinx's `SendBuffMsg`).
+    ///
+    /// Under `SendQueueFull = "wait"`, while the connection's reader is calling a
+    /// handler (a synchronous one cannot wait for room), the handler's sends may
+    /// go past `MaxMsgChanLen`, up to twice it; the reader then waits for the
+    /// queue to drain below its bound before it handles or reads anything more.
     ///
     /// # Errors
     ///

@@ -217,18 +217,21 @@ where
             batch.reverse();
             // Messages at the back of the batch the rate limit has let through.
             let mut allowed = 0;
-            while !batch.is_empty() {
-                // Under `SendQueueFull = "wait"` nothing is handled while the send
-                // queue is full, and the worker is not held meanwhile: a handler
-                // finds room for its reply, and a peer that does not read its
-                // replies is not read from either.
-                if conn.must_wait_for_room() {
+            loop {
+                // Under `SendQueueFull = "wait"` a handler's sends may go past the
+                // send queue's bound (a synchronous handler cannot wait for room);
+                // then nothing more is handled or read until the writer caught up,
+                // and the worker is not held meanwhile.
+                if conn.take_overflowed() {
                     // Boxed: only a connection whose peer reads slowly waits.
                     let heartbeat = extras.as_mut().and_then(|x| x.heartbeat.as_mut());
                     Box::pin(wait_for_room(conn, heartbeat)).await;
                     if signal.is_closed() {
                         return ReadEnd::Cancelled;
                     }
+                }
+                if batch.is_empty() {
+                    break;
                 }
                 if allowed == 0 {
                     // With a rate limit, at most a burst at a time, after waiting
@@ -266,8 +269,8 @@ where
                     if let (Some(metrics), Some(started)) = (metrics, started) {
                         metrics.handled(started.elapsed());
                     }
-                    // The queue filled up: wait for room (above) before the rest.
-                    if allowed > 0 && conn.must_wait_for_room() {
+                    // Past the bound: wait for room (above) before the rest.
+                    if allowed > 0 && conn.overflowed() {
                         break;
                     }
                 }
@@ -354,8 +357,8 @@ impl<'a> Extras<'a> {
     }
 }
 
-/// Waits for room in the send queue (or the close). The heartbeat goes on
-/// meanwhile: nothing is read while the reader waits, so a peer that reads
+/// Waits until the send queue is below its bound (or closed). The heartbeat goes
+/// on meanwhile: nothing is read while the reader waits, so a peer that reads
 /// nothing for the heartbeat's limit is declared dead like a silent one.
 async fn wait_for_room(conn: &Connection, mut heartbeat: Option<&mut Beating<'_>>) {
     loop {
@@ -393,6 +396,7 @@ async fn tick(heartbeat: Option<&mut Beating<'_>>) {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
@@ -528,30 +532,78 @@ mod tests {
                 assert_eq!(&reply.expect("the fast connection was served").data[..], b"f");
             }
         }
-        assert!(slow.must_wait_for_room(), "the slow connection was waiting");
     }
 
-    #[tokio::test]
+    /// A lane handling on the reader whose route 1 counts the messages it
+    /// handles and, if `reply`, echoes them with `try_send`.
+    fn counting_lane(handled: &Arc<AtomicUsize>, reply: bool) -> Lane {
+        let handled = handled.clone();
+        let router = Router::new().route_sync(1, move |req: Request| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            if reply {
+                req.conn().try_send(1, req.data().clone())
+            } else {
+                Ok(())
+            }
+        });
+        WorkerPool::new(WorkerMode::Hash, 0, 1, Arc::new(router.compile(None, None)))
+            .assign(ConnId(7))
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn close_stops_a_reader_waiting_for_room() {
+        let handled = Arc::new(AtomicUsize::new(0));
+        let mut lane = counting_lane(&handled, true);
         let (conn, _rx) = test_conn(1);
         let (mut peer, io) = tokio::io::duplex(1024);
-        for i in 0..2u8 {
+        for i in 0..3u8 {
             peer.write_all(&wire(1, &[i])).await.unwrap();
         }
-        let mut lane = sync_echo_pool(0).assign(conn.id());
         let reading = run(io, &conn, &mut lane, Codec::default(), 1024, None);
         let closing = async {
             for _ in 0..100 {
-                if conn.must_wait_for_room() {
+                if handled.load(Ordering::SeqCst) >= 2 {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
-            assert!(conn.must_wait_for_room(), "the reader filled the queue");
+            tokio::task::yield_now().await;
             conn.close();
         };
-        let (end, ()) = tokio::join!(reading, closing);
+        // Paused time: the timeout fires only if the reader is stuck (its lane's
+        // queue does not carry this connection's close, only the send queue does).
+        let (end, ()) = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::join!(reading, closing)
+        })
+        .await
+        .expect("the close ends the wait for room");
         assert!(matches!(end, ReadEnd::Cancelled), "{end:?}");
+        // The second reply went past the bound of one: the third message waited
+        // for room, and the close ended the wait.
+        assert_eq!(handled.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_filled_by_others_does_not_stop_handlers_that_do_not_send() {
+        let handled = Arc::new(AtomicUsize::new(0));
+        let mut lane = counting_lane(&handled, false);
+        let (conn, _rx) = test_conn(1);
+        // Full, and never drained: as if a broadcast filled it and the peer stopped
+        // reading. Nothing the handler does needs room, so reading goes on.
+        conn.try_send(9, "from elsewhere").unwrap();
+        let (mut peer, io) = tokio::io::duplex(1024);
+        for i in 0..3u8 {
+            peer.write_all(&wire(1, &[i])).await.unwrap();
+        }
+        drop(peer);
+        let end = tokio::time::timeout(
+            Duration::from_secs(1),
+            run(io, &conn, &mut lane, Codec::default(), 1024, None),
+        )
+        .await
+        .expect("the reader does not wait for room it does not need");
+        assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
+        assert_eq!(handled.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
