@@ -334,3 +334,49 @@ async fn client_example_checks_every_reply() {
     good.stop().await;
     bad.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_flooding_a_server_with_small_queues_gets_every_reply() {
+    // Both ends have 4-message send queues, and 80 MB go each way. The client
+    // queues 20,000 requests of 4 KiB (waiting for room) while the server answers
+    // each with 4 KiB from a synchronous route: its replies overshoot its queue
+    // and its reader waits for its writer. The client's reader keeps taking
+    // replies while the client's own send queue is full (its handler sends
+    // nothing), so neither end waits on the other for long.
+    const COUNT: usize = 20_000;
+    let small = zinx::Config {
+        max_msg_chan_len: 4,
+        ..config()
+    };
+    let server = TestServer::start(Server::builder(small.clone()).router(
+        Router::new().route_sync(1, |req: Request| {
+            req.conn().try_send(2, Bytes::from(vec![7u8; 4096]))
+        }),
+    ))
+    .await;
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let replies = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = replies.clone();
+    let client = Client::builder(server.addr.to_string())
+        .config(small)
+        .router(Router::new().route_sync(2, move |_req: Request| {
+            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == COUNT {
+                let _ = done_tx.try_send(());
+            }
+        }))
+        .connect()
+        .await
+        .unwrap();
+    let conn = client.connection().await.unwrap();
+    let request = Bytes::from(vec![1u8; 4096]);
+    within("every request queued", async {
+        for _ in 0..COUNT {
+            conn.send(1, request.clone()).await.unwrap();
+        }
+    })
+    .await;
+    within("every reply", done_rx.recv()).await;
+    assert_eq!(replies.load(std::sync::atomic::Ordering::SeqCst), COUNT);
+    client.close().await;
+    server.stop().await;
+}
