@@ -66,12 +66,15 @@ impl ReadEnd {
 /// connection holds no read buffer at all.
 pub(crate) trait ReadSource: AsyncRead + Unpin + Send + 'static {
     /// Waits for bytes and appends some to `buf` (making room for `chunk` first).
-    /// `Ok(0)` is the end of the stream. Cancel-safe: nothing is lost if dropped.
+    /// `Ok(0)` is the end of the stream. `fresh`: nothing was read yet (see the
+    /// TCP implementation). Cancel-safe: nothing is lost if dropped.
     fn read_into<'a>(
         &'a mut self,
         buf: &'a mut BytesMut,
         chunk: usize,
+        fresh: bool,
     ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        let _ = fresh;
         async move {
             make_room(buf, chunk);
             self.read_buf(buf).await
@@ -84,15 +87,21 @@ impl ReadSource for OwnedReadHalf {
         &'a mut self,
         buf: &'a mut BytesMut,
         chunk: usize,
+        fresh: bool,
     ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
         // A poll function rather than `readable().await` then `read_buf`: the
         // future of `readable` is 168 bytes, held by every idle connection.
         std::future::poll_fn(move |cx| {
             if buf.capacity() == 0 {
+                // No buffer (a new connection, or one that gave its buffer back
+                // after a message): wait for readiness before allocating one.
                 std::task::ready!(self.as_ref().poll_read_ready(cx))?;
-                // No buffer yet (a new or long-idle connection): make sure bytes
-                // are really there before allocating one. Readiness is also
-                // reported with nothing to read, e.g. for a fresh connection.
+            }
+            if buf.capacity() == 0 && fresh {
+                // tokio reports a fresh connection readable with nothing to
+                // read: make sure bytes are really there. Later, readiness comes
+                // from the socket's events, and a peek would be one more syscall
+                // per message for a connection that gives its buffer back.
                 let mut probe = [0u8; 1];
                 let mut probe = tokio::io::ReadBuf::new(&mut probe);
                 if std::task::ready!(self.poll_peek(cx, &mut probe))? == 0 {
@@ -150,6 +159,8 @@ where
         let min_chunk = initial_chunk.max(64);
         let mut chunk = min_chunk;
         let mut small_reads = 0u32;
+        // Nothing read yet: the first wait for bytes checks that they are there.
+        let mut fresh = true;
         let mut batch = Vec::new();
         // The running handler's future: one allocation for all the messages.
         let mut slot = Slot::default();
@@ -177,12 +188,13 @@ where
                     continue;
                 }
                 // Cancel-safe: see ReadSource::read_into.
-                read = io.read_into(&mut buf, chunk) => read,
+                read = io.read_into(&mut buf, chunk, fresh) => read,
             } {
                 Ok(n) => n,
                 Err(e) => return ReadEnd::Failed(e.into()),
             };
             let eof = n == 0;
+            fresh = false;
             // Adapt the read size: grow as soon as a read fills it; shrink only after
             // many small reads in a row, so a burst's short tail does not undo growth.
             if n >= chunk {
