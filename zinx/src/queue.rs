@@ -156,16 +156,13 @@ impl<S: Store> Queue<S> {
         mut item: S::Item,
     ) -> Result<(), PushError<S::Item, S::Rejected>> {
         loop {
-            let room = self.writable.notified();
-            tokio::pin!(room);
-            // Registered before the check, so a drain between the check and the
-            // wait still wakes this producer.
-            room.as_mut().enable();
             match self.try_push(item) {
+                // `room` checks again under the lock after registering, so a drain
+                // between the refusal and the wait is not missed.
                 Err(PushError::Full(back)) => item = back,
                 done => return done,
             }
-            room.await;
+            self.room().await;
         }
     }
 
