@@ -162,11 +162,11 @@ impl Lane {
         // A synchronous handler's replies may go past the send queue's bound;
         // the reader then waits for room before the next message.
         conn.handling(true);
-        let handling = self
+        let to_poll = self
             .router
             .dispatch_in(conn, Request::new(conn.clone(), msg), slot);
         conn.handling(false);
-        handling
+        to_poll
     }
 
     /// Where callbacks for this connection's handler context go.
