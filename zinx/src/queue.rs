@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
@@ -74,6 +74,10 @@ pub(crate) struct Queue<S> {
     readable: AtomicWaker,
     /// Mirrors "items queued or closed", so the consumer checks without the lock.
     ready: AtomicBool,
+    /// Set while the consumer's task is being polled and will check the queue
+    /// before it waits again (see [`quiet`](Self::quiet)): a push then does not
+    /// wake it.
+    quiet: AtomicBool,
     /// While set, a push that finds the queue full goes in anyway, up to twice
     /// the capacity (see [`allow_overflow`](Self::allow_overflow)).
     overflow: AtomicBool,
@@ -110,6 +114,7 @@ impl<S: Store> Queue<S> {
             }),
             readable: AtomicWaker::new(),
             ready: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
             overflow: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             writable: Notify::new(),
@@ -143,7 +148,12 @@ impl<S: Store> Queue<S> {
         }
         drop(state);
         if first {
-            self.readable.wake();
+            // Pairs with the fence in `quiet(false)`: either the consumer's check
+            // after it sees this item, or this sees that it is no longer quiet.
+            fence(Ordering::SeqCst);
+            if !self.quiet.load(Ordering::Relaxed) {
+                self.readable.wake();
+            }
         }
         Ok(())
     }
@@ -233,19 +243,35 @@ impl<S: Store> Queue<S> {
     ///
     /// Cancel-safe: waiting consumes nothing.
     pub(crate) async fn readable(&self) {
-        std::future::poll_fn(|cx| {
-            if self.ready.load(Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            // Registered before the second check, so a push in between wakes us.
-            self.readable.register(cx.waker());
-            if self.ready.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await;
+    }
+
+    /// Ready when an item is queued or the queue is closed; otherwise the
+    /// consumer is woken when that happens. For the single consumer only.
+    pub(crate) fn poll_readable(&self, cx: &Context<'_>) -> Poll<()> {
+        if self.ready.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        // Registered before the second check, so a push in between wakes us.
+        self.readable.register(cx.waker());
+        if self.ready.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// For a consumer that shares its task with producers: while `on`, pushes do
+    /// not wake the consumer, which must check the queue (with
+    /// [`poll_readable`](Self::poll_readable)) after turning it off. Saves the
+    /// task waking itself, and being polled again, for what it queued itself.
+    #[inline]
+    pub(crate) fn quiet(&self, on: bool) {
+        self.quiet.store(on, Ordering::Relaxed);
+        if !on {
+            // Pairs with the fence in `try_push`.
+            fence(Ordering::SeqCst);
+        }
     }
 
     /// Refuses further items; waiting producers get their item back.

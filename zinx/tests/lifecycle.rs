@@ -180,10 +180,11 @@ async fn shutdown_wakes_handlers_waiting_on_their_connection() {
     assert!(c.recv_until_closed().await.is_empty());
 }
 
-/// An idle connection costs one task: its writer starts with the first message
-/// queued. One that never sent anything still gets a clean close (EOF).
+/// A connection is one task: its reader and its writer (made with the first
+/// message queued) are polled by it. One that never sent anything still gets a
+/// clean close (EOF).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_task_starts_with_the_first_message() {
+async fn a_connection_is_one_task_and_its_writer_starts_with_the_first_message() {
     let (connected_tx, mut connected_rx) = mpsc::channel::<Connection>(2);
     let server = TestServer::start(
         Server::builder(config())
@@ -198,29 +199,28 @@ async fn the_writer_task_starts_with_the_first_message() {
     .await;
     let handle = server.handle.clone();
 
-    // Past on_connect, an idle connection has only its reader task.
     let mut talker = server.connect(Layout::Tlv).await;
     within("on_connect", connected_rx.recv()).await.unwrap();
     assert_eq!(handle.task_count(), 1, "an idle connection runs one task");
 
-    // The first reply starts the writer.
+    // The first reply makes the writer, in the same task.
     let reply = talker.roundtrip(1, "hello").await;
     assert_eq!(&reply.data[..], b"hello");
-    assert_eq!(handle.task_count(), 2);
+    assert_eq!(handle.task_count(), 1, "replying adds no task");
 
-    // Closing a connection that never sent: its writer starts only to shut the
+    // Closing a connection that never sent: its writer is made only to shut the
     // socket down, and the peer sees EOF.
     let silent = server.connect(Layout::Tlv).await;
     let conn = within("on_connect", connected_rx.recv()).await.unwrap();
-    assert_eq!(handle.task_count(), 3);
+    assert_eq!(handle.task_count(), 2);
     conn.close();
     assert!(within("EOF", silent.read_eof()).await);
     server.stop().await;
     assert_eq!(handle.task_count(), 0);
 }
 
-/// The first message may come from a thread outside the runtime: the writer is
-/// started on the server's runtime all the same.
+/// The first message may come from a thread outside the runtime: it wakes the
+/// connection's task, which makes the writer and writes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_message_from_a_plain_thread_starts_the_writer() {
     let (connected_tx, mut connected_rx) = mpsc::channel::<Connection>(1);

@@ -9,7 +9,7 @@
 //! wait on their queues instead, which the close closes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
@@ -46,28 +46,30 @@ impl CloseSignal {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Completes once closed; for the reader or the writer task (each has its
-    /// own waker slot, so each may have one such future at a time).
+    /// Completes once closed; for the reader or the writer (each has its own
+    /// waker slot, so each may have one such future at a time).
     ///
     /// Cancel-safe: waiting consumes nothing.
     pub(crate) async fn closed_for(&self, who: Waiter) {
+        std::future::poll_fn(|cx| self.poll_closed_for(who, cx)).await;
+    }
+
+    /// Ready once closed; otherwise `who`'s waker is woken at the close.
+    pub(crate) fn poll_closed_for(&self, who: Waiter, cx: &Context<'_>) -> Poll<()> {
+        if self.is_closed() {
+            return Poll::Ready(());
+        }
         let slot = match who {
             Waiter::Reader => &self.reader,
             Waiter::Writer => &self.writer,
         };
-        std::future::poll_fn(|cx| {
-            if self.is_closed() {
-                return Poll::Ready(());
-            }
-            slot.register(cx.waker());
-            // Checked again after registering, so a close in between is not missed.
-            if self.is_closed() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+        slot.register(cx.waker());
+        // Checked again after registering, so a close in between is not missed.
+        if self.is_closed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Completes once closed; for any number of waiters.

@@ -17,12 +17,10 @@ use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::SendQueueFull;
-use crate::conn::outgoing::Receiver;
 use crate::conn::reader::{self, ReadEnd, ReadSource};
-use crate::conn::writer;
+use crate::conn::writer::Writer;
 use crate::conn::{Connection, Parts};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
@@ -115,14 +113,7 @@ impl<F: Framing> Engine<F> {
         });
         let registration = self.manager.register(conn.clone());
         let linger = self.linger;
-        let tracker = self.tracker.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let span = tracing::Span::current();
-        // Started from whichever thread queues first, hence the runtime handle.
-        conn.set_writer(Box::new(move |conn| {
-            let rx = Receiver::new(conn);
-            tracker.spawn_on(writer::run(w, rx, linger).instrument(span), &runtime)
-        }));
+        conn.set_writer(Box::new(move || Box::new(Writer::new(w, linger))));
         Opened {
             r,
             conn,
@@ -171,19 +162,22 @@ impl<F: Framing> Engine<F> {
                 conn.close();
             }
 
-            engine.hooks.connect(&conn).await;
+            WithWriter::new(&conn, engine.hooks.connect(&conn)).await;
             let reason = log_end(
-                reader::run(
-                    r,
+                WithWriter::new(
                     &conn,
-                    &mut lane,
-                    engine.framing.clone(),
-                    engine.read_buf,
-                    reader::Extras::new(
-                        engine.heartbeat.as_ref(),
-                        engine.rate.clone(),
-                        #[cfg(feature = "metrics")]
-                        engine.metrics.clone(),
+                    reader::run(
+                        r,
+                        &conn,
+                        &mut lane,
+                        engine.framing.clone(),
+                        engine.read_buf,
+                        reader::Extras::new(
+                            engine.heartbeat.as_ref(),
+                            engine.rate.clone(),
+                            #[cfg(feature = "metrics")]
+                            engine.metrics.clone(),
+                        ),
                     ),
                 )
                 .await,
@@ -194,11 +188,9 @@ impl<F: Framing> Engine<F> {
             if let Some(current) = current {
                 current.send_replace(None);
             }
-            if let Some(writer) = conn.take_writer()
-                && let Err(e) = writer.await
-            {
-                tracing::error!(error = %e, "writer task failed");
-            }
+            // The final flush (bounded by the linger time), and the socket's
+            // shutdown.
+            std::future::poll_fn(|cx| conn.poll_writer(cx)).await;
             drop(lane);
             drop(registration);
             drop(guard);
@@ -206,6 +198,42 @@ impl<F: Framing> Engine<F> {
             engine.hooks.disconnect(&conn).await;
             conn.run_close_callbacks();
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls `fut`, then the connection's writer: what `fut` queued is written in
+    /// the same turn of the connection's task. While `fut` runs the send queue is
+    /// quiet (a send does not wake the task, which is running and checks the
+    /// queue next).
+    pub(crate) struct WithWriter<'a, F> {
+        conn: &'a Connection,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<'a, F: Future> WithWriter<'a, F> {
+    pub(crate) fn new(conn: &'a Connection, fut: F) -> Self {
+        WithWriter { conn, fut }
+    }
+}
+
+impl<F: Future> Future for WithWriter<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let queue = this.conn.send_queue();
+        queue.quiet(true);
+        let out = this.fut.poll(cx);
+        queue.quiet(false);
+        // A writer that finishes closes the connection, which wakes `fut`.
+        let _ = this.conn.poll_writer(cx);
+        out
     }
 }
 

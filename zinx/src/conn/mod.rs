@@ -1,11 +1,12 @@
-//! Connections: the handle handlers hold, and the two tasks behind it.
+//! Connections: the handle handlers hold, and the reader and writer behind it.
 //!
 //! Every connection is driven by a **reader** ([`reader`]) that owns the socket's read
 //! half and turns bytes into requests for the router, and a **writer** ([`writer`])
 //! that owns the write half and drains the connection's bounded send queue; the
-//! writer task starts with the first message queued. Nothing else touches the
+//! writer is made with the first message queued. Both are polled by the
+//! connection's one task, the writer after the reader. Nothing else touches the
 //! socket. [`Connection`] is a cheap clonable handle: sending puts a message on the
-//! queue; closing sets the connection's close signal, which both tasks watch.
+//! queue; closing sets the connection's close signal, which both watch.
 //! Because the queue and the signal are owned values, a send after close is an
 //! [`Error::Closed`], never a panic or a lost wake-up.
 
@@ -19,15 +20,15 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +36,7 @@ use crate::codec::{Codec, Layout};
 use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
 use crate::conn::outgoing::{Encoder, Outgoing, Receiver, SendQueue};
+use crate::conn::writer::Drive;
 use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::lock;
@@ -75,24 +77,21 @@ struct Shared {
     ops_in_flight: AtomicUsize,
     #[cfg(feature = "metrics")]
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// Set once the writer task runs (or there is none to start): the check on
-    /// every send is this one load.
-    writer_started: AtomicBool,
-    writer: Mutex<WriterTask>,
+    /// Polled by the connection's task, after its reader (see
+    /// [`poll_writer`](Connection::poll_writer)).
+    writer: Mutex<WriterState>,
 }
 
-/// Spawns a connection's writer task for the connection it is given.
-pub(crate) type StartWriter = Box<dyn FnOnce(Connection) -> JoinHandle<()> + Send>;
+/// Makes a connection's writer, which owns the socket's write half.
+pub(crate) type StartWriter = Box<dyn FnOnce() -> Box<dyn Drive> + Send>;
 
-/// A connection's writer task, which is started by the first message queued (or
-/// by the close): a connection that never sends holds no writer task.
-enum WriterTask {
-    /// None to start (detached connections).
+/// A connection's writer, which is made when the first message is queued (or at
+/// the close): a connection that never sends holds none.
+enum WriterState {
+    /// None (detached connections), or finished.
     Absent,
     NotStarted(StartWriter),
-    Running(JoinHandle<()>),
-    /// Handed to the connection's driver, which waits for it.
-    Taken,
+    Running(Box<dyn Drive>),
 }
 
 /// Settings of a [`Connection::detached_with`] connection.
@@ -147,8 +146,7 @@ impl Connection {
             ops_in_flight: AtomicUsize::new(0),
             #[cfg(feature = "metrics")]
             metrics: parts.metrics,
-            writer_started: AtomicBool::new(true),
-            writer: Mutex::new(WriterTask::Absent),
+            writer: Mutex::new(WriterState::Absent),
         };
         Connection {
             shared: Arc::new(shared),
@@ -330,15 +328,14 @@ impl Connection {
         Error::Closed
     }
 
-    /// Hands the connection the way to start its writer, which the first message
-    /// queued (or [`take_writer`](Self::take_writer)) does.
+    /// Hands the connection the way to make its writer, which the first message
+    /// queued (or the close) starts.
     pub(crate) fn set_writer(&self, start: StartWriter) {
-        *lock(&self.shared.writer) = WriterTask::NotStarted(start);
-        self.shared.writer_started.store(false, Ordering::Release);
+        *lock(&self.shared.writer) = WriterState::NotStarted(start);
     }
 
-    /// After a message was queued: makes sure the writer runs (and counts the
-    /// message, with metrics).
+    /// After a message was queued: counts it, with metrics. (The queue wakes the
+    /// connection's task, which makes and polls the writer.)
     #[inline]
     fn queued(&self, id: MsgId, len: usize) {
         #[cfg(feature = "metrics")]
@@ -347,34 +344,36 @@ impl Connection {
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (id, len);
-        if !self.shared.writer_started.load(Ordering::Acquire) {
-            self.start_writer();
-        }
     }
 
-    #[cold]
-    fn start_writer(&self) {
+    /// Runs the connection's writer: makes it once something is queued or the
+    /// connection closed, then writes what is queued. Ready when there is no
+    /// writer, or it has finished (the connection is then closed and its socket
+    /// shut down). For the connection's own task only, which polls it after the
+    /// reader (see [`WithWriter`](driver::WithWriter)); the writer registers the
+    /// task's waker with the send queue and the socket.
+    pub(crate) fn poll_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut writer = lock(&self.shared.writer);
-        *writer = match std::mem::replace(&mut *writer, WriterTask::Taken) {
-            WriterTask::NotStarted(start) => WriterTask::Running(start(self.clone())),
-            other => other,
-        };
-        self.shared.writer_started.store(true, Ordering::Release);
-    }
-
-    /// The writer task, started now if nothing was ever sent (it then flushes
-    /// nothing and shuts the socket down): for the driver to wait for at close.
-    pub(crate) fn take_writer(&self) -> Option<JoinHandle<()>> {
-        let mut writer = lock(&self.shared.writer);
-        self.shared.writer_started.store(true, Ordering::Release);
-        match std::mem::replace(&mut *writer, WriterTask::Taken) {
-            WriterTask::NotStarted(start) => Some(start(self.clone())),
-            WriterTask::Running(handle) => Some(handle),
-            other => {
-                *writer = other;
-                None
+        if let WriterState::NotStarted(_) = &*writer {
+            // Closing the connection closes the queue, which makes it readable:
+            // the writer then only shuts the socket down.
+            if self.shared.queue.poll_readable(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let WriterState::NotStarted(start) =
+                std::mem::replace(&mut *writer, WriterState::Absent)
+            {
+                *writer = WriterState::Running(start());
             }
         }
+        let WriterState::Running(running) = &mut *writer else {
+            return Poll::Ready(());
+        };
+        if running.poll_write(self, cx).is_pending() {
+            return Poll::Pending;
+        }
+        *writer = WriterState::Absent;
+        Poll::Ready(())
     }
 
     /// Queues a message for the writer, failing at once when the queue is full

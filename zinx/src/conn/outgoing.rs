@@ -294,6 +294,7 @@ impl Receiver {
         self.0.send_queue()
     }
 
+    #[cfg(test)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.0
     }

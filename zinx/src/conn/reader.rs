@@ -265,20 +265,25 @@ where
                 let Ok(_permit) = lane.permit(signal).await else {
                     return ReadEnd::Cancelled;
                 };
-                #[cfg(feature = "metrics")]
-                let metrics = extras.as_ref().and_then(|x| x.metrics.as_deref());
                 while allowed > 0
                     && let Some(msg) = batch.pop()
                 {
                     allowed -= 1;
+                    // Only the start is kept across the handler's await (the
+                    // connection's future holds every such local).
                     #[cfg(feature = "metrics")]
-                    let started = metrics.map(|_| std::time::Instant::now());
+                    let started = extras
+                        .as_ref()
+                        .and_then(|x| x.metrics.as_ref())
+                        .map(|_| std::time::Instant::now());
                     // A synchronous route is done when `dispatch` returns.
                     if let Some(handling) = lane.dispatch(conn, msg, &mut slot) {
                         handling.await;
                     }
                     #[cfg(feature = "metrics")]
-                    if let (Some(metrics), Some(started)) = (metrics, started) {
+                    if let (Some(metrics), Some(started)) =
+                        (extras.as_ref().and_then(|x| x.metrics.as_deref()), started)
+                    {
                         metrics.handled(started.elapsed());
                     }
                     // Past the bound: wait for room (above) before the rest.

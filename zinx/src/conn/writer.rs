@@ -1,111 +1,205 @@
-//! The writer task: the only code that writes to a connection's socket.
+//! The writer: the only code that writes to a connection's socket.
 //!
 //! It takes every frame waiting in the send queue at once (one lock; the senders
 //! encoded them, see [`outgoing`](super::outgoing)) and writes them with one
-//! write (vectored when large payloads are queued by reference), then flushes. Under load many
-//! messages share one syscall; when idle a single message goes out at once. There
-//! are no timers in this path. On close it writes whatever is still queued (bounded
-//! by the linger time, so a peer that stopped reading cannot hold the task), then
-//! shuts the socket down. An idle writer keeps at most a small buffer.
+//! write (vectored when large payloads are queued by reference), then flushes.
+//! Under load many messages share one syscall; when idle a single message goes
+//! out at once. There are no timers in this path. On close it writes whatever is
+//! still queued (bounded by the linger time, so a peer that stopped reading
+//! cannot hold the connection), then shuts the socket down. An idle writer keeps
+//! at most a small buffer.
+//!
+//! It is a state machine polled by the connection's own task (see
+//! [`Connection::poll_writer`](super::Connection::poll_writer)) after the reader,
+//! not a task of its own: replies a handler queued are written in the same turn
+//! of the task, without waking and scheduling a second task per message.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
 
+use crate::conn::Connection;
 use crate::conn::close::Waiter;
-use crate::conn::outgoing::{Frames, Outgoing, Receiver};
+use crate::conn::outgoing::{Frames, Outgoing};
 
-/// Runs the writer until the connection is cancelled, the queue's senders are all
-/// gone, or a write fails. Always cancels the connection on the way out, so a dead
-/// socket stops the reader too. `linger` bounds the final flush on close.
-pub(crate) async fn run<W>(mut io: W, rx: Receiver, linger: Duration)
-where
-    W: AsyncWrite + Unpin,
-{
-    let conn = rx.conn();
-    let queue = rx.queue();
-    let mut pending = Frames::default();
-    // Whether the queue's buffers grew past what an idle connection keeps.
-    let mut grown = false;
-    let result: std::io::Result<()> = async {
-        let signal = conn.close_signal();
+/// A connection's writer, as the connection holds it (the socket's type erased).
+pub(crate) trait Drive: Send {
+    /// Writes what is queued. Ready once the writer has finished: the connection
+    /// closed and the final flush done (or given up), or a write failed. It then
+    /// has closed the connection.
+    fn poll_write(&mut self, conn: &Connection, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+pub(crate) struct Writer<W> {
+    io: W,
+    pending: Frames,
+    /// Whether the queue's buffers grew past what an idle connection keeps.
+    grown: bool,
+    /// `pending` was written out and `io` is being flushed.
+    flushing: bool,
+    linger: Duration,
+    /// Set once the connection closed: the final flush.
+    closing: Option<Box<Closing>>,
+}
+
+/// The final flush: `pending`, then what was still queued at close, then flush
+/// and shut down, bounded by the linger time.
+struct Closing {
+    rest: Frames,
+    deadline: Pin<Box<Sleep>>,
+    stage: Stage,
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    Write,
+    Flush,
+    Shutdown,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub(crate) fn new(io: W, linger: Duration) -> Self {
+        Writer {
+            io,
+            pending: Frames::default(),
+            grown: false,
+            flushing: false,
+            linger,
+            closing: None,
+        }
+    }
+
+    /// Writes until the queue is empty (Pending) or the connection closes
+    /// (Ready(Ok)); Ready(Err) if a write fails.
+    fn poll_running(&mut self, conn: &Connection, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let queue = conn.send_queue();
         loop {
-            if pending.is_empty() {
-                // Closing the connection closes the queue, which makes it readable.
-                queue.readable().await;
-                if signal.is_closed() {
-                    return Ok(());
+            if conn.is_closed() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.flushing {
+                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                self.flushing = false;
+                // Going idle: keep small buffers for the next reply, give back
+                // what a burst grew.
+                self.pending.shrink();
+                if self.grown {
+                    self.grown = queue.take(Outgoing::shrink_if_idle);
                 }
-                grown |= queue.take(|out| out.take_into(&mut pending));
-                if pending.is_empty() && queue.is_closed() {
-                    return Ok(());
+            }
+            if self.pending.is_empty() {
+                // Closing the connection closes the queue, which makes it readable.
+                ready!(queue.poll_readable(cx));
+                self.grown |= queue.take(|out| out.take_into(&mut self.pending));
+                if self.pending.is_empty() && queue.is_closed() {
+                    return Poll::Ready(Ok(()));
                 }
                 continue;
             }
-            let written = tokio::select! {
-                biased;
-                // Cancel-safe: one vectored write; if it is dropped unfinished,
-                // nothing was written and `pending` is unchanged. Polled first, so
-                // the close is only waited for when the socket is full.
-                n = write_some(&pending, &mut io) => n?,
-                // Cancel-safe: waiting for the close consumes nothing.
-                () = signal.closed_for(Waiter::Writer) => return Ok(()),
+            let Poll::Ready(n) = write_some(&self.pending, &mut self.io, cx) else {
+                // The socket is full: the close must end the wait too.
+                ready!(conn.close_signal().poll_closed_for(Waiter::Writer, cx));
+                return Poll::Ready(Ok(()));
             };
-            pending.advance(written);
-            if pending.is_empty() {
-                io.flush().await?;
-                // Going idle: keep small buffers for the next reply, give back
-                // what a burst grew.
-                pending.shrink();
-                if grown {
-                    grown = queue.take(Outgoing::shrink_if_idle);
-                }
-            }
+            self.pending.advance(n?);
+            self.flushing = self.pending.is_empty();
         }
     }
-    .await;
 
-    match result {
-        Ok(()) => {
-            // Close the queue first: a send from now on fails instead of being lost.
-            queue.close();
-            let mut rest = Frames::default();
-            queue.take(|out| out.take_into(&mut rest));
-            let flush = async {
-                for frames in [&mut pending, &mut rest] {
-                    while !frames.is_empty() {
-                        let n = write_some(frames, &mut io).await?;
-                        frames.advance(n);
+    /// The final flush; Ready when done, failed or out of time.
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(closing) = self.closing.as_deref_mut() else {
+            return Poll::Ready(());
+        };
+        let flushed = loop {
+            let step = match closing.stage {
+                Stage::Write => {
+                    let frames = if self.pending.is_empty() {
+                        &mut closing.rest
+                    } else {
+                        &mut self.pending
+                    };
+                    if frames.is_empty() {
+                        closing.stage = Stage::Flush;
+                        continue;
                     }
+                    write_some(frames, &mut self.io, cx).map_ok(|n| frames.advance(n))
                 }
-                io.flush().await?;
-                io.shutdown().await
+                Stage::Flush => Pin::new(&mut self.io)
+                    .poll_flush(cx)
+                    .map_ok(|()| closing.stage = Stage::Shutdown),
+                Stage::Shutdown => break Pin::new(&mut self.io).poll_shutdown(cx),
             };
-            match tokio::time::timeout(linger, flush).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "final flush failed"),
-                Err(_) => tracing::debug!(
-                    unsent = pending.len() + rest.len(),
-                    "peer did not take the final writes within the linger time"
-                ),
+            match step {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
             }
+        };
+        match flushed {
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "final flush failed");
+                Poll::Ready(())
+            }
+            Poll::Pending if closing.deadline.as_mut().poll(cx).is_ready() => {
+                tracing::debug!(
+                    unsent = self.pending.len() + closing.rest.len(),
+                    "peer did not take the final writes within the linger time"
+                );
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
         }
-        Err(e) => tracing::debug!(error = %e, "write failed, closing connection"),
     }
-    conn.close();
 }
 
-/// One vectored write of the first frames.
-async fn write_some<W: AsyncWrite + Unpin>(frames: &Frames, io: &mut W) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| frames.poll_write_some(io, cx))
-        .await
-        .and_then(|n| {
-            if n == 0 {
-                Err(std::io::ErrorKind::WriteZero.into())
-            } else {
-                Ok(n)
+impl<W: AsyncWrite + Unpin + Send> Drive for Writer<W> {
+    fn poll_write(&mut self, conn: &Connection, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.is_none() {
+            match self.poll_running(conn, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {
+                    // Close the queue first: a send from now on fails instead of
+                    // being lost.
+                    let queue = conn.send_queue();
+                    queue.close();
+                    let mut rest = Frames::default();
+                    queue.take(|out| out.take_into(&mut rest));
+                    self.closing = Some(Box::new(Closing {
+                        rest,
+                        deadline: Box::pin(tokio::time::sleep(self.linger)),
+                        stage: Stage::Write,
+                    }));
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "write failed, closing connection");
+                    conn.close();
+                    return Poll::Ready(());
+                }
             }
-        })
+        }
+        ready!(self.poll_closing(cx));
+        conn.close();
+        Poll::Ready(())
+    }
+}
+
+/// One (vectored) write of the first frames; a write of nothing is an error.
+fn write_some<W: AsyncWrite + Unpin>(
+    frames: &Frames,
+    io: &mut W,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    frames.poll_write_some(io, cx).map(|written| match written {
+        Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+        other => other,
+    })
 }
 
 #[cfg(test)]
@@ -119,7 +213,15 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::conn::outgoing::Receiver;
     use crate::conn::tests::test_conn;
+
+    /// Runs a writer on `rx`'s connection until it finishes, as the connection's
+    /// task would.
+    async fn run<W: AsyncWrite + Unpin + Send>(io: W, rx: Receiver, linger: Duration) {
+        let mut writer = Writer::new(io, linger);
+        std::future::poll_fn(|cx| writer.poll_write(rx.conn(), cx)).await;
+    }
 
     /// Records every write call; optionally stalls (never accepts bytes).
     #[derive(Clone, Default)]
