@@ -67,11 +67,15 @@ pub(crate) enum PushError<T, R = Infallible> {
     Rejected(R),
 }
 
+/// `repr(C)`: the fields a push and a take touch first, the `Notify` (only for
+/// waits for room) last, so they share as few cache lines as they can.
+#[repr(C)]
 pub(crate) struct Queue<S> {
     state: Mutex<State<S>>,
     /// The single consumer's waker: woken when an item arrives in an empty
     /// queue, or on close. Cheaper than a `Notify` on the per-message path.
     readable: AtomicWaker,
+    capacity: usize,
     /// Mirrors "items queued or closed", so the consumer checks without the lock.
     ready: AtomicBool,
     /// Set while the consumer's task is being polled and will check the queue
@@ -86,7 +90,6 @@ pub(crate) struct Queue<S> {
     overflowed: AtomicBool,
     /// Wakes producers waiting for room, after a drain of a full queue, or on close.
     writable: Notify,
-    capacity: usize,
 }
 
 struct State<S> {

@@ -21,7 +21,10 @@ pub(crate) enum Waiter {
     Writer,
 }
 
+/// `repr(C)` with the flag first: a connection places it right after its send
+/// queue, in a cache line every message touches.
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct CloseSignal {
     closed: AtomicBool,
     reader: AtomicWaker,

@@ -56,14 +56,22 @@ pub struct Connection {
     shared: Arc<Shared>,
 }
 
+/// `repr(C)`, in this order: what every message touches first (with the `Arc`'s
+/// counts, the writer, the size limit, then the send queue, whose own hot fields
+/// come first, then the close flag), so a message touches about five cache lines
+/// of it instead of seven; with 10,000 connections these lines are rarely cached.
+#[repr(C)]
 struct Shared {
-    id: ConnId,
-    peer: SocketAddr,
-    local: SocketAddr,
+    /// Polled by the connection's task, after its reader (see
+    /// [`poll_writer`](Connection::poll_writer)).
+    writer: Mutex<WriterState>,
     max_data_len: Option<usize>,
     send_queue_full: SendQueueFull,
     queue: SendQueue,
     close: CloseSignal,
+    id: ConnId,
+    peer: SocketAddr,
+    local: SocketAddr,
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
@@ -77,9 +85,6 @@ struct Shared {
     ops_in_flight: AtomicUsize,
     #[cfg(feature = "metrics")]
     metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// Polled by the connection's task, after its reader (see
-    /// [`poll_writer`](Connection::poll_writer)).
-    writer: Mutex<WriterState>,
 }
 
 /// Makes a connection's writer, which owns the socket's write half.
