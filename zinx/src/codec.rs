@@ -1,8 +1,7 @@
 //! Framing: bytes on the wire to [`Message`]s and back. Pure, no I/O.
 //!
-//! The reader task feeds socket bytes to [`Codec`] (a `tokio_util` decoder); the
-//! writer task encodes queued messages into one
-//! buffer with the same codec. Both Go Zinx layouts are supported, chosen per server:
+//! The reader feeds socket bytes to [`Codec`] (a `tokio_util` decoder); senders
+//! encode messages into the send queue's buffer with the same codec. Both Go Zinx layouts are supported, chosen per server:
 //!
 //! ```text
 //! TLV, big-endian (Zinx default, zinx_pack_tlv_big_endian)

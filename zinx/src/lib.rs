@@ -38,7 +38,7 @@
 //! - [`framing`]: the `Framing` trait, length-field, delimiter and HTLV+CRC framings.
 //! - [`server`]: accept loop, `MaxConn`, graceful shutdown.
 //! - [`client`]: one connection to a Zinx server, reconnect, request/response.
-//! - `conn`: the [`Connection`] handle and its reader and writer tasks.
+//! - `conn`: the [`Connection`] handle and the reader and writer behind it.
 //! - `worker`: where handlers run.
 //! - [`router`]: routes by message ID.
 //! - [`manager`]: the live connections.

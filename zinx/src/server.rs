@@ -2,8 +2,9 @@
 //!
 //! [`Server::run`] accepts on a listener until its shutdown future completes. For
 //! every accepted socket it takes a `MaxConn` permit (over the limit the socket is
-//! closed at once), registers a [`Connection`] with the [`ConnManager`], starts the
-//! writer task, runs `on_connect`, then reads until the connection ends. Cleanup
+//! closed at once), registers a [`Connection`] with the [`ConnManager`] and spawns
+//! the connection's task, which runs `on_connect`, then reads until the connection
+//! ends, writing what is queued (its writer is made with the first message). Cleanup
 //! happens in a fixed order: writer flushed, worker lane released, manager entry and
 //! permit dropped (guards, so a panic cannot skip them), then `on_disconnect` and
 //! the close callbacks.

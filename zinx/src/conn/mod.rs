@@ -110,7 +110,7 @@ pub(crate) struct Detached {
     pub(crate) jobs: Option<Arc<Jobs>>,
 }
 
-/// What a new connection's two tasks are made of.
+/// What a new connection is made of.
 pub(crate) struct Parts {
     pub(crate) id: ConnId,
     pub(crate) peer: SocketAddr,
