@@ -303,8 +303,91 @@ impl<S: Store> Queue<S> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+    use std::time::{Duration, Instant};
 
     use super::*;
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_quiet_queue_does_not_wake_its_consumer_which_checks_after() {
+        let q = Queue::new(4);
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let cx = Context::from_waker(&waker);
+        assert!(q.poll_readable(&cx).is_pending());
+        q.quiet(true);
+        q.try_push(1).unwrap();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "no wake while quiet");
+        q.quiet(false);
+        assert!(q.poll_readable(&cx).is_ready(), "the check after sees it");
+        assert_eq!(q.pop(), Some(1));
+        // Not quiet: a push wakes the registered consumer.
+        assert!(q.poll_readable(&cx).is_pending());
+        q.try_push(2).unwrap();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    struct Unpark(std::thread::Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    /// A consumer that turns quiet on and off, as the connection's task does
+    /// around its reader, while another thread pushes: every item is taken, and
+    /// whenever the consumer waits, a push wakes it (a lost wake-up would leave
+    /// items queued and the consumer asleep).
+    #[test]
+    fn no_push_is_missed_while_the_consumer_turns_quiet_on_and_off() {
+        const ITEMS: usize = 20_000;
+        let q = Arc::new(Queue::new(ITEMS));
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..ITEMS {
+                    q.try_push(i).unwrap();
+                    if i % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let cx = Context::from_waker(&waker);
+        let mut taken = 0;
+        while taken < ITEMS {
+            q.quiet(true);
+            std::hint::spin_loop();
+            q.quiet(false);
+            if q.poll_readable(&cx).is_ready() {
+                taken += q.take(|items| {
+                    let n = items.len();
+                    items.clear();
+                    n
+                });
+                continue;
+            }
+            let asleep = Instant::now();
+            std::thread::park_timeout(Duration::from_secs(10));
+            assert!(
+                asleep.elapsed() < Duration::from_secs(10),
+                "the consumer slept through a push ({taken} of {ITEMS} taken)"
+            );
+        }
+        producer.join().unwrap();
+        assert_eq!(taken, ITEMS);
+    }
 
     #[test]
     fn bounded_fifo_with_items_back_on_full_and_closed() {
