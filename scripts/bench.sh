@@ -130,8 +130,9 @@ cat > "$DOC" <<EOF
 # Performance
 
 Measured by \`scripts/bench.sh\` (DURATION=$DURATION s measured after a $WARMUP s warm-up,
-ROUNDS=$ROUNDS, for each server the round with the most replies/s, i.e. the least
-disturbed on this shared machine). Every figure below comes from that script; the
+ROUNDS=$ROUNDS; the tables show for each server the round with the most replies/s, i.e. the
+least disturbed on this shared machine, and the ratios of each round to the baseline
+round run just before it, as their median). Every figure below comes from that script; the
 raw runs are in \`target/bench/results.jsonl\` after running it.
 
 - Machine: $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/Mem/ {print $2}') GiB, Linux $(uname -r), a shared VM: expect noise, compare ratios from the same run.

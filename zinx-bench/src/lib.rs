@@ -239,9 +239,9 @@ pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String
     let mut ratios = String::new();
     let _ = writeln!(
         ratios,
-        "| scenario | replies/s ratio | CPU/reply ratio | p99 ratio | CPU/reply ratio per round: median (range) |"
+        "| scenario | replies/s ratio | CPU/reply ratio | p99 ratio | per round: replies/s ratio | per round: CPU/reply ratio | per round: p99 ratio |"
     );
-    let _ = writeln!(ratios, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(ratios, "|---|---:|---:|---:|---:|---:|---:|");
     for scenario in scenarios {
         let pick = |name: &str| {
             best(
@@ -272,26 +272,32 @@ pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".to_owned(),
             };
-            let per_round = rounds(
-                runs.iter()
-                    .filter(|r| r.scenario == scenario && r.server == server),
-                runs.iter()
-                    .filter(|r| r.scenario == scenario && r.server == baseline),
-            );
+            let per_round = |metric: fn(&RunReport) -> Option<f64>| {
+                rounds(
+                    runs.iter()
+                        .filter(|r| r.scenario == scenario && r.server == server),
+                    runs.iter()
+                        .filter(|r| r.scenario == scenario && r.server == baseline),
+                    metric,
+                )
+            };
             let _ = writeln!(
                 ratios,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 scenario,
                 ratio(Some(s.replies_per_sec), Some(b.replies_per_sec)),
                 ratio(s.server_cpu_us_per_reply, b.server_cpu_us_per_reply),
                 ratio(Some(s.latency_us.p99 as f64), Some(b.latency_us.p99 as f64)),
-                per_round,
+                per_round(|r| Some(r.replies_per_sec)),
+                per_round(|r| r.server_cpu_us_per_reply),
+                per_round(|r| Some(r.latency_us.p99 as f64)),
             );
         }
     }
     format!(
-        "{out}\nRatios of `{server}` to `{baseline}` (same run, best round of each; the last \
-         column pairs each round of `{server}` with the `{baseline}` round run just before it):\n\n{ratios}"
+        "{out}\nRatios of `{server}` to `{baseline}` (same run): first of the best round of each, \
+         then of each round of `{server}` against the `{baseline}` round run just before it, \
+         as the median (and range) over the rounds, which a disturbance of one round does not move:\n\n{ratios}"
     )
 }
 
@@ -327,20 +333,19 @@ pub fn render_memory(runs: &[RunReport]) -> String {
     out
 }
 
-/// The CPU-per-reply ratio of each round (the n-th run of `server` against the
-/// n-th of `baseline`, which ran just before it), as "median (min–max)".
+/// The ratio of `metric` in each round (the n-th run of `server` against the n-th
+/// of `baseline`, which ran just before it), as "median (min–max)".
 fn rounds<'a>(
     server: impl Iterator<Item = &'a RunReport>,
     baseline: impl Iterator<Item = &'a RunReport>,
+    metric: fn(&RunReport) -> Option<f64>,
 ) -> String {
     let mut ratios: Vec<f64> = server
         .zip(baseline)
-        .filter_map(
-            |(s, b)| match (s.server_cpu_us_per_reply, b.server_cpu_us_per_reply) {
-                (Some(s), Some(b)) if b > 0.0 => Some(s / b),
-                _ => None,
-            },
-        )
+        .filter_map(|(s, b)| match (metric(s), metric(b)) {
+            (Some(s), Some(b)) if b > 0.0 => Some(s / b),
+            _ => None,
+        })
         .collect();
     if ratios.is_empty() {
         return "-".to_owned();
@@ -427,9 +432,12 @@ mod tests {
         ];
         let text = render_tables(&runs, "zinx", "base");
         assert!(text.contains("| s | base | 300 |"), "{text}");
-        // Rounds pair in order: 1.2/1.0 and 1.9/1.0 (the third baseline is unpaired).
+        // Rounds pair in order: 270/100 and 90/300 replies/s, 1.2/1.0 and 1.9/1.0
+        // CPU (the third baseline is unpaired).
         assert!(
-            text.contains("| s | 0.90 | 1.20 | 1.00 | 1.55 (1.20–1.90) |"),
+            text.contains(
+                "| s | 0.90 | 1.20 | 1.00 | 1.50 (0.30–2.70) | 1.55 (1.20–1.90) | 1.00 (1.00–1.00) |"
+            ),
             "{text}"
         );
     }
