@@ -100,26 +100,19 @@ impl Frames {
         }
     }
 
-    /// Moves everything encoded into `out`, which must be empty (its storage is
-    /// swapped in, so a connection in steady state allocates nothing here).
-    /// Returns whether this holds more storage than an idle connection keeps
-    /// (see [`shrink`](Self::shrink)).
-    fn move_into(&mut self, out: &mut Frames) -> bool {
+    /// Moves everything encoded into `out`, which must be empty: its storage is
+    /// swapped in, so a connection in steady state allocates nothing here. The
+    /// writer shrinks what it has written before it takes again, so what comes
+    /// back is never more than an idle connection keeps.
+    fn move_into(&mut self, out: &mut Frames) {
         debug_assert!(out.is_empty());
-        // The buffer that comes back was written out: `BytesMut::reserve` reuses
-        // the room before its start (nothing to copy, it is empty).
         std::mem::swap(self, out);
-        self.oversized()
     }
 
     /// Bytes of storage held.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.small.capacity() + self.segments.capacity() * std::mem::size_of::<Bytes>()
-    }
-
-    fn oversized(&self) -> bool {
-        self.small.capacity() > KEEP_WHEN_IDLE || self.segments.capacity() > KEEP_SEGMENTS
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -232,24 +225,15 @@ impl Outgoing {
     }
 
     /// Moves every encoded frame into `out` (see [`Frames::move_into`]).
-    pub(crate) fn take_into(&mut self, out: &mut Frames) -> bool {
+    pub(crate) fn take_into(&mut self, out: &mut Frames) {
         self.messages = 0;
-        self.frames.move_into(out)
+        self.frames.move_into(out);
     }
 
     /// Every encoded byte, in order (for [`Outbox`](super::Outbox)).
     pub(crate) fn take_bytes(&mut self, out: &mut BytesMut) {
         self.messages = 0;
         self.frames.drain_bytes(out);
-    }
-
-    /// Going idle: gives back what a burst grew, unless more was queued since.
-    /// Returns whether the buffers are still larger than an idle connection keeps.
-    pub(crate) fn shrink_if_idle(&mut self) -> bool {
-        if self.messages == 0 {
-            self.frames.shrink();
-        }
-        self.frames.oversized()
     }
 
     #[cfg(test)]

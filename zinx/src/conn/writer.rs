@@ -25,7 +25,7 @@ use tokio::time::Sleep;
 
 use crate::conn::Connection;
 use crate::conn::close::Waiter;
-use crate::conn::outgoing::{Frames, Outgoing};
+use crate::conn::outgoing::Frames;
 
 /// A connection's writer, as the connection holds it (the socket's type erased).
 pub(crate) trait Drive: Send {
@@ -38,8 +38,6 @@ pub(crate) trait Drive: Send {
 pub(crate) struct Writer<W> {
     io: W,
     pending: Frames,
-    /// Whether the queue's buffers grew past what an idle connection keeps.
-    grown: bool,
     /// `pending` was written out and `io` is being flushed.
     flushing: bool,
     linger: Duration,
@@ -67,7 +65,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         Writer {
             io,
             pending: Frames::default(),
-            grown: false,
             flushing: false,
             linger,
             closing: None,
@@ -86,16 +83,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                 self.flushing = false;
                 // Going idle: keep small buffers for the next reply, give back
-                // what a burst grew.
+                // what a burst grew (before the next take hands them to the
+                // queue).
                 self.pending.shrink();
-                if self.grown {
-                    self.grown = queue.take(Outgoing::shrink_if_idle);
-                }
             }
             if self.pending.is_empty() {
                 // Closing the connection closes the queue, which makes it readable.
                 ready!(queue.poll_readable(cx));
-                self.grown |= queue.take(|out| out.take_into(&mut self.pending));
+                queue.take(|out| out.take_into(&mut self.pending));
                 if self.pending.is_empty() && queue.is_closed() {
                     return Poll::Ready(Ok(()));
                 }
