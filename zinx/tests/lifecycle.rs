@@ -224,18 +224,16 @@ async fn a_connection_is_one_task_and_its_writer_starts_with_the_first_message()
 /// signals once it read the greeting) is not stuck behind its own task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_runs_while_on_connect_waits() {
-    let (greeted_tx, greeted_rx) = tokio::sync::oneshot::channel::<()>();
-    let greeted_rx = Arc::new(tokio::sync::Mutex::new(Some(greeted_rx)));
+    let greeted = Arc::new(tokio::sync::Notify::new());
+    let hook_greeted = greeted.clone();
     let server = TestServer::start(
         Server::builder(config())
             .router(Router::new().route(1, echo))
             .on_connect(move |conn: Connection| {
-                let greeted = greeted_rx.clone();
+                let greeted = hook_greeted.clone();
                 async move {
                     conn.send(9, "hello").await.unwrap();
-                    if let Some(rx) = greeted.lock().await.take() {
-                        let _ = rx.await;
-                    }
+                    greeted.notified().await;
                 }
             }),
     )
@@ -243,7 +241,7 @@ async fn the_writer_runs_while_on_connect_waits() {
     let mut client = server.connect(Layout::Tlv).await;
     let greeting = within("the greeting, sent from on_connect", client.recv()).await;
     assert_eq!((greeting.id.0, &greeting.data[..]), (9, &b"hello"[..]));
-    greeted_tx.send(()).unwrap();
+    greeted.notify_one();
     let reply = within("the echo after on_connect", client.roundtrip(1, "after")).await;
     assert_eq!(&reply.data[..], b"after");
     server.stop().await;

@@ -96,16 +96,17 @@ impl ReadSource for OwnedReadHalf {
                 // No buffer (a new connection, or one that gave its buffer back
                 // after a message): wait for readiness before allocating one.
                 std::task::ready!(self.as_ref().poll_read_ready(cx))?;
-            }
-            if buf.capacity() == 0 && fresh {
-                // tokio reports a fresh connection readable with nothing to
-                // read: make sure bytes are really there. Later, readiness comes
-                // from the socket's events, and a peek would be one more syscall
-                // per message for a connection that gives its buffer back.
-                let mut probe = [0u8; 1];
-                let mut probe = tokio::io::ReadBuf::new(&mut probe);
-                if std::task::ready!(self.poll_peek(cx, &mut probe))? == 0 {
-                    return Poll::Ready(Ok(0));
+                if fresh {
+                    // tokio reports a fresh connection readable with nothing to
+                    // read: make sure bytes are really there. Later, readiness
+                    // comes from the socket's events, and a peek would be one more
+                    // syscall per message for a connection that gives its buffer
+                    // back.
+                    let mut probe = [0u8; 1];
+                    let mut probe = tokio::io::ReadBuf::new(&mut probe);
+                    if std::task::ready!(self.poll_peek(cx, &mut probe))? == 0 {
+                        return Poll::Ready(Ok(0));
+                    }
                 }
             }
             make_room(buf, chunk);
