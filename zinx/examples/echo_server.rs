@@ -49,12 +49,11 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
         .init();
 
     let router = Router::new()
-        .route_sync(1, |req: Request| {
-            let (conn, msg) = req.into_parts();
-            conn.try_send(msg.id, msg.data)
+        .route_sync(1, |req: &Request| {
+            req.conn().try_send(req.msg_id(), req.data())
         })
         .route(2, |req: Request| async move {
-            req.conn().send(req.msg_id(), req.data().clone()).await
+            req.conn().send(req.msg_id(), req.data()).await
         });
     let listener = TcpListener::bind(config.tcp_addr()).await?;
     let addr = listener.local_addr()?;

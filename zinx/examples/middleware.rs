@@ -32,7 +32,7 @@ async fn main() -> Result<(), zinx::Error> {
             tracing::info!(msg_id = %id, elapsed = ?started.elapsed(), "handled");
         })
         .route(1, |req: Request| async move {
-            req.conn().send(1, req.data().clone()).await
+            req.conn().send(1, req.data()).await
         })
         .group(100..=199, |admin| {
             admin

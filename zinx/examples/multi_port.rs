@@ -34,7 +34,7 @@ async fn main() -> Result<(), zinx::Error> {
         }
     }));
     let own = Router::new().route(1, |req: Request| async move {
-        req.conn().send(1, req.data().clone()).await
+        req.conn().send(1, req.data()).await
     });
 
     let stop = CancellationToken::new();

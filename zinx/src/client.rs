@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -36,7 +35,7 @@ use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
 use crate::limit::RateLimit;
 use crate::manager::ConnManager;
-use crate::message::{ConnId, Message, MsgId};
+use crate::message::{ConnId, Message, MsgId, Payload};
 use crate::request::Request;
 use crate::router::{Middleware, Next, Router};
 use crate::server::DEFAULT_CLOSE_LINGER;
@@ -297,7 +296,7 @@ impl Client {
     /// # Errors
     ///
     /// As [`Connection::send`], and [`Error::Closed`] once the client stopped.
-    pub async fn send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
+    pub async fn send(&self, id: impl Into<MsgId>, data: impl Payload) -> Result<(), Error> {
         self.connection().await?.send(id, data).await
     }
 
@@ -312,7 +311,7 @@ impl Client {
     pub async fn request(
         &self,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
         reply_id: impl Into<MsgId>,
         timeout: Duration,
     ) -> Result<Message, Error> {

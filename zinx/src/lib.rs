@@ -12,7 +12,7 @@
 //! async fn main() -> Result<(), zinx::Error> {
 //!     let router = Router::new().route(1, |req: Request| async move {
 //!         // Echo: handlers never touch the socket, they queue for the writer.
-//!         req.conn().send(req.msg_id(), req.data().clone()).await
+//!         req.conn().send(req.msg_id(), req.data()).await
 //!     });
 //!     let server = Server::builder(Config::load()?).router(router).build();
 //!     server
@@ -85,7 +85,7 @@ pub use extensions::Extensions;
 pub use framing::Framing;
 pub use heartbeat::{DEFAULT_HEARTBEAT_ID, Heartbeat};
 pub use manager::{ConnManager, Delivery, UserId};
-pub use message::{ConnId, Message, MsgId};
+pub use message::{ConnId, Message, MsgId, Payload};
 pub use request::Request;
 pub use router::{Dispatcher, HandlerOutput, Middleware, Next, Router, ZinxRouter};
 pub use server::{Server, ServerBuilder, ServerHandle};

@@ -21,7 +21,7 @@ use futures_util::future::join_all;
 
 use crate::conn::Connection;
 use crate::error::Error;
-use crate::message::{ConnId, MsgId};
+use crate::message::{ConnId, MsgId, Payload};
 
 /// An application's ID for a user (a player, a device), bound to a connection
 /// with [`ConnManager::bind_user`].
@@ -216,7 +216,7 @@ impl ConnManager {
         &self,
         conn: ConnId,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> Result<(), Error> {
         let target = self.get(conn).ok_or(Error::NotConnected)?;
         target.send(id, data).await
@@ -231,7 +231,7 @@ impl ConnManager {
         &self,
         conn: ConnId,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> Result<(), Error> {
         self.get(conn)
             .ok_or(Error::NotConnected)?
@@ -248,7 +248,7 @@ impl ConnManager {
         &self,
         user: &UserId,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> Result<(), Error> {
         let target = self.user_conn(user).ok_or(Error::NotConnected)?;
         target.send(id, data).await
@@ -264,7 +264,7 @@ impl ConnManager {
         &self,
         user: &UserId,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> Result<(), Error> {
         self.user_conn(user)
             .ok_or(Error::NotConnected)?
@@ -349,12 +349,12 @@ impl ConnManager {
 
 fn try_send_all(targets: &[Connection], id: MsgId, data: &Bytes, delivery: &mut Delivery) {
     for conn in targets {
-        delivery.count(&conn.try_send(id, data.clone()));
+        delivery.count(&conn.try_send(id, data));
     }
 }
 
 async fn send_all(targets: &[Connection], id: MsgId, data: &Bytes, delivery: &mut Delivery) {
-    let results = join_all(targets.iter().map(|c| c.send(id, data.clone()))).await;
+    let results = join_all(targets.iter().map(|c| c.send(id, data))).await;
     for result in &results {
         delivery.count(result);
     }

@@ -65,3 +65,123 @@ impl Message {
         }
     }
 }
+
+/// What a message can be sent with ([`Connection::send`](crate::Connection::send),
+/// [`try_send`](crate::Connection::try_send)): an owned buffer (`Bytes`,
+/// `BytesMut`, `Vec<u8>`, `Box<[u8]>`, `String`) or a borrowed one (`&Bytes`,
+/// `&[u8]`, `&[u8; N]`, `&Vec<u8>`, `&str`, `&String`).
+///
+/// Data under 512 bytes is copied into the connection's send buffer next to its
+/// header whatever it comes in, so a borrowed payload is the cheapest: nothing
+/// is made to hold it (an echo handler sends `req.data()` as it is, with no
+/// reference count taken and dropped). Longer data in a `Bytes` (owned or
+/// borrowed) is not copied: the buffer is written from where it is; other owned
+/// buffers become a `Bytes` without a copy, and other borrowed ones are copied.
+///
+/// # Examples
+///
+/// ```
+/// let (conn, _outbox) = zinx::Connection::detached(8);
+/// conn.try_send(1, b"pong")?;
+/// conn.try_send(1, "pong")?;
+/// conn.try_send(1, vec![1, 2, 3])?;
+/// conn.try_send(1, &bytes::Bytes::from_static(b"pong"))?;
+/// # Ok::<(), zinx::Error>(())
+/// ```
+pub trait Payload: sealed::Sealed {}
+
+/// The methods of [`Payload`], out of users' reach, so the list of payload
+/// types can change without breaking anyone.
+pub(crate) mod sealed {
+    use bytes::Bytes;
+
+    /// What a [`Payload`](super::Payload) is made of.
+    pub trait Sealed {
+        /// Bytes of data.
+        fn len(&self) -> usize;
+        /// The bytes to copy into the send buffer, or `None` to queue
+        /// [`into_bytes`](Self::into_bytes) as it is (long data that is or
+        /// becomes a `Bytes` without a copy).
+        fn to_copy(&self) -> Option<&[u8]>;
+        /// The data as `Bytes` (copied if borrowed): for long data, and for a
+        /// send that waits for room.
+        fn into_bytes(self) -> Bytes;
+    }
+}
+
+/// Owned buffers that become a `Bytes` without a copy.
+macro_rules! owned_payload {
+    ($($ty:ty),*) => {$(
+        impl Payload for $ty {}
+        impl sealed::Sealed for $ty {
+            #[inline]
+            fn len(&self) -> usize {
+                <[u8]>::len(self.as_ref())
+            }
+            #[inline]
+            fn to_copy(&self) -> Option<&[u8]> {
+                let data: &[u8] = self.as_ref();
+                (data.len() < crate::conn::outgoing::ZERO_COPY_MIN).then_some(data)
+            }
+            fn into_bytes(self) -> Bytes {
+                Bytes::from(self)
+            }
+        }
+    )*};
+}
+
+owned_payload!(Bytes, bytes::BytesMut, Vec<u8>, Box<[u8]>, String);
+
+/// Borrowed buffers: copied into the send buffer at any length (a `Bytes` is
+/// made only for a send that waits for room).
+macro_rules! borrowed_payload {
+    ($($ty:ty),*) => {$(
+        impl Payload for &$ty {}
+        impl sealed::Sealed for &$ty {
+            #[inline]
+            fn len(&self) -> usize {
+                <[u8]>::len(self.as_ref())
+            }
+            #[inline]
+            fn to_copy(&self) -> Option<&[u8]> {
+                Some(self.as_ref())
+            }
+            fn into_bytes(self) -> Bytes {
+                Bytes::copy_from_slice(self.as_ref())
+            }
+        }
+    )*};
+}
+
+borrowed_payload!([u8], Vec<u8>, str, String, bytes::BytesMut);
+
+impl<const N: usize> Payload for &[u8; N] {}
+impl<const N: usize> sealed::Sealed for &[u8; N] {
+    #[inline]
+    fn len(&self) -> usize {
+        N
+    }
+    #[inline]
+    fn to_copy(&self) -> Option<&[u8]> {
+        Some(&self[..])
+    }
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+/// A borrowed `Bytes`: copied when short, shared (a reference count) when long.
+impl Payload for &Bytes {}
+impl sealed::Sealed for &Bytes {
+    #[inline]
+    fn len(&self) -> usize {
+        Bytes::len(self)
+    }
+    #[inline]
+    fn to_copy(&self) -> Option<&[u8]> {
+        (Bytes::len(self) < crate::conn::outgoing::ZERO_COPY_MIN).then_some(&self[..])
+    }
+    fn into_bytes(self) -> Bytes {
+        self.clone()
+    }
+}

@@ -21,15 +21,20 @@ use tokio::sync::Notify;
 
 /// What a [`Queue`] holds its items in.
 pub(crate) trait Store {
-    type Item;
-    /// Why [`put`](Self::put) can refuse an item.
+    /// Why [`put`](Put::put) can refuse an item.
     type Rejected;
     /// Items held: what the queue's capacity bounds.
     fn count(&self) -> usize;
-    /// Adds an item (the queue checked for room).
-    fn put(&mut self, item: Self::Item) -> Result<(), Self::Rejected>;
     /// The consumer emptied the store: give back what a burst grew.
     fn trim(&mut self) {}
+}
+
+/// A [`Store`] that takes items of type `I` (a store may take several kinds,
+/// as a connection's send queue takes owned messages and borrowed payloads,
+/// which it copies).
+pub(crate) trait Put<I>: Store {
+    /// Adds an item (the queue checked for room).
+    fn put(&mut self, item: I) -> Result<(), Self::Rejected>;
 }
 
 /// Slots an emptied `VecDeque` keeps (more are given back), so a connection that
@@ -37,16 +42,10 @@ pub(crate) trait Store {
 const KEEP_WHEN_EMPTY: usize = 16;
 
 impl<T> Store for VecDeque<T> {
-    type Item = T;
     type Rejected = Infallible;
 
     fn count(&self) -> usize {
         self.len()
-    }
-
-    fn put(&mut self, item: T) -> Result<(), Infallible> {
-        self.push_back(item);
-        Ok(())
     }
 
     fn trim(&mut self) {
@@ -65,6 +64,17 @@ pub(crate) enum PushError<T, R = Infallible> {
     Closed(T),
     /// The store refused the item.
     Rejected(R),
+}
+
+impl<T, R> PushError<T, R> {
+    /// The same refusal with the item (if it came back) turned into another.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> PushError<U, R> {
+        match self {
+            PushError::Full(item) => PushError::Full(f(item)),
+            PushError::Closed(item) => PushError::Closed(f(item)),
+            PushError::Rejected(r) => PushError::Rejected(r),
+        }
+    }
 }
 
 /// `repr(C)`: the fields a push and a take touch first, the `Notify` (only for
@@ -95,6 +105,13 @@ pub(crate) struct Queue<S> {
 struct State<S> {
     store: S,
     closed: bool,
+}
+
+impl<T> Put<T> for VecDeque<T> {
+    fn put(&mut self, item: T) -> Result<(), Infallible> {
+        self.push_back(item);
+        Ok(())
+    }
 }
 
 impl<T> Queue<VecDeque<T>> {
@@ -132,7 +149,10 @@ impl<S: Store> Queue<S> {
 
     /// Queues `item` if there is room.
     #[inline]
-    pub(crate) fn try_push(&self, item: S::Item) -> Result<(), PushError<S::Item, S::Rejected>> {
+    pub(crate) fn try_push<I>(&self, item: I) -> Result<(), PushError<I, S::Rejected>>
+    where
+        S: Put<I>,
+    {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed(item));
@@ -164,10 +184,10 @@ impl<S: Store> Queue<S> {
     /// Queues `item`, waiting for room; never fails with `Full`.
     ///
     /// Cancel-safe: if dropped while waiting, nothing was queued.
-    pub(crate) async fn push(
-        &self,
-        mut item: S::Item,
-    ) -> Result<(), PushError<S::Item, S::Rejected>> {
+    pub(crate) async fn push<I>(&self, mut item: I) -> Result<(), PushError<I, S::Rejected>>
+    where
+        S: Put<I>,
+    {
         loop {
             match self.try_push(item) {
                 // `room` checks again under the lock after registering, so a drain

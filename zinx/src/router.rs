@@ -34,14 +34,14 @@ use std::task::{Context, Poll};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::conn::Connection;
-use crate::message::MsgId;
+use crate::message::{Message, MsgId};
 use crate::request::Request;
 
 /// A handler, type-erased: it starts its future in the slot it is given.
 type BoxHandler = Arc<dyn Fn(Request, &mut Slot) + Send + Sync>;
 /// A synchronous handler, type-erased: it runs to completion in the call (and
-/// logs its own error).
-type SyncHandler = Arc<dyn Fn(Request) + Send + Sync>;
+/// logs its own error), borrowing the request.
+type SyncHandler = Arc<dyn Fn(&Request) + Send + Sync>;
 type BoxMiddleware = Arc<dyn Fn(Request, Next, &mut Slot) + Send + Sync>;
 
 /// Where a running handler's future lives. A connection's reader keeps one for
@@ -219,19 +219,27 @@ enum Handler {
     Sync(SyncHandler),
 }
 
+/// What became of a request given to a [`Handler`].
+enum Called {
+    /// Its future was started in the slot, which must now be polled.
+    Started,
+    /// The handler is done (a synchronous one, which borrowed the request).
+    Done(Request),
+}
+
 impl Handler {
     /// Runs the handler for `req`: a synchronous one completes, an asynchronous
-    /// one starts its future in `slot`. True if `slot` must now be polled.
+    /// one starts its future in `slot`.
     #[inline]
-    fn call(&self, req: Request, slot: &mut Slot) -> bool {
+    fn call(&self, req: Request, slot: &mut Slot) -> Called {
         match self {
             Handler::Async(handler) => {
                 handler(req, slot);
-                true
+                Called::Started
             }
             Handler::Sync(handler) => {
-                handler(req);
-                false
+                handler(&req);
+                Called::Done(req)
             }
         }
     }
@@ -241,7 +249,7 @@ impl Handler {
         match self {
             Handler::Async(handler) => handler,
             // Runs in the call, so its future is empty and ready at once.
-            Handler::Sync(handler) => Arc::new(move |req, _slot| handler(req)),
+            Handler::Sync(handler) => Arc::new(move |req, _slot| handler(&req)),
         }
     }
 }
@@ -255,7 +263,7 @@ impl Handler {
 /// use zinx::{Request, Router};
 ///
 /// async fn echo(req: Request) -> Result<(), zinx::Error> {
-///     req.conn().send(req.msg_id(), req.data().clone()).await
+///     req.conn().send(req.msg_id(), req.data()).await
 /// }
 ///
 /// let router = Router::new()
@@ -396,8 +404,8 @@ impl Router {
     /// ```
     /// use zinx::{Request, Router};
     ///
-    /// let router = Router::new().route_sync(1, |req: Request| {
-    ///     req.conn().try_send(req.msg_id(), req.data().clone())
+    /// let router = Router::new().route_sync(1, |req: &Request| {
+    ///     req.conn().try_send(req.msg_id(), req.data())
     /// });
     /// assert!(router.has_route(1));
     /// ```
@@ -407,7 +415,7 @@ impl Router {
     /// If `id` is already routed.
     pub fn route_sync<F, Out>(self, id: impl Into<MsgId>, handler: F) -> Self
     where
-        F: Fn(Request) -> Out + Send + Sync + 'static,
+        F: Fn(&Request) -> Out + Send + Sync + 'static,
         Out: HandlerOutput,
     {
         self.insert(id.into(), Handler::Sync(sync(handler)), Vec::new())
@@ -566,7 +574,9 @@ impl Router {
         let intercepted = interceptors.peek().is_some().then(|| {
             let table = table.clone();
             let lookup: BoxHandler = Arc::new(move |req: Request, slot: &mut Slot| {
-                table.get(req.msg_id()).call(req, slot);
+                // A synchronous route's request is dropped here, at the end
+                // of the chain.
+                let _ = table.get(req.msg_id()).call(req, slot);
             });
             Handler::Async(wrap(interceptors, lookup))
         });
@@ -672,7 +682,7 @@ impl Group {
     /// As [`route`](Self::route).
     pub fn route_sync<F, Out>(self, id: impl Into<MsgId>, handler: F) -> Self
     where
-        F: Fn(Request) -> Out + Send + Sync + 'static,
+        F: Fn(&Request) -> Out + Send + Sync + 'static,
         Out: HandlerOutput,
     {
         self.insert(id.into(), Handler::Sync(sync(handler)), Vec::new())
@@ -732,7 +742,7 @@ impl Group {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let router = Router::new().route(1, |req: Request| async move {
-///     req.conn().send(2, req.data().clone()).await
+///     req.conn().send(2, req.data()).await
 /// });
 /// let dispatcher = router.dispatcher();
 /// let (conn, mut sent) = Connection::detached(8);
@@ -805,7 +815,8 @@ impl Dispatcher {
         let conn = req.conn().clone();
         let msg_id = req.msg_id();
         let mut slot = Slot::default();
-        let started = start(self.entry(msg_id), req, &mut slot);
+        let started =
+            start(self.entry(msg_id), req, &mut slot).map(|c| matches!(c, Called::Started));
         async move {
             if let Some(dispatching) = Dispatching::new(&conn, msg_id, &mut slot, started) {
                 dispatching.await;
@@ -826,22 +837,35 @@ impl Dispatcher {
     /// (`None`); otherwise the chain's future is started in `slot`, which a
     /// connection reuses for all its messages, and the future returned polls it.
     #[inline]
+    ///
+    /// The request is made with `lent`, the reader's own handle of `conn`, and a
+    /// synchronous route gives it back: a request costs no reference count
+    /// (when `lent` is empty, after an asynchronous route kept it, `conn` is
+    /// cloned).
     pub(crate) fn dispatch_in<'a>(
         &self,
         conn: &'a Connection,
-        req: Request,
+        lent: &mut Option<Connection>,
+        msg: Message,
         slot: &'a mut Slot,
     ) -> Option<Dispatching<'a>> {
-        let msg_id = req.msg_id();
-        let started = start(self.entry(msg_id), req, slot);
+        let msg_id = msg.id;
+        let handle = lent.take().unwrap_or_else(|| conn.clone());
+        let started = match start(self.entry(msg_id), Request::new(handle, msg), slot) {
+            Ok(Called::Done(req)) => {
+                *lent = Some(req.into_parts().0);
+                return None;
+            }
+            Ok(Called::Started) => Ok(true),
+            Err(panic) => Err(panic),
+        };
         Dispatching::new(conn, msg_id, slot, started)
     }
 }
 
-/// Calls `handler`: true if it started a future in `slot`, false if it is done;
-/// a panic in the call comes back as its message.
+/// Calls `handler`; a panic in the call comes back as its message.
 #[inline]
-fn start(handler: &Handler, req: Request, slot: &mut Slot) -> Result<bool, String> {
+fn start(handler: &Handler, req: Request, slot: &mut Slot) -> Result<Called, String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(req, slot)))
         .map_err(|p| crate::panic_message(&*p))
 }
@@ -963,13 +987,12 @@ where
 
 fn sync<F, Out>(handler: F) -> SyncHandler
 where
-    F: Fn(Request) -> Out + Send + Sync + 'static,
+    F: Fn(&Request) -> Out + Send + Sync + 'static,
     Out: HandlerOutput,
 {
-    Arc::new(move |req: Request| {
-        let (conn_id, msg_id) = (req.conn().id(), req.msg_id());
+    Arc::new(move |req: &Request| {
         if let Err(error) = handler(req).into_result() {
-            handler_failed(conn_id, msg_id, &*error);
+            handler_failed(req.conn().id(), req.msg_id(), &*error);
         }
     })
 }
@@ -1083,9 +1106,9 @@ mod tests {
     async fn dispatches_by_id_and_falls_back() {
         let router = Router::new()
             .route(1, |req: Request| async move {
-                req.conn().try_send(100, req.data().clone())
+                req.conn().try_send(100, req.data())
             })
-            .fallback(|req: Request| async move { req.conn().try_send(999, req.data().clone()) });
+            .fallback(|req: Request| async move { req.conn().try_send(999, req.data()) });
         let d = router.compile(None, None);
         let (req, mut rx) = request(1, "one");
         d.dispatch(req).await;
@@ -1099,9 +1122,8 @@ mod tests {
     async fn small_and_large_ids_route_alike() {
         // Small IDs are looked up by index, large ones in a map; unrouted IDs of
         // either kind reach the fallback.
-        let reply = |to: u32| {
-            move |req: Request| async move { req.conn().try_send(to, req.data().clone()) }
-        };
+        let reply =
+            |to: u32| move |req: Request| async move { req.conn().try_send(to, req.data()) };
         let router = Router::new()
             .route(0, reply(100))
             .route(5, reply(105))
@@ -1248,7 +1270,7 @@ mod tests {
             type Output = Result<(), crate::Error>;
             fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
                 let req = &self.1;
-                Poll::Ready(req.conn().try_send(1, req.data().clone()))
+                Poll::Ready(req.conn().try_send(1, req.data()))
             }
         }
         let held = Arc::new(());
@@ -1261,8 +1283,7 @@ mod tests {
         let mut slot = Slot::default();
         let mut addrs = Vec::new();
         for data in ["a", "b", "c"] {
-            let req = Request::new(conn.clone(), Message::new(1, data));
-            d.dispatch_in(&conn, req, &mut slot)
+            d.dispatch_in(&conn, &mut None, Message::new(1, data), &mut slot)
                 .expect("an async route")
                 .await;
             addrs.push(slot.addr().unwrap());
@@ -1278,9 +1299,9 @@ mod tests {
         let log = Log::default();
         let sync_handler = |log: &Log, name: &'static str| {
             let log = log.clone();
-            move |req: Request| {
+            move |req: &Request| {
                 log.lock().unwrap().push(name.to_owned());
-                req.conn().try_send(req.msg_id(), req.data().clone())
+                req.conn().try_send(req.msg_id(), req.data())
             }
         };
         let router = Router::new()
@@ -1292,34 +1313,59 @@ mod tests {
         let d = router.compile(None, None);
         let (conn, mut rx) = test_conn(8);
         let mut slot = Slot::default();
-        // No middleware: handled in the call, nothing to poll.
-        let req = Request::new(conn.clone(), Message::new(1, "a"));
-        assert!(d.dispatch_in(&conn, req, &mut slot).is_none());
+        // No middleware: handled in the call, nothing to poll. The request
+        // borrowed the reader's handle, which comes back.
+        let mut lent = Some(conn.clone());
+        let handles = conn.handles();
+        let msg = Message::new(1, "a");
+        assert!(d.dispatch_in(&conn, &mut lent, msg, &mut slot).is_none());
         assert_eq!(rx.try_recv().unwrap(), Message::new(1, "a"));
         assert!(slot.addr().is_none(), "no future was stored");
-        // In a group with middleware: the end of an async chain.
-        let req = Request::new(conn.clone(), Message::new(12, "b"));
-        d.dispatch_in(&conn, req, &mut slot)
+        assert!(lent.as_ref().is_some_and(|l| l.same(&conn)), "lent back");
+        assert_eq!(conn.handles(), handles, "no handle made or dropped");
+        // In a group with middleware: the end of an async chain, which keeps
+        // the handle it was lent.
+        d.dispatch_in(&conn, &mut lent, Message::new(12, "b"), &mut slot)
             .expect("wrapped in middleware")
             .await;
         assert_eq!(rx.try_recv().unwrap(), Message::new(12, "b"));
+        assert!(lent.is_none());
+        assert_eq!(
+            conn.handles(),
+            handles - 1,
+            "the chain's request dropped it"
+        );
+        // With nothing lent, the handle is cloned.
+        assert!(
+            d.dispatch_in(&conn, &mut lent, Message::new(1, "c"), &mut slot)
+                .is_none()
+        );
+        assert_eq!(rx.try_recv().unwrap(), Message::new(1, "c"));
+        assert_eq!(conn.handles(), handles);
         // Interceptors see a sync route's messages too.
         let intercepted = Router::new()
             .intercept(mark(&log, "interceptor"))
             .route_sync(1, sync_handler(&log, "sync 1"));
-        let (req, mut rx) = request(1, "c");
+        let (req, mut rx) = request(1, "d");
         intercepted.compile(None, None).dispatch(req).await;
-        assert_eq!(rx.try_recv().unwrap(), Message::new(1, "c"));
+        assert_eq!(rx.try_recv().unwrap(), Message::new(1, "d"));
         assert_eq!(
             *log.lock().unwrap(),
-            ["sync 1", "group", "sync 12", "interceptor", "sync 1"]
+            [
+                "sync 1",
+                "group",
+                "sync 12",
+                "sync 1",
+                "interceptor",
+                "sync 1"
+            ]
         );
     }
 
     #[tokio::test]
     async fn panicking_handler_or_middleware_closes_only_its_connection() {
         let router = Router::new()
-            .route_sync(3, |_req: Request| -> () { panic!("sync") })
+            .route_sync(3, |_req: &Request| -> () { panic!("sync") })
             .route(1, |_req: Request| async {
                 if true {
                     panic!("boom");
@@ -1340,8 +1386,7 @@ mod tests {
         let d = router.compile(None, None);
         let (conn, _rx) = test_conn(8);
         let mut slot = Slot::default();
-        let req = Request::new(conn.clone(), Message::new(3, ""));
-        d.dispatch_in(&conn, req, &mut slot)
+        d.dispatch_in(&conn, &mut None, Message::new(3, ""), &mut slot)
             .expect("a panic is reported by polling")
             .await;
         assert!(conn.is_closed());
@@ -1351,7 +1396,7 @@ mod tests {
     async fn handler_error_keeps_the_connection_open() {
         let router = Router::new()
             .route(1, |_req: Request| async { Err("bad input") })
-            .route_sync(2, |_req: Request| Err("bad input"));
+            .route_sync(2, |_req: &Request| Err("bad input"));
         for id in [1, 2] {
             let req = run(&router, id, "").await;
             assert!(!req.conn().is_closed(), "{id}");

@@ -167,7 +167,7 @@ impl<F: Framing> ServerBuilder<F> {
 ///
 /// # async fn demo() -> Result<(), zinx::Error> {
 /// let router = Router::new().route(1, |req: Request| async move {
-///     req.conn().send(1, req.data().clone()).await
+///     req.conn().send(1, req.data()).await
 /// });
 /// let server = Server::builder(Config::load()?).router(router).build();
 /// server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await

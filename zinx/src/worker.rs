@@ -35,7 +35,6 @@ use crate::conn::Connection;
 use crate::conn::close::{CloseSignal, Waiter};
 use crate::message::{ConnId, Message};
 use crate::queue::Queue;
-use crate::request::Request;
 use crate::router::{Dispatcher, Dispatching, Slot};
 
 /// A callback delivered to a connection's lane (an async op's result).
@@ -79,6 +78,12 @@ impl WorkerPool {
         })
     }
 
+    /// A new connection's queue of async op results (the connection holds it;
+    /// its lane's reader runs what arrives).
+    pub(crate) fn jobs(&self) -> Arc<Jobs> {
+        Arc::new(Queue::new(self.callback_queue))
+    }
+
     /// The lane of a new connection.
     pub(crate) fn assign(&self, id: ConnId) -> Lane {
         let worker = u64::try_from(self.workers.len())
@@ -90,7 +95,6 @@ impl WorkerPool {
         Lane {
             router: self.router.clone(),
             worker,
-            jobs: Arc::new(Queue::new(self.callback_queue)),
         }
     }
 }
@@ -100,16 +104,6 @@ pub(crate) struct Lane {
     router: Arc<Dispatcher>,
     /// The shared worker to hold while handling (Hash mode).
     worker: Option<Arc<Mutex<()>>>,
-    /// Async op results waiting to run (allocates nothing until the first).
-    jobs: Arc<Jobs>,
-}
-
-impl Drop for Lane {
-    fn drop(&mut self) {
-        // Results that arrive later are refused instead of waiting for room in a
-        // queue nobody reads.
-        self.jobs.close();
-    }
 }
 
 /// Waits for a busy worker, or for the connection to close.
@@ -151,39 +145,40 @@ impl Lane {
         }
     }
 
-    /// Handles one message (with the permit held by the caller).
+    /// Handles one message (with the permit held by the caller). `lent` is the
+    /// reader's own handle of `conn`, lent to the request of a synchronous route
+    /// and given back after it (taken, or cloned if there is none).
     #[inline]
     pub(crate) fn dispatch<'a>(
         &self,
         conn: &'a Connection,
+        lent: &mut Option<Connection>,
         msg: Message,
         slot: &'a mut Slot,
     ) -> Option<Dispatching<'a>> {
         // A synchronous handler's replies may go past the send queue's bound;
         // the reader then waits for room before the next message.
         conn.handling(true);
-        let to_poll = self
-            .router
-            .dispatch_in(conn, Request::new(conn.clone(), msg), slot);
+        let to_poll = self.router.dispatch_in(conn, lent, msg, slot);
         conn.handling(false);
         to_poll
     }
 
-    /// Where callbacks for this connection's handler context go.
-    pub(crate) fn jobs(&self) -> Arc<Jobs> {
-        self.jobs.clone()
-    }
-
-    /// The next queued callback, or `None` once the queue is closed (the
-    /// connection closed). Cancel-safe: waiting takes nothing, and the item is
-    /// taken only when this completes.
-    pub(crate) async fn next_job(&mut self) -> Option<Job> {
+    /// The next callback queued for the connection (async op results), or
+    /// `None` once its queue is closed (the connection closed; a connection
+    /// without such a queue waits for its close). Cancel-safe: waiting takes
+    /// nothing, and the item is taken only when this completes.
+    pub(crate) async fn next_job(&mut self, conn: &Connection) -> Option<Job> {
+        let Some(jobs) = conn.jobs() else {
+            conn.close_signal().closed_for(Waiter::Reader).await;
+            return None;
+        };
         loop {
-            self.jobs.readable().await;
-            if let Some(job) = self.jobs.pop() {
+            jobs.readable().await;
+            if let Some(job) = jobs.pop() {
                 return Some(job);
             }
-            if self.jobs.is_closed() {
+            if jobs.is_closed() {
                 return None;
             }
         }
@@ -209,11 +204,12 @@ mod tests {
     use super::*;
     use crate::conn::tests::test_conn;
     use crate::message::Message;
+    use crate::request::Request;
     use crate::router::Router;
 
     fn pool(mode: WorkerMode, size: usize) -> Arc<WorkerPool> {
         let router = Router::new().route(1, |req: Request| async move {
-            req.conn().try_send(1, req.data().clone())
+            req.conn().try_send(1, req.data())
         });
         WorkerPool::new(mode, size, 4, Arc::new(router.compile(None, None)))
     }
@@ -261,7 +257,8 @@ mod tests {
             let open = CloseSignal::default();
             let _permit = lane.permit(&open).await.unwrap();
             let mut slot = Slot::default();
-            if let Some(handling) = lane.dispatch(&conn, Message::new(1, ""), &mut slot) {
+            if let Some(handling) = lane.dispatch(&conn, &mut None, Message::new(1, ""), &mut slot)
+            {
                 handling.await;
             }
         };

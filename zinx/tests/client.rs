@@ -349,7 +349,7 @@ async fn a_client_flooding_a_server_with_small_queues_gets_every_reply() {
         ..config()
     };
     let server = TestServer::start(Server::builder(small.clone()).router(
-        Router::new().route_sync(1, |req: Request| {
+        Router::new().route_sync(1, |req: &Request| {
             req.conn().try_send(2, Bytes::from(vec![7u8; 4096]))
         }),
     ))
@@ -359,7 +359,7 @@ async fn a_client_flooding_a_server_with_small_queues_gets_every_reply() {
     let counted = replies.clone();
     let client = Client::builder(server.addr.to_string())
         .config(small)
-        .router(Router::new().route_sync(2, move |_req: Request| {
+        .router(Router::new().route_sync(2, move |_req: &Request| {
             if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == COUNT {
                 let _ = done_tx.try_send(());
             }

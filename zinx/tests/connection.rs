@@ -149,7 +149,7 @@ async fn a_sync_route_replies_to_every_pipelined_request_through_a_small_queue()
     // Each request is answered with 4 KiB by `try_send` into a 4-message queue:
     // a read brings hundreds of requests, so only the reader waiting for room
     // (SendQueueFull = "wait", the default) keeps the replies from being refused.
-    let router = Router::new().route_sync(1, |req: Request| {
+    let router = Router::new().route_sync(1, |req: &Request| {
         let mut reply = vec![0u8; 4096];
         reply[..4].copy_from_slice(&req.data()[..4]);
         req.conn().try_send(1, reply)
@@ -233,7 +233,7 @@ async fn peer_half_close_still_gets_every_reply() {
     // replies for everything it sent arrive before the server closes.
     let router = Router::new().route(1, |req: Request| async move {
         tokio::task::yield_now().await;
-        req.conn().send(1, req.data().clone()).await
+        req.conn().send(1, req.data()).await
     });
     let server = TestServer::start(Server::builder(config()).router(router)).await;
     let mut client = RawClient::connect(server.addr, Layout::Tlv).await;

@@ -35,7 +35,7 @@ async fn messages_of_a_connection_are_handled_in_arrival_order_in_every_mode() {
             for _ in 0..(n % 5) {
                 tokio::task::yield_now().await;
             }
-            req.conn().send(1, req.data().clone()).await
+            req.conn().send(1, req.data()).await
         });
         let server = TestServer::start(Server::builder(cfg).router(router)).await;
         let mut tasks = Vec::new();

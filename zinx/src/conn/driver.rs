@@ -106,7 +106,7 @@ impl<F: Framing> Engine<F> {
             send_queue_full: self.send_queue_full,
             encoder: crate::conn::outgoing::Encoder::new(&self.framing),
             manager: self.manager.downgrade(),
-            jobs: Some(lane.jobs()),
+            jobs: Some(self.pool.jobs()),
             tracker: Some(self.tracker.clone()),
             #[cfg(feature = "metrics")]
             metrics: self.metrics.clone(),
@@ -409,7 +409,7 @@ mod tests {
     async fn a_peer_that_stops_reading_is_declared_dead_while_its_replies_wait() {
         let hb = Heartbeat::new(Duration::from_secs(1)).max_silence(Duration::from_secs(3));
         let router =
-            Router::new().route_sync(1, |req: Request| req.conn().try_send(1, req.data().clone()));
+            Router::new().route_sync(1, |req: &Request| req.conn().try_send(1, req.data()));
         let (peer, task) = start_with_pipe(Arc::new(engine(Some(hb), router)), 64);
         // The peer sends and never reads: the send queue fills and the reader
         // waits for room, reading nothing more.

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 use tokio_util::codec::Decoder;
@@ -35,13 +35,13 @@ use tokio_util::task::TaskTracker;
 use crate::codec::{Codec, Layout};
 use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
-use crate::conn::outgoing::{Encoder, Outgoing, Receiver, SendQueue};
+use crate::conn::outgoing::{Copied, Encoder, Outgoing, Receiver, SendQueue};
 use crate::conn::writer::Drive;
 use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::lock;
 use crate::manager::{ConnManager, ManagerShared};
-use crate::message::{ConnId, Message, MsgId};
+use crate::message::{ConnId, Message, MsgId, Payload};
 use crate::queue::{PushError, Queue};
 use crate::worker::{Callback, Job, Jobs};
 
@@ -127,6 +127,26 @@ pub(crate) struct Parts {
     pub(crate) tracker: Option<TaskTracker>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// A payload the send queue refused, as it came back: the payload itself if it
+/// was to be copied, else the message made of it.
+enum Unsent<P> {
+    Payload(P),
+    Message(Message),
+}
+
+impl<P: Payload> Unsent<P> {
+    /// The message to queue once there is room.
+    fn into_message(self, id: MsgId) -> Message {
+        match self {
+            Unsent::Payload(data) => Message {
+                id,
+                data: data.into_bytes(),
+            },
+            Unsent::Message(msg) => msg,
+        }
+    }
 }
 
 impl Connection {
@@ -223,17 +243,21 @@ impl Connection {
     pub fn send(
         &self,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         // The common case (room in the queue) is decided here, so the future a
-        // handler awaits is a few words; the waiting path, rare, is boxed. Handler
-        // futures embed this one and are moved and boxed per message.
+        // handler awaits is a few words (and borrows no payload); the waiting
+        // path, rare, is boxed. Handler futures embed this one and are moved and
+        // boxed per message.
+        let id = id.into();
         let fast = self
-            .outgoing(id.into(), data.into())
-            .and_then(|msg| match self.enqueue(msg) {
+            .check(data.len())
+            .and_then(|()| match self.enqueue(id, data) {
                 Ok(()) => Ok(None),
-                Err(PushError::Full(msg)) if self.shared.send_queue_full == SendQueueFull::Wait => {
-                    Ok(Some(msg))
+                Err(PushError::Full(back))
+                    if self.shared.send_queue_full == SendQueueFull::Wait =>
+                {
+                    Ok(Some(back.into_message(id)))
                 }
                 Err(e) => Err(self.refused(e)),
             });
@@ -312,7 +336,7 @@ impl Connection {
 
     /// Why the send queue refused a message, as the sender's error.
     #[cold]
-    fn refused(&self, e: PushError<Message, Error>) -> Error {
+    fn refused<T>(&self, e: PushError<T, Error>) -> Error {
         match e {
             PushError::Full(_) => self.queue_full(),
             PushError::Closed(_) => Error::Closed,
@@ -393,36 +417,55 @@ impl Connection {
     ///
     /// [`Error::QueueFull`] when `MaxMsgChanLen` messages are already queued,
     /// [`Error::Closed`] and [`Error::FrameTooLarge`] as for [`send`](Self::send).
-    pub fn try_send(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Result<(), Error> {
-        let msg = self
-            .outgoing(id.into(), data.into())
-            .map_err(|e| self.failed(e))?;
-        self.enqueue(msg).map_err(|e| self.failed(self.refused(e)))
+    pub fn try_send(&self, id: impl Into<MsgId>, data: impl Payload) -> Result<(), Error> {
+        self.check(data.len()).map_err(|e| self.failed(e))?;
+        self.enqueue(id.into(), data)
+            .map_err(|e| self.failed(self.refused(e)))
     }
 
-    /// Queues `msg` if there is room, then makes sure the writer runs.
+    /// Queues `data` if there is room: copied into the send buffer when it can
+    /// be (see [`Payload`]), else as `Bytes`. What was refused comes back.
     #[inline]
-    fn enqueue(&self, msg: Message) -> Result<(), PushError<Message, Error>> {
-        let (id, len) = (msg.id, msg.data.len());
-        self.shared.queue.try_push(msg)?;
+    fn enqueue<P: Payload>(&self, id: MsgId, data: P) -> Result<(), PushError<Unsent<P>, Error>> {
+        let len = data.len();
+        match data.to_copy() {
+            Some(copy) => {
+                let pushed = self.shared.queue.try_push(Copied { id, data: copy });
+                if let Err(e) = pushed {
+                    return Err(e.map(drop).map(|()| Unsent::Payload(data)));
+                }
+            }
+            None => {
+                let msg = Message {
+                    id,
+                    data: data.into_bytes(),
+                };
+                self.shared
+                    .queue
+                    .try_push(msg)
+                    .map_err(|e| e.map(Unsent::Message))?;
+            }
+        }
         self.queued(id, len);
         Ok(())
     }
 
+    /// Fails a send before queuing: the connection is closed, or the data is
+    /// longer than the framing allows.
     #[inline]
-    fn outgoing(&self, id: MsgId, data: Bytes) -> Result<Message, Error> {
+    fn check(&self, len: usize) -> Result<(), Error> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
         if let Some(max) = self.shared.max_data_len
-            && data.len() > max
+            && len > max
         {
             return Err(Error::FrameTooLarge {
-                len: data.len() as u64,
+                len: len as u64,
                 max: max as u64,
             });
         }
-        Ok(Message { id, data })
+        Ok(())
     }
 
     /// Closes the connection: the reader stops, the writer writes what is already
@@ -599,6 +642,24 @@ impl Connection {
     pub(crate) fn close_signal(&self) -> &CloseSignal {
         &self.shared.close
     }
+
+    /// How many handles of this connection exist.
+    #[cfg(test)]
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.shared)
+    }
+
+    /// True if both are handles of the same connection.
+    #[cfg(test)]
+    pub(crate) fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The queue of callbacks (async op results) for the connection's reader to
+    /// run, if it has one.
+    pub(crate) fn jobs(&self) -> Option<&Jobs> {
+        self.shared.jobs.as_deref()
+    }
 }
 
 /// What is sent on a [`Connection::detached`] connection: the messages, in the
@@ -693,6 +754,8 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use bytes::Bytes;
+
     use crate::framing::Framing;
 
     pub(crate) fn test_conn(queue: usize) -> (Connection, Outbox) {
@@ -854,6 +917,71 @@ pub(crate) mod tests {
         assert!(matches!(err, Error::FrameTooLarge { len: 17, max: 16 }));
         conn.try_send(1, vec![0u8; 16]).unwrap();
         assert_eq!(rx.recv().await.unwrap().data.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_payload_arrives_intact() {
+        let (conn, mut rx) = test_conn(32);
+        let bytes = Bytes::from_static(b"bytes");
+        let vec = b"vec".to_vec();
+        let string = String::from("string");
+        let bytes_mut = BytesMut::from(&b"bytes_mut"[..]);
+        conn.try_send(1, &bytes).unwrap();
+        conn.try_send(1, &vec).unwrap();
+        conn.try_send(1, &string).unwrap();
+        conn.try_send(1, &bytes_mut).unwrap();
+        conn.try_send(1, &b"array"[..]).unwrap();
+        conn.try_send(1, b"array").unwrap();
+        conn.try_send(1, "str").unwrap();
+        conn.send(1, &bytes).await.unwrap();
+        conn.send(1, string.as_str()).await.unwrap();
+        conn.send(1, bytes.clone()).await.unwrap();
+        conn.send(1, vec.clone()).await.unwrap();
+        conn.send(1, string.clone()).await.unwrap();
+        conn.send(1, bytes_mut.clone()).await.unwrap();
+        conn.send(1, vec.into_boxed_slice()).await.unwrap();
+        let expected: [&[u8]; 14] = [
+            b"bytes",
+            b"vec",
+            b"string",
+            b"bytes_mut",
+            b"array",
+            b"array",
+            b"str",
+            b"bytes",
+            b"string",
+            b"bytes",
+            b"vec",
+            b"string",
+            b"bytes_mut",
+            b"vec",
+        ];
+        for want in expected {
+            assert_eq!(&rx.recv().await.unwrap().data[..], want);
+        }
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_borrowed_payload_that_waits_for_room_is_sent_intact() {
+        let (conn, mut rx) = test_conn(1);
+        conn.try_send(1, "first").unwrap();
+        let data = vec![9u8, 8, 7];
+        {
+            let waiting = conn.send(2, &data[..]);
+            tokio::pin!(waiting);
+            assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+            assert_eq!(&rx.recv().await.unwrap().data[..], b"first");
+            waiting.await.unwrap();
+        }
+        assert_eq!(rx.recv().await.unwrap(), Message::new(2, data));
+        // Refused at once under the other policies, and checked for length.
+        assert!(
+            conn.try_send(3, &[1u8; 17])
+                .unwrap_err()
+                .to_string()
+                .contains("17")
+        );
     }
 
     #[derive(Clone, Debug, PartialEq)]

@@ -22,7 +22,8 @@ use crate::conn::Connection;
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::message::Message;
-use crate::queue::{Queue, Store};
+use crate::message::MsgId;
+use crate::queue::{Put, Queue, Store};
 
 /// Payloads at least this long are written from their own buffer (vectored
 /// write) instead of being copied next to their header.
@@ -242,14 +243,43 @@ impl Outgoing {
     }
 }
 
+/// A message whose data is copied into the send buffer (see
+/// [`Payload`](crate::Payload)): nothing owns the data until it is there.
+pub(crate) struct Copied<'a> {
+    pub(crate) id: MsgId,
+    pub(crate) data: &'a [u8],
+}
+
 impl Store for Outgoing {
-    type Item = Message;
     type Rejected = Error;
 
     fn count(&self) -> usize {
         self.messages
     }
+}
 
+impl Put<Copied<'_>> for Outgoing {
+    #[inline]
+    fn put(&mut self, msg: Copied<'_>) -> Result<(), Error> {
+        match &mut self.encoder {
+            Encoder::Zinx(codec) => {
+                Codec::encode_into(codec, msg.id, msg.data, &mut self.frames.small)
+            }
+            // Other framings encode messages: the data becomes one.
+            Encoder::Other(encoder) => encoder.encode_into(
+                Message {
+                    id: msg.id,
+                    data: Bytes::copy_from_slice(msg.data),
+                },
+                &mut self.frames,
+            ),
+        }?;
+        self.messages += 1;
+        Ok(())
+    }
+}
+
+impl Put<Message> for Outgoing {
     #[inline]
     fn put(&mut self, msg: Message) -> Result<(), Error> {
         match &mut self.encoder {
@@ -330,6 +360,27 @@ mod tests {
                 Message::new(3, "c")
             ]
         );
+    }
+
+    #[test]
+    fn borrowed_payloads_are_copied_except_a_long_bytes() {
+        let (conn, _outbox) = Connection::detached(8);
+        let long = Bytes::from(vec![5u8; ZERO_COPY_MIN]);
+        let short = Bytes::from_static(b"short");
+        conn.try_send(1, &short).unwrap();
+        conn.try_send(2, &long[..]).unwrap();
+        let mut out = Frames::default();
+        conn.send_queue().take(|o| o.take_into(&mut out));
+        assert!(
+            out.segments.is_empty(),
+            "a short Bytes and a slice are copied"
+        );
+        assert_eq!(out.len(), 2 * 8 + 5 + ZERO_COPY_MIN);
+        conn.try_send(3, &long).unwrap();
+        let mut out = Frames::default();
+        conn.send_queue().take(|o| o.take_into(&mut out));
+        assert_eq!(out.segments.len(), 2, "the header, then the payload");
+        assert_eq!(out.segments[1].as_ptr(), long.as_ptr(), "not copied");
     }
 
     #[test]

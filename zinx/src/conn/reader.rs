@@ -165,6 +165,8 @@ where
         let mut batch = Vec::new();
         // The running handler's future: one allocation for all the messages.
         let mut slot = Slot::default();
+        // The handle synchronous routes' requests borrow (see `Lane::dispatch`).
+        let mut lent = None;
         loop {
             // The read's result is matched in this statement, so it is not kept
             // across the dispatch below.
@@ -173,7 +175,7 @@ where
                 // Cancel-safe: recv loses nothing; the job runs in the branch body, so
                 // no other branch can interrupt it. Closing the connection closes
                 // the job queue, so this is also how the reader learns of the close.
-                job = lane.next_job() => match job {
+                job = lane.next_job(conn) => match job {
                     Some(job) if !signal.is_closed() => {
                         // Boxed: rare, and it would enlarge every connection's reader.
                         Box::pin(lane.run_job(job)).await;
@@ -278,7 +280,7 @@ where
                         .and_then(|x| x.metrics.as_ref())
                         .map(|_| std::time::Instant::now());
                     // A synchronous route is done when `dispatch` returns.
-                    if let Some(handling) = lane.dispatch(conn, msg, &mut slot) {
+                    if let Some(handling) = lane.dispatch(conn, &mut lent, msg, &mut slot) {
                         handling.await;
                     }
                     #[cfg(feature = "metrics")]
@@ -436,7 +438,7 @@ mod tests {
 
     fn inline_lane() -> Lane {
         let router = Router::new().route(1, |req: Request| async move {
-            req.conn().try_send(req.msg_id(), req.data().clone())
+            req.conn().try_send(req.msg_id(), req.data())
         });
         WorkerPool::new(WorkerMode::Hash, 0, 1, Arc::new(router.compile(None, None)))
             .assign(ConnId(1))
@@ -467,9 +469,8 @@ mod tests {
     /// A pool of `workers` (0: handled on the reader) whose route 1 echoes
     /// synchronously with `try_send`.
     fn sync_echo_pool(workers: usize) -> Arc<WorkerPool> {
-        let router = Router::new().route_sync(1, |req: Request| {
-            let (conn, msg) = req.into_parts();
-            conn.try_send(msg.id, msg.data)
+        let router = Router::new().route_sync(1, |req: &Request| {
+            req.conn().try_send(req.msg_id(), req.data())
         });
         WorkerPool::new(
             WorkerMode::Hash,
@@ -556,10 +557,10 @@ mod tests {
     /// handles and, if `reply`, echoes them with `try_send`.
     fn counting_lane(handled: &Arc<AtomicUsize>, reply: bool) -> Lane {
         let handled = handled.clone();
-        let router = Router::new().route_sync(1, move |req: Request| {
+        let router = Router::new().route_sync(1, move |req: &Request| {
             handled.fetch_add(1, Ordering::SeqCst);
             if reply {
-                req.conn().try_send(1, req.data().clone())
+                req.conn().try_send(1, req.data())
             } else {
                 Ok(())
             }
@@ -651,20 +652,23 @@ mod tests {
 
     #[tokio::test]
     async fn close_stops_a_reader_waiting_for_bytes() {
-        let mut lane = inline_lane();
-        // As a server sets it up: the connection closes its lane's job queue.
-        let (conn, _rx) = Connection::detached_with(crate::conn::Detached {
-            id: ConnId(1),
-            queue: 16,
-            send_queue_full: crate::SendQueueFull::Wait,
-            max_data_len: None,
-            manager: std::sync::Weak::new(),
-            jobs: Some(lane.jobs()),
-        });
-        let (_peer, io) = tokio::io::duplex(64);
-        let closer = conn.clone();
-        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
-        let (end, ()) = tokio::join!(reading, async move { closer.close() });
-        assert!(matches!(end, ReadEnd::Cancelled));
+        // As a server sets it up (closing the connection closes its queue of
+        // callbacks, which the reader waits on), and without such a queue.
+        for jobs in [Some(Arc::new(crate::worker::Jobs::new(1))), None] {
+            let mut lane = inline_lane();
+            let (conn, _rx) = Connection::detached_with(crate::conn::Detached {
+                id: ConnId(1),
+                queue: 16,
+                send_queue_full: crate::SendQueueFull::Wait,
+                max_data_len: None,
+                manager: std::sync::Weak::new(),
+                jobs,
+            });
+            let (_peer, io) = tokio::io::duplex(64);
+            let closer = conn.clone();
+            let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
+            let (end, ()) = tokio::join!(reading, async move { closer.close() });
+            assert!(matches!(end, ReadEnd::Cancelled));
+        }
     }
 }

@@ -169,5 +169,5 @@ pub fn bytes(s: &str) -> Bytes {
 
 /// The echo handler: replies with the same ID and data.
 pub async fn echo(req: zinx::Request) -> zinx::Result<()> {
-    req.conn().send(req.msg_id(), req.data().clone()).await
+    req.conn().send(req.msg_id(), req.data()).await
 }
