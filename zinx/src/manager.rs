@@ -392,7 +392,6 @@ mod tests {
             send_queue_full: crate::SendQueueFull::Wait,
             max_data_len: None,
             manager: manager.downgrade(),
-            jobs: None,
         })
     }
 

@@ -119,8 +119,11 @@ impl<T> Queue<VecDeque<T>> {
         Queue::with_store(VecDeque::new(), capacity)
     }
 
-    /// Takes the oldest item.
+    /// Takes the oldest item; without the lock when nothing is queued.
     pub(crate) fn pop(&self) -> Option<T> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
         self.take(VecDeque::pop_front)
     }
 }
@@ -303,10 +306,6 @@ impl<S: Store> Queue<S> {
         self.ready.store(true, Ordering::Release);
         self.writable.notify_waiters();
         self.readable.wake();
-    }
-
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Items queued.

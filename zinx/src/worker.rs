@@ -26,6 +26,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -78,10 +79,10 @@ impl WorkerPool {
         })
     }
 
-    /// A new connection's queue of async op results (the connection holds it;
-    /// its lane's reader runs what arrives).
-    pub(crate) fn jobs(&self) -> Arc<Jobs> {
-        Arc::new(Queue::new(self.callback_queue))
+    /// The bound of each connection's queue of async op results
+    /// (`MaxWorkerTaskLen`).
+    pub(crate) fn callback_queue(&self) -> usize {
+        self.callback_queue
     }
 
     /// The lane of a new connection.
@@ -165,23 +166,28 @@ impl Lane {
     }
 
     /// The next callback queued for the connection (async op results), or
-    /// `None` once its queue is closed (the connection closed; a connection
-    /// without such a queue waits for its close). Cancel-safe: waiting takes
-    /// nothing, and the item is taken only when this completes.
+    /// `None` once it is closed. The wait is on the close signal's reader slot,
+    /// which a queued result also wakes: one waker registered per poll, in a
+    /// cache line every message touches, and no queue until the first async op.
+    /// Cancel-safe: waiting takes nothing, and the item is taken only when this
+    /// completes.
     pub(crate) async fn next_job(&mut self, conn: &Connection) -> Option<Job> {
-        let Some(jobs) = conn.jobs() else {
-            conn.close_signal().closed_for(Waiter::Reader).await;
-            return None;
-        };
-        loop {
-            jobs.readable().await;
-            if let Some(job) = jobs.pop() {
-                return Some(job);
+        std::future::poll_fn(|cx| {
+            // Registered before the queue is checked, so a result queued after
+            // the check wakes this.
+            if conn
+                .close_signal()
+                .poll_closed_for(Waiter::Reader, cx)
+                .is_ready()
+            {
+                return Poll::Ready(None);
             }
-            if jobs.is_closed() {
-                return None;
+            match conn.jobs().and_then(Jobs::pop) {
+                Some(job) => Poll::Ready(Some(job)),
+                None => Poll::Pending,
             }
-        }
+        })
+        .await
     }
 
     /// Runs a callback taken by [`next_job`](Self::next_job), under the worker.

@@ -44,6 +44,16 @@ impl CloseSignal {
         true
     }
 
+    /// Wakes `who` if it waits (in [`poll_closed_for`](Self::poll_closed_for)),
+    /// without closing: the reader also waits here for async op results, whose
+    /// queue has no waker of its own registered.
+    pub(crate) fn wake(&self, who: Waiter) {
+        match who {
+            Waiter::Reader => self.reader.wake(),
+            Waiter::Writer => self.writer.wake(),
+        }
+    }
+
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

@@ -106,7 +106,7 @@ impl<F: Framing> Engine<F> {
             send_queue_full: self.send_queue_full,
             encoder: crate::conn::outgoing::Encoder::new(&self.framing),
             manager: self.manager.downgrade(),
-            jobs: Some(self.pool.jobs()),
+            jobs: self.pool.callback_queue(),
             tracker: Some(self.tracker.clone()),
             #[cfg(feature = "metrics")]
             metrics: self.metrics.clone(),
@@ -299,6 +299,34 @@ mod tests {
             Engine::run(engine, opened, (), None).await;
         });
         (peer, task)
+    }
+
+    #[tokio::test]
+    async fn an_async_op_result_wakes_the_reader_and_its_queue_comes_with_the_first_op() {
+        let (tx, mut had_queue) = tokio::sync::mpsc::unbounded_channel();
+        let router = Router::new().route(1, move |req: Request| {
+            let _ = tx.send(req.conn().jobs().is_some());
+            let started = req.conn().async_op(
+                || 41,
+                |conn, value| async move {
+                    let _ = conn.send(2, (value + 1).to_string()).await;
+                },
+            );
+            let _ = tx.send(req.conn().jobs().is_some());
+            async move { started }
+        });
+        let (mut peer, task) = start(Arc::new(engine(None, router)));
+        peer.write_all(&frame(1, "x")).await.unwrap();
+        // The reader waits for bytes when the result comes: only the wake of
+        // the close signal's reader slot gets it run.
+        let reply = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut peer))
+            .await
+            .expect("the result was run");
+        assert_eq!(reply, Message::new(2, "42"));
+        assert_eq!(had_queue.recv().await, Some(false), "none before the op");
+        assert_eq!(had_queue.recv().await, Some(true));
+        drop(peer);
+        task.await.unwrap();
     }
 
     async fn read_frame(peer: &mut DuplexStream) -> Message {

@@ -21,7 +21,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use std::collections::VecDeque;
@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::{Codec, Layout};
 use crate::config::SendQueueFull;
-use crate::conn::close::CloseSignal;
+use crate::conn::close::{CloseSignal, Waiter};
 use crate::conn::outgoing::{Copied, Encoder, Outgoing, Receiver, SendQueue};
 use crate::conn::writer::Drive;
 use crate::error::Error;
@@ -76,7 +76,11 @@ struct Shared {
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
-    jobs: Option<Arc<Jobs>>,
+    /// Async op results for the reader to run, made by the first op (most
+    /// connections never start one).
+    jobs: OnceLock<Arc<Jobs>>,
+    /// The bound of `jobs` (`MaxWorkerTaskLen`); 0: no async ops.
+    jobs_capacity: usize,
     tracker: Option<TaskTracker>,
     /// Completes when the previous async op's result was handed to the lane, so
     /// results are delivered in the order the ops were started.
@@ -106,8 +110,6 @@ pub(crate) struct Detached {
     pub(crate) send_queue_full: SendQueueFull,
     pub(crate) max_data_len: Option<usize>,
     pub(crate) manager: Weak<ManagerShared>,
-    /// A lane's callback queue, for a reader to run the connection on.
-    pub(crate) jobs: Option<Arc<Jobs>>,
 }
 
 /// What a new connection is made of.
@@ -121,8 +123,8 @@ pub(crate) struct Parts {
     /// The connection's framing, which encodes what is sent.
     pub(crate) encoder: Encoder,
     pub(crate) manager: Weak<ManagerShared>,
-    /// The lane's callback queue, for async op results.
-    pub(crate) jobs: Option<Arc<Jobs>>,
+    /// The bound of the queue of async op results (0: no async ops).
+    pub(crate) jobs: usize,
     /// Where async op tasks are tracked, so shutdown waits for them.
     pub(crate) tracker: Option<TaskTracker>,
     #[cfg(feature = "metrics")]
@@ -165,7 +167,8 @@ impl Connection {
             properties: Mutex::new(Extensions::new()),
             close_callbacks: Mutex::new(Some(Vec::new())),
             manager: parts.manager,
-            jobs: parts.jobs,
+            jobs: OnceLock::new(),
+            jobs_capacity: parts.jobs,
             tracker: parts.tracker,
             op_tail: Mutex::new(None),
             ops_in_flight: AtomicUsize::new(0),
@@ -189,7 +192,6 @@ impl Connection {
             send_queue_full: SendQueueFull::Wait,
             max_data_len: None,
             manager: Weak::new(),
-            jobs: None,
         })
     }
 
@@ -205,7 +207,7 @@ impl Connection {
             send_queue_full: d.send_queue_full,
             encoder: Encoder::Zinx(Outbox::codec()),
             manager: d.manager,
-            jobs: d.jobs,
+            jobs: 0,
             tracker: None,
             #[cfg(feature = "metrics")]
             metrics: None,
@@ -476,7 +478,7 @@ impl Connection {
             // The writer and the reader wait on these queues (one waker each
             // instead of a second one for the close): closed, they wake them.
             self.shared.queue.close();
-            if let Some(jobs) = &self.shared.jobs {
+            if let Some(jobs) = self.shared.jobs.get() {
                 jobs.close();
             }
         }
@@ -591,14 +593,21 @@ impl Connection {
         C: FnOnce(Connection, T) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (Some(jobs), Some(tracker)) = (&self.shared.jobs, &self.shared.tracker) else {
+        let capacity = self.shared.jobs_capacity;
+        let Some(tracker) = self.shared.tracker.as_ref().filter(|_| capacity > 0) else {
             return Err(Error::Closed);
         };
+        let jobs = self
+            .shared
+            .jobs
+            .get_or_init(|| Arc::new(Jobs::new(capacity)));
+        // Checked after the queue exists: a close either sees it (and closes
+        // it) or is seen here.
         if self.is_closed() {
             return Err(Error::Closed);
         }
         let in_flight = &self.shared.ops_in_flight;
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= jobs.capacity() {
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= capacity {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::QueueFull);
         }
@@ -616,8 +625,11 @@ impl Connection {
             match result {
                 Ok(value) if !conn.is_closed() => {
                     let callback: Callback = Box::new(move || Box::pin(then(conn, value)));
-                    // Fails only when the lane is gone, i.e. the connection ended.
-                    let _ = jobs.push(Job::Run(callback)).await;
+                    // Fails only when the connection closed. The reader waits
+                    // for results on the close signal's reader slot.
+                    if jobs.push(Job::Run(callback)).await.is_ok() {
+                        shared.close.wake(Waiter::Reader);
+                    }
                 }
                 Ok(_) => tracing::debug!("async op finished after its connection closed"),
                 Err(e) => tracing::error!(error = %e, "async op work panicked"),
@@ -658,7 +670,7 @@ impl Connection {
     /// The queue of callbacks (async op results) for the connection's reader to
     /// run, if it has one.
     pub(crate) fn jobs(&self) -> Option<&Jobs> {
-        self.shared.jobs.as_deref()
+        self.shared.jobs.get().map(|jobs| &**jobs)
     }
 }
 
@@ -772,7 +784,6 @@ pub(crate) mod tests {
             send_queue_full,
             max_data_len: Some(16),
             manager: Weak::new(),
-            jobs: None,
         })
     }
 
@@ -790,7 +801,7 @@ pub(crate) mod tests {
             send_queue_full: SendQueueFull::Wait,
             encoder: Encoder::new(&framing),
             manager: Weak::new(),
-            jobs: None,
+            jobs: 0,
             tracker: None,
             #[cfg(feature = "metrics")]
             metrics: None,

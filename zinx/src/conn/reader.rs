@@ -652,23 +652,12 @@ mod tests {
 
     #[tokio::test]
     async fn close_stops_a_reader_waiting_for_bytes() {
-        // As a server sets it up (closing the connection closes its queue of
-        // callbacks, which the reader waits on), and without such a queue.
-        for jobs in [Some(Arc::new(crate::worker::Jobs::new(1))), None] {
-            let mut lane = inline_lane();
-            let (conn, _rx) = Connection::detached_with(crate::conn::Detached {
-                id: ConnId(1),
-                queue: 16,
-                send_queue_full: crate::SendQueueFull::Wait,
-                max_data_len: None,
-                manager: std::sync::Weak::new(),
-                jobs,
-            });
-            let (_peer, io) = tokio::io::duplex(64);
-            let closer = conn.clone();
-            let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
-            let (end, ()) = tokio::join!(reading, async move { closer.close() });
-            assert!(matches!(end, ReadEnd::Cancelled));
-        }
+        let mut lane = inline_lane();
+        let (conn, _rx) = test_conn(16);
+        let (_peer, io) = tokio::io::duplex(64);
+        let closer = conn.clone();
+        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
+        let (end, ()) = tokio::join!(reading, async move { closer.close() });
+        assert!(matches!(end, ReadEnd::Cancelled));
     }
 }
