@@ -19,9 +19,8 @@
 //! nothing queues up in memory. Running on the reader saves the queue hop and a
 //! task wake-up per message (see docs/PERFORMANCE.md).
 //!
-//! Each lane also has a small queue of callbacks (async op results), which the
-//! reader runs under the same worker permit, so they never overlap the
-//! connection's handlers.
+//! A connection's async op results (callbacks) are run by its reader under the
+//! same worker permit, so they never overlap the connection's handlers.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -41,8 +40,7 @@ use crate::router::{Dispatcher, Dispatching, Slot};
 /// A callback delivered to a connection's lane (an async op's result).
 pub(crate) type Callback = Box<dyn FnOnce() -> BoxFuture + Send>;
 
-/// What the lane's callback queue carries.
-/// A lane's queue of callbacks.
+/// A connection's queue of async op results, made by its first op.
 pub(crate) type Jobs = Queue<VecDeque<Job>>;
 
 pub(crate) enum Job {

@@ -5,8 +5,9 @@
 //! waiter per poll, which showed up as one of the largest per-message costs. Here
 //! the reader and the writer each have an `AtomicWaker` slot (a poll is two atomic
 //! loads and a register), and everything else that waits for the close
-//! (`Connection::closed`) uses a `Notify`. The reader's and writer's main loops
-//! wait on their queues instead, which the close closes.
+//! (`Connection::closed`) uses a `Notify`. The writer's main loop waits on the
+//! send queue instead, which the close closes; the reader's waits here, in its
+//! slot, which a queued async op result also wakes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};

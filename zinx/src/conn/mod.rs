@@ -1038,3 +1038,10 @@ pub(crate) mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 111);
     }
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn probe() {
+        eprintln!("PROBE Shared={} Jobs={} WriterState={}", std::mem::size_of::<super::Shared>(), std::mem::size_of::<crate::worker::Jobs>(), std::mem::size_of::<super::WriterState>());
+    }
+}

@@ -172,9 +172,9 @@ where
             // across the dispatch below.
             let n = match tokio::select! {
                 biased;
-                // Cancel-safe: recv loses nothing; the job runs in the branch body, so
-                // no other branch can interrupt it. Closing the connection closes
-                // the job queue, so this is also how the reader learns of the close.
+                // Cancel-safe: waiting takes nothing; the job runs in the branch
+                // body, so no other branch can interrupt it. It waits on the close
+                // signal, so this is also how the reader learns of the close.
                 job = lane.next_job(conn) => match job {
                     Some(job) if !signal.is_closed() => {
                         // Boxed: rare, and it would enlarge every connection's reader.
