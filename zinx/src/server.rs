@@ -409,7 +409,14 @@ impl<F: Framing> Server<F> {
             let opened = span.in_scope(|| engine.open(r, w, endpoint));
             // The slots are given back with the connection's other resources,
             // before on_disconnect.
-            tracker.spawn(Engine::run(engine.clone(), opened, slots, None).instrument(span));
+            let run = Engine::run(engine.clone(), opened, slots, None);
+            // Without a subscriber for the span (logging above INFO), no wrapper:
+            // it would be polled on every turn of the task for nothing.
+            if span.is_disabled() {
+                tracker.spawn(run);
+            } else {
+                tracker.spawn(run.instrument(span));
+            }
         }
 
         drop(listener);

@@ -68,6 +68,10 @@ struct Shared {
     max_data_len: Option<usize>,
     send_queue_full: SendQueueFull,
     queue: SendQueue,
+    /// Async op results for the reader to run, made by the first op (most
+    /// connections never start one). Next to the close flag: the reader looks
+    /// at both on every turn.
+    jobs: OnceLock<Arc<Jobs>>,
     close: CloseSignal,
     id: ConnId,
     peer: SocketAddr,
@@ -76,9 +80,6 @@ struct Shared {
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
     manager: Weak<ManagerShared>,
-    /// Async op results for the reader to run, made by the first op (most
-    /// connections never start one).
-    jobs: OnceLock<Arc<Jobs>>,
     /// The bound of `jobs` (`MaxWorkerTaskLen`); 0: no async ops.
     jobs_capacity: usize,
     tracker: Option<TaskTracker>,
@@ -1036,12 +1037,5 @@ pub(crate) mod tests {
             c.fetch_add(100, Ordering::SeqCst);
         });
         assert_eq!(count.load(Ordering::SeqCst), 111);
-    }
-}
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn probe() {
-        eprintln!("PROBE Shared={} Jobs={} WriterState={}", std::mem::size_of::<super::Shared>(), std::mem::size_of::<crate::worker::Jobs>(), std::mem::size_of::<super::WriterState>());
     }
 }
