@@ -836,12 +836,12 @@ impl Dispatcher {
     /// Runs the chain for `req`: a synchronous route is done when this returns
     /// (`None`); otherwise the chain's future is started in `slot`, which a
     /// connection reuses for all its messages, and the future returned polls it.
-    #[inline]
     ///
     /// The request is made with `lent`, the reader's own handle of `conn`, and a
     /// synchronous route gives it back: a request costs no reference count
     /// (when `lent` is empty, after an asynchronous route kept it, `conn` is
     /// cloned).
+    #[inline]
     pub(crate) fn dispatch_in<'a>(
         &self,
         conn: &'a Connection,
