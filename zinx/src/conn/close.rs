@@ -49,9 +49,13 @@ impl CloseSignal {
     /// without closing: the reader also waits here for async op results, whose
     /// queue has no waker of its own registered.
     pub(crate) fn wake(&self, who: Waiter) {
+        self.slot(who).wake();
+    }
+
+    fn slot(&self, who: Waiter) -> &AtomicWaker {
         match who {
-            Waiter::Reader => self.reader.wake(),
-            Waiter::Writer => self.writer.wake(),
+            Waiter::Reader => &self.reader,
+            Waiter::Writer => &self.writer,
         }
     }
 
@@ -73,11 +77,7 @@ impl CloseSignal {
         if self.is_closed() {
             return Poll::Ready(());
         }
-        let slot = match who {
-            Waiter::Reader => &self.reader,
-            Waiter::Writer => &self.writer,
-        };
-        slot.register(cx.waker());
+        self.slot(who).register(cx.waker());
         // Checked again after registering, so a close in between is not missed.
         if self.is_closed() {
             Poll::Ready(())

@@ -261,19 +261,14 @@ impl Store for Outgoing {
 impl Put<Copied<'_>> for Outgoing {
     #[inline]
     fn put(&mut self, msg: Copied<'_>) -> Result<(), Error> {
-        match &mut self.encoder {
-            Encoder::Zinx(codec) => {
-                Codec::encode_into(codec, msg.id, msg.data, &mut self.frames.small)
-            }
+        let Encoder::Zinx(codec) = &self.encoder else {
             // Other framings encode messages: the data becomes one.
-            Encoder::Other(encoder) => encoder.encode_into(
-                Message {
-                    id: msg.id,
-                    data: Bytes::copy_from_slice(msg.data),
-                },
-                &mut self.frames,
-            ),
-        }?;
+            return self.put(Message {
+                id: msg.id,
+                data: Bytes::copy_from_slice(msg.data),
+            });
+        };
+        Codec::encode_into(codec, msg.id, msg.data, &mut self.frames.small)?;
         self.messages += 1;
         Ok(())
     }
