@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -163,32 +162,7 @@ impl Lane {
         to_poll
     }
 
-    /// The next callback queued for the connection (async op results), or
-    /// `None` once it is closed. The wait is on the close signal's reader slot,
-    /// which a queued result also wakes: one waker registered per poll, in a
-    /// cache line every message touches, and no queue until the first async op.
-    /// Cancel-safe: waiting takes nothing, and the item is taken only when this
-    /// completes.
-    pub(crate) async fn next_job(&mut self, conn: &Connection) -> Option<Job> {
-        std::future::poll_fn(|cx| {
-            // Registered before the queue is checked, so a result queued after
-            // the check wakes this.
-            if conn
-                .close_signal()
-                .poll_closed_for(Waiter::Reader, cx)
-                .is_ready()
-            {
-                return Poll::Ready(None);
-            }
-            match conn.jobs().and_then(Jobs::pop) {
-                Some(job) => Poll::Ready(Some(job)),
-                None => Poll::Pending,
-            }
-        })
-        .await
-    }
-
-    /// Runs a callback taken by [`next_job`](Self::next_job), under the worker.
+    /// Runs a callback taken by [`Connection::next_job`], under the worker.
     pub(crate) async fn run_job(&self, job: Job) {
         let _permit = match &self.worker {
             Some(worker) => Some(worker.lock().await),

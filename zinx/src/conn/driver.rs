@@ -148,7 +148,7 @@ impl<F: Framing> Engine<F> {
         let Opened {
             r,
             conn,
-            mut lane,
+            lane,
             registration,
         } = opened;
         async move {
@@ -169,7 +169,7 @@ impl<F: Framing> Engine<F> {
                     reader::run(
                         r,
                         &conn,
-                        &mut lane,
+                        &lane,
                         engine.framing.clone(),
                         engine.read_buf,
                         reader::Extras::new(

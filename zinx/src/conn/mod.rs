@@ -435,6 +435,7 @@ impl Connection {
             Some(copy) => {
                 let pushed = self.shared.queue.try_push(Copied { id, data: copy });
                 if let Err(e) = pushed {
+                    // The refused copy borrows `data`: dropped before `data` goes back.
                     return Err(e.map(drop).map(|()| Unsent::Payload(data)));
                 }
             }
@@ -672,6 +673,32 @@ impl Connection {
     /// run, if it has one.
     pub(crate) fn jobs(&self) -> Option<&Jobs> {
         self.shared.jobs.get().map(|jobs| &**jobs)
+    }
+
+    /// The next async op result for the reader to run, or `None` once the
+    /// connection is closed. The wait is on the close signal's reader slot,
+    /// which a queued result also wakes: one waker registered per poll, in a
+    /// cache line every message touches, and no queue until the first async op.
+    /// Cancel-safe: waiting takes nothing, and the item is taken only when this
+    /// completes.
+    pub(crate) async fn next_job(&self) -> Option<Job> {
+        std::future::poll_fn(|cx| {
+            // Registered before the queue is checked, so a result queued after
+            // the check wakes this.
+            if self
+                .shared
+                .close
+                .poll_closed_for(Waiter::Reader, cx)
+                .is_ready()
+            {
+                return Poll::Ready(None);
+            }
+            match self.jobs().and_then(Jobs::pop) {
+                Some(job) => Poll::Ready(Some(job)),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 

@@ -145,7 +145,7 @@ const MAX_CHUNK: usize = 64 * 1024;
 pub(crate) fn run<'a, R, F>(
     mut io: R,
     conn: &'a Connection,
-    lane: &'a mut Lane,
+    lane: &'a Lane,
     mut framing: F,
     initial_chunk: usize,
     mut extras: Option<Box<Extras<'a>>>,
@@ -175,7 +175,7 @@ where
                 // Cancel-safe: waiting takes nothing; the job runs in the branch
                 // body, so no other branch can interrupt it. It waits on the close
                 // signal, so this is also how the reader learns of the close.
-                job = lane.next_job(conn) => match job {
+                job = conn.next_job() => match job {
                     Some(job) if !signal.is_closed() => {
                         // Boxed: rare, and it would enlarge every connection's reader.
                         Box::pin(lane.run_job(job)).await;
@@ -433,7 +433,7 @@ mod tests {
     /// Reads `io` to its end with a 16-byte first read and no extras, handling
     /// on the reader (no worker).
     async fn run_inline(io: tokio::io::DuplexStream, conn: &Connection, codec: Codec) -> ReadEnd {
-        run(io, conn, &mut inline_lane(), codec, 16, None).await
+        run(io, conn, &inline_lane(), codec, 16, None).await
     }
 
     fn inline_lane() -> Lane {
@@ -488,8 +488,8 @@ mod tests {
             peer.write_all(&wire(1, &[i])).await.unwrap();
         }
         drop(peer);
-        let mut lane = sync_echo_pool(0).assign(conn.id());
-        let reading = run(io, &conn, &mut lane, Codec::default(), 1024, None);
+        let lane = sync_echo_pool(0).assign(conn.id());
+        let reading = run(io, &conn, &lane, Codec::default(), 1024, None);
         let draining = async {
             let mut got = Vec::new();
             while got.len() < 10 {
@@ -516,8 +516,8 @@ mod tests {
             peer.write_all(&wire(1, &[i])).await.unwrap();
         }
         drop(peer);
-        let mut lane = sync_echo_pool(0).assign(conn.id());
-        let end = run(io, &conn, &mut lane, Codec::default(), 1024, None).await;
+        let lane = sync_echo_pool(0).assign(conn.id());
+        let end = run(io, &conn, &lane, Codec::default(), 1024, None).await;
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(rx.try_recv().unwrap().data[0], 0);
         assert_eq!(rx.try_recv().unwrap().data[0], 1);
@@ -536,12 +536,12 @@ mod tests {
         }
         fast_peer.write_all(&wire(1, b"f")).await.unwrap();
         let pool = sync_echo_pool(1);
-        let (mut slow_lane, mut fast_lane) = (pool.assign(slow.id()), pool.assign(fast.id()));
-        let slow_reading = run(slow_io, &slow, &mut slow_lane, Codec::default(), 1024, None);
+        let (slow_lane, fast_lane) = (pool.assign(slow.id()), pool.assign(fast.id()));
+        let slow_reading = run(slow_io, &slow, &slow_lane, Codec::default(), 1024, None);
         let fast_reading = async {
             // Let the slow connection fill its queue first.
             tokio::task::yield_now().await;
-            run(fast_io, &fast, &mut fast_lane, Codec::default(), 1024, None).await
+            run(fast_io, &fast, &fast_lane, Codec::default(), 1024, None).await
         };
         let reply = async { fast_rx.recv().await.unwrap() };
         tokio::select! {
@@ -572,13 +572,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_stops_a_reader_waiting_for_room() {
         let handled = Arc::new(AtomicUsize::new(0));
-        let mut lane = counting_lane(&handled, true);
+        let lane = counting_lane(&handled, true);
         let (conn, _rx) = test_conn(1);
         let (mut peer, io) = tokio::io::duplex(1024);
         for i in 0..3u8 {
             peer.write_all(&wire(1, &[i])).await.unwrap();
         }
-        let reading = run(io, &conn, &mut lane, Codec::default(), 1024, None);
+        let reading = run(io, &conn, &lane, Codec::default(), 1024, None);
         let closing = async {
             for _ in 0..100 {
                 if handled.load(Ordering::SeqCst) >= 2 {
@@ -605,7 +605,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_queue_filled_by_others_does_not_stop_handlers_that_do_not_send() {
         let handled = Arc::new(AtomicUsize::new(0));
-        let mut lane = counting_lane(&handled, false);
+        let lane = counting_lane(&handled, false);
         let (conn, _rx) = test_conn(1);
         // Full, and never drained: as if a broadcast filled it and the peer stopped
         // reading. Nothing the handler does needs room, so reading goes on.
@@ -617,7 +617,7 @@ mod tests {
         drop(peer);
         let end = tokio::time::timeout(
             Duration::from_secs(1),
-            run(io, &conn, &mut lane, Codec::default(), 1024, None),
+            run(io, &conn, &lane, Codec::default(), 1024, None),
         )
         .await
         .expect("the reader does not wait for room it does not need");
@@ -652,11 +652,11 @@ mod tests {
 
     #[tokio::test]
     async fn close_stops_a_reader_waiting_for_bytes() {
-        let mut lane = inline_lane();
+        let lane = inline_lane();
         let (conn, _rx) = test_conn(16);
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
-        let reading = run(io, &conn, &mut lane, Codec::default(), 16, None);
+        let reading = run(io, &conn, &lane, Codec::default(), 16, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));
     }
