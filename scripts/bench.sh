@@ -6,10 +6,11 @@
 #   DURATION=3 ROUNDS=1 scripts/bench.sh   # quick look
 #
 # Server and load generator are pinned to different CPUs; both servers run each
-# scenario under identical loads, alternately, ROUNDS times, and the report uses
-# the best round (the least disturbed on a shared machine). Every server is a
-# fresh process per run, so memory figures
-# are not flattered by an earlier run's allocations. Traffic stays on loopback.
+# scenario under identical loads, alternately (taking turns going first), ROUNDS
+# times, and the report uses the best round (the least disturbed on a shared
+# machine) and the median of the paired rounds. Every server is a fresh process
+# per run, so memory figures are not flattered by an earlier run's allocations.
+# Traffic stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +64,11 @@ bench() {
 scenario() {
     local name=$1; shift
     for round in $(seq 1 "$ROUNDS"); do
-        for server in baseline zinx; do
+        # Alternating which server goes first: a disturbance that grows or fades
+        # over a scenario then favours neither.
+        local order="baseline zinx"
+        if [ $((round % 2)) -eq 0 ]; then order="zinx baseline"; fi
+        for server in $order; do
             start_server $server
             echo "bench: $name, $server, round $round" >&2
             bench --scenario "$name" --server-name $server --duration "$DURATION" --warmup "$WARMUP" "$@" >> "$RESULTS" || echo "bench: $name/$server reported errors" >&2
@@ -132,7 +137,7 @@ cat > "$DOC" <<EOF
 Measured by \`scripts/bench.sh\` (DURATION=$DURATION s measured after a $WARMUP s warm-up,
 ROUNDS=$ROUNDS; the tables show for each server the round with the most replies/s, i.e. the
 least disturbed on this shared machine, and the ratios of each round to the baseline
-round run just before it, as their median). Every figure below comes from that script; the
+round run next to it, as their median; the two servers take turns going first). Every figure below comes from that script; the
 raw runs are in \`target/bench/results.jsonl\` after running it.
 
 - Machine: $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/Mem/ {print $2}') GiB, Linux $(uname -r), a shared VM: expect noise, compare ratios from the same run.

@@ -296,7 +296,7 @@ pub fn render_tables(runs: &[RunReport], server: &str, baseline: &str) -> String
     }
     format!(
         "{out}\nRatios of `{server}` to `{baseline}` (same run): first of the best round of each, \
-         then of each round of `{server}` against the `{baseline}` round run just before it, \
+         then of each round of `{server}` against the `{baseline}` round run next to it, \
          as the median (and range) over the rounds, which a disturbance of one round does not move:\n\n{ratios}"
     )
 }
@@ -334,7 +334,7 @@ pub fn render_memory(runs: &[RunReport]) -> String {
 }
 
 /// The ratio of `metric` in each round (the n-th run of `server` against the n-th
-/// of `baseline`, which ran just before it), as "median (min–max)".
+/// of `baseline`, which ran next to it), as "median (min–max)".
 fn rounds<'a>(
     server: impl Iterator<Item = &'a RunReport>,
     baseline: impl Iterator<Item = &'a RunReport>,
