@@ -32,12 +32,20 @@ pub(crate) const ZERO_COPY_MIN: usize = 512;
 /// Most buffers handed to one vectored write.
 const MAX_SLICES: usize = 32;
 
-/// Largest frame buffer kept once written out (one that has never sent holds
-/// none). The queue and the writer each hold one, swapped on every take; a
-/// buffer is dropped when the writer drains it, so this must cover a pipelined
-/// client's usual batch (16 requests of 64 B take 1,152 B), or every batch
-/// would allocate and grow its buffer again.
+/// Largest frame buffer kept once written out. The queue and the writer each
+/// hold one, swapped on every take; a buffer is dropped when the writer drains
+/// it, so this must cover a pipelined client's usual batch (16 requests of 64 B
+/// take 1,152 B), or every batch would allocate and grow its buffer again.
 const KEEP_WHEN_IDLE: usize = 4096;
+
+/// What an empty frame buffer is given for its first frame. A buffer no larger
+/// is not kept once written out: it goes back to the allocator, whose
+/// per-thread cache hands it (still in the CPU's cache) to the next connection
+/// that replies. With thousands of connections a buffer kept per connection is
+/// cold memory every reply writes into (docs/OPTIMISATIONS.md); a connection
+/// whose batches outgrew it keeps its larger buffer instead of growing a new
+/// one for every batch.
+const FIRST_BUFFER: usize = 1024;
 
 /// Segment slots an idle connection keeps.
 const KEEP_SEGMENTS: usize = 16;
@@ -76,6 +84,7 @@ impl Frames {
     #[inline]
     fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), Error> {
         let start = self.small.len();
+        self.room();
         let encoded = if msg.data.len() >= ZERO_COPY_MIN
             && let Some(header) = framing.encode_header(&msg, &mut self.small)
         {
@@ -91,6 +100,14 @@ impl Frames {
             self.small.truncate(start);
         }
         encoded
+    }
+
+    /// Gives an empty buffer its first allocation (see [`FIRST_BUFFER`]).
+    #[inline]
+    fn room(&mut self) {
+        if self.small.capacity() == 0 {
+            self.small.reserve(FIRST_BUFFER);
+        }
     }
 
     /// Moves the gathered small frames into the segment list.
@@ -172,10 +189,12 @@ impl Frames {
         }
     }
 
-    /// Going idle: keep small buffers for the next frames, give back what a burst
-    /// grew.
+    /// Going idle: give back a buffer of at most [`FIRST_BUFFER`] bytes (the
+    /// allocator hands it out again warm) or one a burst grew past
+    /// [`KEEP_WHEN_IDLE`]; keep one in between for the next batch.
     pub(crate) fn shrink(&mut self) {
-        if self.small.capacity() > KEEP_WHEN_IDLE {
+        let capacity = self.small.capacity();
+        if capacity <= FIRST_BUFFER || capacity > KEEP_WHEN_IDLE {
             self.small = BytesMut::new();
         }
         if self.segments.capacity() > KEEP_SEGMENTS {
@@ -268,6 +287,7 @@ impl Put<Copied<'_>> for Outgoing {
                 data: Bytes::copy_from_slice(msg.data),
             });
         };
+        self.frames.room();
         Codec::encode_into(codec, msg.id, msg.data, &mut self.frames.small)?;
         self.messages += 1;
         Ok(())
@@ -390,5 +410,39 @@ mod tests {
         let mut out = Frames::default();
         q.take(|o| o.take_into(&mut out));
         assert_eq!(out.len(), 8 + 2);
+    }
+
+    /// Queues `frames` frames of 64 B, writes them all out and goes idle; what
+    /// the drained buffer keeps.
+    fn kept_after(frames: usize) -> usize {
+        let (conn, _outbox) = Connection::detached(64);
+        for i in 0..frames {
+            conn.try_send(i as u32, &[0u8; 64]).unwrap();
+        }
+        let mut out = Frames::default();
+        conn.send_queue().take(|o| o.take_into(&mut out));
+        assert_eq!(out.len(), frames * 72);
+        out.advance(out.len());
+        out.shrink();
+        out.capacity()
+    }
+
+    #[test]
+    fn an_idle_buffer_is_given_back_when_small_and_kept_when_a_batch_outgrew_it() {
+        // The first frame gets the whole first buffer: a handful of replies in
+        // one turn do not grow it.
+        let (conn, _outbox) = Connection::detached(8);
+        conn.try_send(1, "x").unwrap();
+        assert_eq!(
+            conn.send_queue().take(|o| o.frames().capacity()),
+            FIRST_BUFFER
+        );
+        assert_eq!(kept_after(1), 0, "one reply: back to the allocator");
+        assert_eq!(kept_after(14), 0, "1,008 B fit the first buffer");
+        assert!(
+            kept_after(16) > FIRST_BUFFER,
+            "a pipelined batch keeps its buffer"
+        );
+        assert_eq!(kept_after(60), 0, "what a burst grew past the bound goes");
     }
 }
