@@ -106,7 +106,7 @@ impl Frames {
     #[inline]
     fn room(&mut self) {
         if self.small.capacity() == 0 {
-            self.small.reserve(FIRST_BUFFER);
+            self.small = BytesMut::with_capacity(FIRST_BUFFER);
         }
     }
 
