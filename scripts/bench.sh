@@ -77,12 +77,42 @@ scenario() {
     done
 }
 
+# Both servers at once, each with its own load generator: whatever disturbs this
+# shared machine then disturbs both alike, so a round's ratio is much steadier
+# than that of two runs one after the other. The operating point differs: the
+# two servers share the server CPU and the two load generators the other one.
+together() {
+    local name=$1; shift
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "bench: $name, round $round" >&2
+        start_server baseline
+        local base_pid=$SERVER_PID
+        start_server zinx
+        local zinx_pid=$SERVER_PID
+        local common=(--scenario "$name" --duration "$DURATION" --warmup "$WARMUP" --json "$@")
+        taskset -c $LOAD_CPU target/release/zinx-bench --addr 127.0.0.1:$BASE_PORT \
+            --server-pid "$base_pid" --server-name baseline "${common[@]}" > "$OUT/together-baseline.json" &
+        local load_base=$!
+        taskset -c $LOAD_CPU target/release/zinx-bench --addr 127.0.0.1:$ZINX_PORT \
+            --server-pid "$zinx_pid" --server-name zinx "${common[@]}" > "$OUT/together-zinx.json" &
+        local load_zinx=$!
+        wait "$load_base" || echo "bench: $name/baseline reported errors" >&2
+        wait "$load_zinx" || echo "bench: $name/zinx reported errors" >&2
+        cat "$OUT/together-baseline.json" "$OUT/together-zinx.json" >> "$RESULTS"
+        for pid in "$base_pid" "$zinx_pid"; do
+            kill -INT "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        done
+    done
+}
+
 scenario "50 conns x pipeline 16 x 64 B" --conns 50 --pipeline 16 --payload 64
 scenario "50 conns x pipeline 16 x 64 B, async route" --conns 50 --pipeline 16 --payload 64 --msg-id 2
 scenario "50 conns ping-pong x 64 B" --conns 50 --pipeline 1 --payload 64
 scenario "1000 conns ping-pong x 64 B" --conns 1000 --pipeline 1 --payload 64
 scenario "50 conns ping-pong x 4 KiB" --conns 50 --pipeline 1 --payload 4096
 scenario "c10k: 10000 conns ping-pong x 64 B" --conns 10000 --pipeline 1 --payload 64
+together "c10k, both servers at once" --conns 10000 --pipeline 1 --payload 64
 
 # Idle memory: open and hold the connections (one message each, then hold).
 MAX_FDS=$(ulimit -Hn)
@@ -158,6 +188,13 @@ raw runs are in \`target/bench/results.jsonl\` after running it.
 The project's targets, as ratios to the baseline in the same run: replies/s at least
 0.9; server CPU per reply at most 1.3 pipelined and 1.15 ping-pong; p99 at most 1.2;
 idle memory at most 2 KiB per connection and 8 KiB after the first message.
+
+The scenario "c10k, both servers at once" runs the two servers at the same time, each
+under its own load generator (both servers on CPU $SERVER_CPU, both load generators on
+CPU $LOAD_CPU): a disturbance of the machine then hits both alike, so its per-round
+ratios are the steadiest figure here, at another operating point (each server has half
+a CPU, so its event loop handles fewer connections per wake-up and every reply costs
+more CPU).
 
 $TABLES
 
