@@ -84,7 +84,6 @@ impl Frames {
     #[inline]
     fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), Error> {
         let start = self.small.len();
-        self.room();
         let encoded = if msg.data.len() >= ZERO_COPY_MIN
             && let Some(header) = framing.encode_header(&msg, &mut self.small)
         {
@@ -93,6 +92,9 @@ impl Frames {
                 self.segments.push_back(msg.data);
             })
         } else {
+            // Copied: the first buffer is for frames like this one (a header
+            // alone, above, is split off at once).
+            self.room();
             framing.encode(msg, &mut self.small)
         };
         if encoded.is_err() {
