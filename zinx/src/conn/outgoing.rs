@@ -33,9 +33,10 @@ pub(crate) const ZERO_COPY_MIN: usize = 512;
 const MAX_SLICES: usize = 32;
 
 /// Largest frame buffer kept once written out. The queue and the writer each
-/// hold one, swapped on every take; a buffer is dropped when the writer drains
-/// it, so this must cover a pipelined client's usual batch (16 requests of 64 B
-/// take 1,152 B), or every batch would allocate and grow its buffer again.
+/// hold one, swapped on every take; a larger one is dropped when the writer
+/// drains it, so this must cover a pipelined client's usual batch (16 requests
+/// of 64 B take 1,152 B), or every batch would allocate and grow its buffer
+/// again.
 const KEEP_WHEN_IDLE: usize = 4096;
 
 /// What an empty frame buffer is given for its first frame. A buffer no larger
@@ -102,6 +103,13 @@ impl Frames {
             self.small.truncate(start);
         }
         encoded
+    }
+
+    /// Encodes a Zinx frame of borrowed data, copied next to its header.
+    #[inline]
+    fn copy(&mut self, codec: &Codec, msg: Copied<'_>) -> Result<(), Error> {
+        self.room();
+        codec.encode_into(msg.id, msg.data, &mut self.small)
     }
 
     /// Gives an empty buffer its first allocation (see [`FIRST_BUFFER`]).
@@ -289,8 +297,7 @@ impl Put<Copied<'_>> for Outgoing {
                 data: Bytes::copy_from_slice(msg.data),
             });
         };
-        self.frames.room();
-        Codec::encode_into(codec, msg.id, msg.data, &mut self.frames.small)?;
+        self.frames.copy(codec, msg)?;
         self.messages += 1;
         Ok(())
     }

@@ -82,9 +82,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             if self.flushing {
                 ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                 self.flushing = false;
-                // Going idle: keep small buffers for the next reply, give back
-                // what a burst grew (before the next take hands them to the
-                // queue).
+                // Going idle: give the buffers back or keep them for the next
+                // batch (see `Frames::shrink`), before the next take hands them
+                // to the queue.
                 self.pending.shrink();
             }
             if self.pending.is_empty() {
