@@ -12,7 +12,6 @@
 //! ```
 
 use clap::Parser;
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use zinx::{Config, Layout, Request, Router, Server};
 
@@ -55,7 +54,7 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
         .route(2, |req: Request| async move {
             req.conn().send(req.msg_id(), req.data()).await
         });
-    let listener = TcpListener::bind(config.tcp_addr()).await?;
+    let listener = zinx::server::bind_tcp(&config).await?;
     let addr = listener.local_addr()?;
     let server = Server::builder(config)
         .router(router)

@@ -28,12 +28,11 @@ use tracing::Instrument;
 use crate::codec::{Codec, Layout};
 use crate::config::{Config, WorkerMode};
 use crate::conn::Connection;
-use crate::conn::driver::{Endpoint, Engine};
+use crate::conn::driver::{Endpoint, Engine, Limits};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
-use crate::limit::RateLimit;
 use crate::manager::ConnManager;
 use crate::message::{ConnId, Message, MsgId, Payload};
 use crate::request::Request;
@@ -190,14 +189,12 @@ impl<F: Framing> ClientBuilder<F> {
         let stop = CancellationToken::new();
         let engine = Engine {
             framing: self.framing,
-            read_buf: to_usize(self.config.io_read_buff_size).max(crate::codec::HEADER_LEN),
-            send_queue: to_usize(self.config.max_msg_chan_len).max(1),
-            send_queue_full: self.config.send_queue_full,
+            limits: Limits::from_config(&self.config),
             linger: DEFAULT_CLOSE_LINGER,
             hooks: self.hooks,
             manager: ConnManager::new(),
             heartbeat: self.heartbeat,
-            rate: RateLimit::new(self.config.max_msg_rate, self.config.max_msg_burst),
+            faults: Arc::default(),
             #[cfg(feature = "metrics")]
             metrics: None,
             pool,

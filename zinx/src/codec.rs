@@ -30,9 +30,22 @@ use crate::message::{Message, MsgId};
 /// Size of the Zinx header: two 32-bit fields.
 pub const HEADER_LEN: usize = 8;
 
-/// Largest amount reserved up front for a frame when the maximum is unbounded;
-/// beyond it the buffer grows only as bytes actually arrive.
-const UNBOUNDED_RESERVE: usize = 64 * 1024;
+/// Room a partial frame's buffer is given ahead of the bytes received: frames
+/// up to this size (Zinx's default `MaxPacketSize` included) get their whole
+/// length at once.
+const PARTIAL_STEP: usize = 8 * 1024;
+
+/// Makes room for the rest of a frame of `frame_len` bytes whose start `src`
+/// holds: the whole rest for a frame of up to [`PARTIAL_STEP`] bytes, else at
+/// most as much as has arrived (and at least [`PARTIAL_STEP`]). What a
+/// connection holds for a partial frame follows the bytes its peer really sent
+/// (a small multiple of them, as a `Vec` grows, plus a step), whatever length the frame announced
+/// and whatever the maximum: a header announcing 4 GiB reserves 8 KiB, not 4 GiB.
+/// Every framing that knows a frame's length ahead uses this.
+pub(crate) fn reserve_partial(src: &mut BytesMut, frame_len: usize) {
+    let missing = frame_len.saturating_sub(src.len());
+    src.reserve(missing.min(src.len().max(PARTIAL_STEP)));
+}
 
 /// The two Zinx packet layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,21 +192,9 @@ impl Codec {
             });
         }
         if let Some(frame_len) = partial {
-            self.reserve_rest(src, frame_len);
+            reserve_partial(src, frame_len);
         }
         Ok(())
-    }
-
-    /// Reserves room for the rest of a frame of `frame_len` bytes that `src`
-    /// holds the start of (at most 64 KiB at a time when there is no maximum, so
-    /// an announced 4 GiB is not reserved up front).
-    fn reserve_rest(&self, src: &mut BytesMut, frame_len: usize) {
-        let missing = frame_len - src.len();
-        src.reserve(if self.max_packet_size == 0 {
-            missing.min(UNBOUNDED_RESERVE)
-        } else {
-            missing
-        });
     }
 
     fn check_len(&self, len: u64) -> Result<(), Error> {
@@ -268,7 +269,7 @@ impl Decoder for Codec {
         let len = len as usize;
         let frame_len = HEADER_LEN + len;
         if src.len() < frame_len {
-            self.reserve_rest(src, frame_len);
+            reserve_partial(src, frame_len);
             return Ok(None);
         }
         // Parse and advance.
@@ -474,18 +475,57 @@ mod tests {
         }
     }
 
+    /// A header announcing the largest length, under every maximum that allows
+    /// it, and a few bytes: the buffer holds about what arrived, not what was
+    /// announced (both the one-frame and the batch decoder).
     #[test]
-    fn unbounded_codec_reserves_at_most_a_chunk() {
-        let mut header = BytesMut::new();
-        header.put_u32(1);
-        header.put_u32(u32::MAX);
-        assert!(
-            Codec::new(Layout::Tlv, 0)
-                .decode(&mut header)
-                .unwrap()
-                .is_none()
-        );
-        assert!(header.capacity() <= HEADER_LEN + UNBOUNDED_RESERVE);
+    fn a_huge_announced_frame_reserves_only_what_arrived() {
+        for layout in [Layout::Tlv, Layout::Ltv] {
+            for max in [0, u32::MAX, 1 << 20] {
+                let announced = if max == 0 { u32::MAX } else { max };
+                let mut wire = BytesMut::new();
+                Codec::new(layout, 0)
+                    .encode_header_into(MsgId(1), announced as usize, &mut wire)
+                    .unwrap();
+                wire.extend_from_slice(&[0u8; 10]);
+                let mut one = wire.clone();
+                let codec = Codec::new(layout, max);
+                let mut single = codec;
+                assert!(single.decode(&mut one).unwrap().is_none());
+                assert!(one.capacity() <= 2 * PARTIAL_STEP, "{}", one.capacity());
+                let mut batch = wire.clone();
+                codec
+                    .decode_batch(&mut batch, &mut Vec::new(), false)
+                    .unwrap();
+                assert!(batch.capacity() <= 2 * PARTIAL_STEP, "{}", batch.capacity());
+            }
+        }
+    }
+
+    /// As bytes of a large frame arrive, the room made ahead of them stays
+    /// within a small multiple of what arrived (the buffer's doubling included).
+    #[test]
+    fn a_large_partial_frame_grows_with_the_bytes_received() {
+        let codec = Codec::new(Layout::Tlv, 0);
+        let mut buf = BytesMut::new();
+        codec
+            .encode_header_into(MsgId(1), 1 << 30, &mut buf)
+            .unwrap();
+        let chunk = [7u8; 16 * 1024];
+        for _ in 0..64 {
+            // What a reader does: append what arrived, then decode.
+            buf.extend_from_slice(&chunk);
+            codec
+                .decode_batch(&mut buf, &mut Vec::new(), false)
+                .unwrap();
+            let cap = buf.capacity();
+            assert!(
+                cap <= 4 * buf.len() + 2 * PARTIAL_STEP,
+                "{cap} for {}",
+                buf.len()
+            );
+        }
+        assert!(buf.capacity() < 4 << 20);
     }
 
     #[test]

@@ -186,6 +186,8 @@ macro_rules! config {
                             $(
                                 if key.eq_ignore_ascii_case($key) {
                                     cfg.$field = field_value(&mut map, $key)?;
+                                    check(&cfg, $key)
+                                        .map_err(|e| de::Error::custom(format!("{}: {e}", $key)))?;
                                     continue;
                                 }
                             )*
@@ -208,6 +210,41 @@ fn field_value<'de, A: MapAccess<'de>, T: serde::de::DeserializeOwned>(
 ) -> Result<T, A::Error> {
     let value: serde_json::Value = map.next_value()?;
     T::deserialize(value).map_err(|e| de::Error::custom(format!("{key}: {e}")))
+}
+
+/// Checks the value just read for `key` where a bad one would only show later
+/// (binding a listener), so the error names the key, the file and the line.
+fn check(cfg: &Config, key: &str) -> Result<(), String> {
+    match key {
+        "Host" if !is_host(&cfg.host) => Err(format!(
+            "{:?} is neither an IP address nor a host name",
+            cfg.host
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An IP address (IPv6 with or without brackets), a host name, or empty (all
+/// interfaces, as in Go).
+fn is_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 config! {
@@ -238,6 +275,11 @@ config! {
     worker_mode: WorkerMode = WorkerMode::Hash, "WorkerMode";
     /// `MaxMsgChanLen`: the per-connection send queue length.
     max_msg_chan_len: u32 = 1024, "MaxMsgChanLen";
+    /// `MaxMsgChanBytes` (not in Go Zinx): the per-connection send queue's bound
+    /// in bytes, beside `MaxMsgChanLen`'s in messages: the queue is full once
+    /// either is reached (a message always fits an emptier queue, however long),
+    /// like Netty's write-buffer high watermark. 0 = no byte bound.
+    max_msg_chan_bytes: usize = 256 * 1024, "MaxMsgChanBytes";
     /// `SendQueueFull`: what a send to a full queue does (not in Go Zinx):
     /// `"wait"` (default), `"fail"` or `"close"`. See [`SendQueueFull`].
     send_queue_full: SendQueueFull = SendQueueFull::Wait, "SendQueueFull";
@@ -258,6 +300,16 @@ config! {
     io_read_buff_size: u32 = 1024, "IOReadBuffSize";
     /// `HeartbeatMax`: seconds of silence before a peer counts as dead.
     heartbeat_max: u64 = 10, "HeartbeatMax";
+    /// `FrameTimeout` (not in Go Zinx): seconds a frame that has started
+    /// arriving may take to arrive whole; a peer that sends part of a frame and
+    /// stops is closed after it. 0 = no limit.
+    frame_timeout: u64 = 30, "FrameTimeout";
+    /// `IdleTimeout` (not in Go Zinx): seconds without a byte from the peer
+    /// after which it is closed, with no heartbeat needed. 0 = off.
+    idle_timeout: u64 = 0, "IdleTimeout";
+    /// `ListenBacklog` (not in Go Zinx): connections the kernel queues for
+    /// accept. 0 = the system's limit (`net.core.somaxconn` on Linux), as Go does.
+    listen_backlog: u32 = 0, "ListenBacklog";
     /// `CertFile`: TLS certificate (read for compatibility).
     cert_file: String = String::new(), "CertFile";
     /// `PrivateKeyFile`: TLS key (read for compatibility).
@@ -350,12 +402,36 @@ impl Config {
     /// `Host:TCPPort`, ready for `TcpListener::bind`.
     #[must_use]
     pub fn tcp_addr(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.tcp_port)
-        } else {
-            format!("{}:{}", self.host, self.tcp_port)
+        self.addr(self.tcp_port)
+    }
+
+    /// `Host:port`, with an IPv6 host in brackets and an empty one as
+    /// `0.0.0.0` (every interface, as Go listens on `":port"`).
+    #[must_use]
+    pub fn addr(&self, port: u16) -> String {
+        match self.host.as_str() {
+            "" => format!("0.0.0.0:{port}"),
+            host if host.contains(':') && !host.starts_with('[') => format!("[{host}]:{port}"),
+            host => format!("{host}:{port}"),
         }
     }
+
+    /// `FrameTimeout` as a duration (`None`: off).
+    #[must_use]
+    pub fn frame_timeout(&self) -> Option<std::time::Duration> {
+        seconds(self.frame_timeout)
+    }
+
+    /// `IdleTimeout` as a duration (`None`: off).
+    #[must_use]
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        seconds(self.idle_timeout)
+    }
+}
+
+/// `n` seconds, or `None` for 0.
+fn seconds(n: u64) -> Option<std::time::Duration> {
+    (n > 0).then(|| std::time::Duration::from_secs(n))
 }
 
 fn parse(json: &str, path: &Path) -> Result<Config, Error> {
@@ -589,10 +665,53 @@ mod tests {
     }
 
     #[test]
+    fn a_host_that_is_no_address_or_name_names_the_key_and_position() {
+        for bad in [
+            "not a host!",
+            "exa mple.com",
+            "-lead.example",
+            "a..b",
+            "1.2.3.4:80",
+        ] {
+            let json = format!("{{\n  \"Name\": \"x\",\n  \"Host\": {bad:?} }}");
+            let text = Config::from_json_str(&json).unwrap_err().to_string();
+            assert!(
+                text.contains("Host") && text.contains("line 3"),
+                "{bad}: {text}"
+            );
+        }
+        for good in [
+            "",
+            "0.0.0.0",
+            "::1",
+            "[::1]",
+            "localhost",
+            "game-1.example.com.",
+        ] {
+            let json = format!("{{\"Host\": {good:?}}}");
+            assert_eq!(Config::from_json_str(&json).unwrap().host, good);
+        }
+    }
+
+    #[test]
+    fn new_limits_have_safe_defaults() {
+        let c = Config::default();
+        assert_eq!(c.max_msg_chan_bytes, 256 * 1024);
+        assert_eq!(c.frame_timeout(), Some(std::time::Duration::from_secs(30)));
+        assert_eq!(c.idle_timeout(), None);
+        assert_eq!(c.listen_backlog, 0);
+        let c = Config::from_json_str(r#"{"FrameTimeout": 0, "IdleTimeout": 5}"#).unwrap();
+        assert_eq!(c.frame_timeout(), None);
+        assert_eq!(c.idle_timeout(), Some(std::time::Duration::from_secs(5)));
+    }
+
+    #[test]
     fn tcp_addr_brackets_ipv6() {
         let mut c = Config::default();
         assert_eq!(c.tcp_addr(), "0.0.0.0:8999");
         c.host = "::1".into();
         assert_eq!(c.tcp_addr(), "[::1]:8999");
+        c.host = String::new();
+        assert_eq!(c.tcp_addr(), "0.0.0.0:8999");
     }
 }

@@ -55,6 +55,18 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 
+    /// A listener could not be opened: the address does not resolve, is in use,
+    /// or is not this host's.
+    #[error("cannot listen on {addr} ({keys}): {source}")]
+    Listen {
+        /// The address, as configured.
+        addr: String,
+        /// The config keys it comes from (e.g. `Host, TCPPort`).
+        keys: &'static str,
+        /// Why not.
+        source: std::io::Error,
+    },
+
     /// A configuration file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
     ConfigRead {

@@ -292,7 +292,7 @@ impl Decoder for LengthFieldCodec {
         // Checked against max_frame_length (a usize) just above.
         let frame_len = usize::try_from(frame_len).unwrap_or(usize::MAX);
         if src.len() < frame_len {
-            src.reserve(frame_len - src.len());
+            crate::codec::reserve_partial(src, frame_len);
             return Ok(None);
         }
         let mut frame = src.split_to(frame_len);
@@ -910,6 +910,31 @@ mod tests {
                 .unwrap_err()
                 .is_protocol()
         );
+    }
+
+    /// The largest length each field size can announce, under the largest
+    /// maximum: the buffer holds about what arrived, not what was announced.
+    /// (A delimiter frame has no announced length; HTLV's is one byte.)
+    #[test]
+    fn length_field_huge_announced_frame_reserves_only_what_arrived() {
+        for size in [1usize, 2, 4, 8] {
+            let mut c = LengthFieldCodec::builder()
+                .length_field_length(size)
+                .max_frame_length(usize::MAX)
+                .build();
+            // All ones, less a little so the header fits under the maximum.
+            let mut buf = BytesMut::from(&vec![0xFF; size][..]);
+            if size == 8 {
+                buf[7] = 0x00;
+            }
+            buf.extend_from_slice(&[0u8; 10]);
+            assert!(c.decode(&mut buf).unwrap().is_none());
+            assert!(buf.capacity() <= 20 * 1024, "{size}: {}", buf.capacity());
+        }
+        let mut lines = DelimiterCodec::lines(usize::MAX);
+        let mut buf = BytesMut::from(&[b'x'; 10][..]);
+        assert!(lines.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 1024);
     }
 
     #[test]

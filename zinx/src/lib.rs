@@ -54,6 +54,7 @@ pub mod config;
 mod conn;
 mod error;
 mod extensions;
+mod faults;
 pub mod framing;
 mod heartbeat;
 mod hooks;

@@ -389,6 +389,7 @@ mod tests {
         Connection::detached_with(Detached {
             id: ConnId(id),
             queue,
+            queue_bytes: usize::MAX,
             send_queue_full: crate::SendQueueFull::Wait,
             max_data_len: None,
             manager: manager.downgrade(),

@@ -25,6 +25,11 @@ pub(crate) trait Store {
     type Rejected;
     /// Items held: what the queue's capacity bounds.
     fn count(&self) -> usize;
+    /// Bytes held: what the queue's byte bound bounds (0 for a store that does
+    /// not count bytes).
+    fn bytes(&self) -> usize {
+        0
+    }
     /// The consumer emptied the store: give back what a burst grew.
     fn trim(&mut self) {}
 }
@@ -86,6 +91,8 @@ pub(crate) struct Queue<S> {
     /// queue, or on close. Cheaper than a `Notify` on the per-message path.
     readable: AtomicWaker,
     capacity: usize,
+    /// The byte bound (`usize::MAX`: none): full once the store holds this many.
+    max_bytes: usize,
     /// Mirrors "items queued or closed", so the consumer checks without the lock.
     ready: AtomicBool,
     /// Set while the consumer's task is being polled and will check the queue
@@ -130,6 +137,12 @@ impl<T> Queue<VecDeque<T>> {
 
 impl<S: Store> Queue<S> {
     pub(crate) fn with_store(store: S, capacity: usize) -> Self {
+        Queue::with_limits(store, capacity, usize::MAX)
+    }
+
+    /// A queue full at `capacity` items or `max_bytes` bytes, whichever comes
+    /// first (an item always goes into a queue below both, however large).
+    pub(crate) fn with_limits(store: S, capacity: usize, max_bytes: usize) -> Self {
         Queue {
             state: Mutex::new(State {
                 store,
@@ -142,7 +155,15 @@ impl<S: Store> Queue<S> {
             overflowed: AtomicBool::new(false),
             writable: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
         }
+    }
+
+    /// True when `store` holds `times` the capacity or byte bound (or more).
+    #[inline]
+    fn full(&self, store: &S, times: usize) -> bool {
+        store.count() >= times * self.capacity
+            || store.bytes() >= self.max_bytes.saturating_mul(times)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<S>> {
@@ -161,8 +182,8 @@ impl<S: Store> Queue<S> {
             return Err(PushError::Closed(item));
         }
         let count = state.store.count();
-        if count >= self.capacity {
-            if !self.overflow.load(Ordering::Relaxed) || count >= 2 * self.capacity {
+        if self.full(&state.store, 1) {
+            if !self.overflow.load(Ordering::Relaxed) || self.full(&state.store, 2) {
                 return Err(PushError::Full(item));
             }
             self.overflowed.store(true, Ordering::Relaxed);
@@ -208,9 +229,10 @@ impl<S: Store> Queue<S> {
     /// room.
     pub(crate) fn take<R>(&self, take: impl FnOnce(&mut S) -> R) -> R {
         let mut state = self.lock();
-        let before = state.store.count();
+        let was_full = self.full(&state.store, 1);
         let taken = take(&mut state.store);
         let after = state.store.count();
+        let now_full = self.full(&state.store, 1);
         if after == 0 {
             if !state.closed {
                 self.ready.store(false, Ordering::Release);
@@ -218,7 +240,7 @@ impl<S: Store> Queue<S> {
             state.store.trim();
         }
         drop(state);
-        if before >= self.capacity && after < self.capacity {
+        if was_full && !now_full {
             self.writable.notify_waiters();
         }
         taken
@@ -256,7 +278,7 @@ impl<S: Store> Queue<S> {
             room.as_mut().enable();
             {
                 let state = self.lock();
-                if state.closed || state.store.count() < self.capacity {
+                if state.closed || !self.full(&state.store, 1) {
                     return;
                 }
             }

@@ -27,12 +27,13 @@ use tracing::Instrument;
 use crate::codec::{Codec, Layout};
 use crate::config::Config;
 use crate::conn::Connection;
-use crate::conn::driver::{Endpoint, Engine};
+use crate::conn::driver::{Endpoint, Engine, Limits};
 use crate::error::Error;
+use crate::faults::{Fault, Faults};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
-use crate::limit::{IpSlot, PerIp, RateLimit};
+use crate::limit::{IpSlot, PerIp};
 use crate::manager::ConnManager;
 use crate::message::ConnId;
 use crate::router::Router;
@@ -145,6 +146,7 @@ impl<F: Framing> ServerBuilder<F> {
                 manager: ConnManager::new(),
                 tracker: TaskTracker::new(),
                 limit,
+                faults: Arc::default(),
                 #[cfg(feature = "metrics")]
                 metrics_addr: Arc::default(),
             },
@@ -190,6 +192,7 @@ pub struct ServerHandle {
     manager: ConnManager,
     tracker: TaskTracker,
     limit: Option<Arc<Semaphore>>,
+    faults: Arc<Faults>,
     #[cfg(feature = "metrics")]
     metrics_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
@@ -266,13 +269,14 @@ impl<F: Framing> Server<F> {
         self.handle.manager()
     }
 
-    /// Binds `Host:TCPPort` from the config and runs until `shutdown` completes.
+    /// Binds `Host:TCPPort` from the config (see [`bind_tcp`]) and runs until
+    /// `shutdown` completes.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if the address cannot be bound.
+    /// [`Error::Listen`] if the address cannot be bound.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let listener = TcpListener::bind(self.config.tcp_addr()).await?;
+        let listener = bind_tcp(&self.config).await?;
         self.run(listener, shutdown).await
     }
 
@@ -331,16 +335,15 @@ impl<F: Framing> Server<F> {
             to_usize(config.max_worker_task_len),
             Arc::new(router.compile(heartbeat.as_ref().map(|hb| hb.msg_id), None)),
         );
+        let faults = handle.faults.clone();
         let engine = Arc::new(Engine {
             framing,
-            read_buf: to_usize(config.io_read_buff_size).max(crate::codec::HEADER_LEN),
-            send_queue: to_usize(config.max_msg_chan_len).max(1),
-            send_queue_full: config.send_queue_full,
+            limits: Limits::from_config(&config),
             linger,
             hooks,
             manager: handle.manager.clone(),
             heartbeat,
-            rate: RateLimit::new(config.max_msg_rate, config.max_msg_burst),
+            faults: faults.clone(),
             #[cfg(feature = "metrics")]
             metrics: metrics.clone(),
             pool,
@@ -386,10 +389,10 @@ impl<F: Framing> Server<F> {
             ) {
                 Ok(slots) => slots,
                 Err(limit) => {
-                    tracing::warn!(%peer, limit, "connection limit reached, closing new connection");
+                    faults.record(limit, peer, &"connection limit reached, closed at accept");
                     #[cfg(feature = "metrics")]
                     if let Some(m) = &metrics {
-                        m.rejected(limit);
+                        m.rejected(limit.name());
                     }
                     drop(stream);
                     continue;
@@ -433,31 +436,91 @@ impl<F: Framing> Server<F> {
         drop(engine);
         tracker.close();
         tracker.wait().await;
+        faults.flush();
         tracing::info!("server stopped");
         Ok(())
     }
 }
 
-/// Errors of one incoming connection that say nothing about the listener.
+/// Binds a TCP listener on the config's `Host:TCPPort` with its
+/// `ListenBacklog` (0: the system's limit, see [`listen_backlog`]), so a burst
+/// of connects waits in the kernel's queue instead of being refused. (tokio's
+/// `TcpListener::bind` uses 128.)
+///
+/// # Errors
+///
+/// [`Error::Listen`], naming the address and its config keys, when `Host` does
+/// not resolve or no address of it can be bound.
+pub async fn bind_tcp(config: &Config) -> Result<TcpListener, Error> {
+    let addr = config.tcp_addr();
+    let failed = |source| Error::Listen {
+        addr: addr.clone(),
+        keys: "Host, TCPPort",
+        source,
+    };
+    let backlog = match config.listen_backlog {
+        0 => listen_backlog(),
+        n => n,
+    };
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(&addr).await.map_err(failed)? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|socket| {
+            // As tokio and Go do: a restarted server can bind at once.
+            #[cfg(unix)]
+            socket.set_reuseaddr(true)?;
+            socket.bind(resolved)?;
+            socket.listen(backlog)
+        });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(failed(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
+    })))
+}
+
+/// The system's limit on a listen queue: `net.core.somaxconn` on Linux (read
+/// as Go reads it), else 4096; at most 65,535.
+#[must_use]
+pub fn listen_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096)
+        .min(65_535)
+}
+
 /// What a connection holds of the server's limits, given back when it ends.
 type Slots = (Option<OwnedSemaphorePermit>, Option<Box<IpSlot>>);
 
 /// Takes a `MaxConn` permit and a `MaxConnPerIP` slot (where set) for a new
-/// connection from `ip`, or names the limit that is full (`max_conn`,
-/// `max_conn_per_ip`: also the metrics label).
+/// connection from `ip`, or names the limit that is full.
 fn admit(
     limit: Option<&Arc<Semaphore>>,
     per_ip: &PerIp,
     max_per_ip: usize,
     ip: std::net::IpAddr,
-) -> Result<Slots, &'static str> {
+) -> Result<Slots, Fault> {
     let permit = match limit {
         None => None,
-        Some(limit) => Some(limit.clone().try_acquire_owned().map_err(|_| "max_conn")?),
+        Some(limit) => Some(
+            limit
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Fault::MaxConn)?,
+        ),
     };
     let slot = match max_per_ip {
         0 => None,
-        max => Some(per_ip.try_take(ip, max).ok_or("max_conn_per_ip")?),
+        max => Some(per_ip.try_take(ip, max).ok_or(Fault::MaxConnPerIp)?),
     };
     Ok((permit, slot))
 }

@@ -229,3 +229,44 @@ async fn accept_backs_off_when_out_of_descriptors_and_recovers() {
         "{text}"
     );
 }
+
+/// zinx.json's `FrameTimeout` and `IdleTimeout` reach the example's server: a
+/// peer that sends half a header, and one that sends nothing, are closed.
+#[tokio::test]
+async fn echo_server_closes_half_sent_and_silent_peers_as_its_config_says() {
+    for (name, key, bytes) in [
+        ("frame-timeout.json", "FrameTimeout", &[0u8, 0, 0][..]),
+        ("idle-timeout.json", "IdleTimeout", &[][..]),
+    ] {
+        let json =
+            format!(r#"{{"Host": "127.0.0.1", "TcpPort": 0, "FrameTimeout": 0, "{key}": 1}}"#);
+        let server = start(&write_config(name, &json), &[]);
+        let mut peer = RawClient::connect(server.addr, Layout::Tlv).await;
+        peer.write_raw(bytes).await;
+        let started = std::time::Instant::now();
+        assert!(peer.read_eof().await, "{key}");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+        signal(&server.child, "-TERM");
+        assert!(wait_exit(server.child).await.success());
+    }
+}
+
+/// A Host that is not this machine's is an error naming the address and its
+/// keys (binding sends nothing on the network).
+#[tokio::test]
+async fn echo_server_names_the_keys_of_an_address_it_cannot_listen_on() {
+    let config = write_config(
+        "foreign-host.json",
+        r#"{"Host": "192.0.2.1", "TcpPort": 0}"#,
+    );
+    let out = Command::new(example("echo_server"))
+        .env("ZINX_CONFIG_FILE_PATH", &config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("192.0.2.1:0") && stderr.contains("Host, TCPPort"),
+        "{stderr}"
+    );
+}

@@ -18,10 +18,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::SendQueueFull;
-use crate::conn::reader::{self, ReadEnd, ReadSource};
+use crate::config::{Config, SendQueueFull};
+use crate::conn::reader::{self, ReadEnd, ReadSettings, ReadSource, Timeout};
 use crate::conn::writer::Writer;
 use crate::conn::{Connection, Parts};
+use crate::faults::{Fault, Faults};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::Hooks;
@@ -30,18 +31,50 @@ use crate::manager::{ConnManager, Registration};
 use crate::message::ConnId;
 use crate::worker::{Lane, WorkerPool};
 
+/// What a connection's limits are, from the config: read once, for servers
+/// and clients alike.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) read: ReadSettings,
+    /// `MaxMsgChanLen`.
+    pub(crate) send_queue: usize,
+    /// `MaxMsgChanBytes` (`usize::MAX`: none).
+    pub(crate) send_queue_bytes: usize,
+    pub(crate) send_queue_full: SendQueueFull,
+    /// The rate limit each connection starts with (`MaxMsgRate`, `MaxMsgBurst`).
+    pub(crate) rate: Option<RateLimit>,
+}
+
+impl Limits {
+    pub(crate) fn from_config(config: &Config) -> Limits {
+        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Limits {
+            read: ReadSettings {
+                chunk: to_usize(config.io_read_buff_size).max(crate::codec::HEADER_LEN),
+                frame_timeout: config.frame_timeout(),
+                idle_timeout: config.idle_timeout(),
+            },
+            send_queue: to_usize(config.max_msg_chan_len).max(1),
+            send_queue_bytes: match config.max_msg_chan_bytes {
+                0 => usize::MAX,
+                n => n,
+            },
+            send_queue_full: config.send_queue_full,
+            rate: RateLimit::new(config.max_msg_rate, config.max_msg_burst),
+        }
+    }
+}
+
 /// Everything the connections of one server (or one client) share.
 pub(crate) struct Engine<F> {
     pub(crate) framing: F,
-    pub(crate) read_buf: usize,
-    pub(crate) send_queue: usize,
-    pub(crate) send_queue_full: SendQueueFull,
+    pub(crate) limits: Limits,
     pub(crate) linger: Duration,
     pub(crate) hooks: Hooks,
     pub(crate) manager: ConnManager,
     pub(crate) heartbeat: Option<Heartbeat>,
-    /// The rate limit each connection starts with (`MaxMsgRate`, `MaxMsgBurst`).
-    pub(crate) rate: Option<RateLimit>,
+    /// Where peers' faults are counted and summed up in the log.
+    pub(crate) faults: Arc<Faults>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(crate) pool: Arc<WorkerPool>,
@@ -58,17 +91,25 @@ pub(crate) struct Endpoint {
     pub(crate) local: SocketAddr,
 }
 
-/// Logs why a connection's reader stopped; only the word is kept across the
-/// awaits that follow (the error is large, and would be held by every reader).
+/// Logs why a connection's reader stopped (a peer's fault through `faults`);
+/// only the word is kept across the awaits that follow (the error is large, and
+/// would be held by every reader).
 fn log_end(
     end: ReadEnd,
+    conn: &Connection,
+    faults: &Faults,
     #[cfg(feature = "metrics")] metrics: Option<&crate::metrics::Metrics>,
 ) -> &'static str {
+    let peer = conn.peer_addr();
     match &end {
-        ReadEnd::Failed(e) if e.is_protocol() => {
-            tracing::warn!(error = %e, "protocol error, closing connection");
-        }
+        ReadEnd::Failed(e) if e.is_protocol() => faults.record(Fault::Protocol, peer, e),
         ReadEnd::Failed(e) => tracing::debug!(error = %e, "read failed, closing connection"),
+        ReadEnd::TimedOut(Timeout::Frame) => {
+            faults.record(Fault::FrameTimeout, peer, &"a frame left unfinished");
+        }
+        ReadEnd::TimedOut(Timeout::Idle) => {
+            faults.record(Fault::IdleTimeout, peer, &"nothing received");
+        }
         ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
     }
     #[cfg(feature = "metrics")]
@@ -102,8 +143,9 @@ impl<F: Framing> Engine<F> {
             peer,
             local,
             max_data_len: self.framing.max_data_len(),
-            send_queue: self.send_queue,
-            send_queue_full: self.send_queue_full,
+            send_queue: self.limits.send_queue,
+            send_queue_bytes: self.limits.send_queue_bytes,
+            send_queue_full: self.limits.send_queue_full,
             encoder: crate::conn::outgoing::Encoder::new(&self.framing),
             manager: self.manager.downgrade(),
             jobs: self.pool.callback_queue(),
@@ -171,16 +213,19 @@ impl<F: Framing> Engine<F> {
                         &conn,
                         &lane,
                         engine.framing.clone(),
-                        engine.read_buf,
+                        &engine.limits.read,
                         reader::Extras::new(
                             engine.heartbeat.as_ref(),
-                            engine.rate.clone(),
+                            engine.limits.rate.clone(),
                             #[cfg(feature = "metrics")]
                             engine.metrics.clone(),
+                            &engine.limits.read,
                         ),
                     ),
                 )
                 .await,
+                &conn,
+                &engine.faults,
                 #[cfg(feature = "metrics")]
                 engine.metrics.as_deref(),
             );
@@ -251,18 +296,31 @@ mod tests {
     use crate::router::Router;
 
     fn engine(heartbeat: Option<Heartbeat>, router: Router) -> Engine<Codec> {
+        engine_with(
+            Config {
+                frame_timeout: 0,
+                ..Config::default()
+            },
+            heartbeat,
+            router,
+        )
+    }
+
+    /// An engine with the limits of `config` (but a send queue of 16).
+    fn engine_with(config: Config, heartbeat: Option<Heartbeat>, router: Router) -> Engine<Codec> {
         let tracker = TaskTracker::new();
         let hb_id = heartbeat.as_ref().map(|hb| hb.msg_id);
         Engine {
             framing: Codec::default(),
-            read_buf: 1024,
-            send_queue: 16,
-            send_queue_full: SendQueueFull::Wait,
+            limits: Limits::from_config(&Config {
+                max_msg_chan_len: 16,
+                ..config
+            }),
             linger: Duration::from_secs(1),
             hooks: Hooks::default(),
             manager: ConnManager::new(),
             heartbeat,
-            rate: None,
+            faults: Arc::default(),
             #[cfg(feature = "metrics")]
             metrics: None,
             pool: WorkerPool::new(
@@ -369,8 +427,102 @@ mod tests {
         let guard = (permit, None::<Box<crate::limit::IpSlot>>);
         let run = Engine::run(engine.clone(), opened, guard, None);
         let size = std::mem::size_of_val(&run);
+        eprintln!("SIZE {size}");
         assert!(size <= 488, "connection future is {size} bytes");
         drop((run, client));
+    }
+
+    /// An echo server with `FrameTimeout` and `IdleTimeout` (seconds, 0: off).
+    fn timeouts(frame: u64, idle: u64) -> Arc<Engine<Codec>> {
+        let router =
+            Router::new().route_sync(1, |req: &Request| req.conn().try_send(1, req.data()));
+        let config = Config {
+            frame_timeout: frame,
+            idle_timeout: idle,
+            ..Config::default()
+        };
+        Arc::new(engine_with(config, None, router))
+    }
+
+    /// Waits for the connection's task to end: a minute of paused time at most.
+    async fn ended(task: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the connection was closed")
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_left_unfinished_is_closed_at_the_frame_timeout() {
+        // Half a header, then nothing.
+        let (mut peer, task) = start(timeouts(5, 0));
+        let began = tokio::time::Instant::now();
+        peer.write_all(&frame(1, "abc")[..4]).await.unwrap();
+        ended(task).await;
+        assert_eq!(began.elapsed().as_secs(), 5, "{:?}", began.elapsed());
+
+        // A frame trickled a byte a second: the time counts from its first byte.
+        let (mut peer, task) = start(timeouts(5, 0));
+        let began = tokio::time::Instant::now();
+        let wire = frame(1, "0123456789");
+        for byte in &wire {
+            if task.is_finished() {
+                break;
+            }
+            let _ = peer.write_all(std::slice::from_ref(byte)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(task.is_finished(), "still open after {:?}", began.elapsed());
+        ended(task).await;
+        assert!(
+            began.elapsed() <= Duration::from_secs(6),
+            "{:?}",
+            began.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whole_frames_and_quick_halves_never_trip_the_frame_timeout() {
+        let (mut peer, task) = start(timeouts(5, 0));
+        for i in 0..6 {
+            // A frame in two halves 2 s apart, then 10 s of quiet.
+            let wire = frame(1, "hello");
+            peer.write_all(&wire[..6]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            peer.write_all(&wire[6..]).await.unwrap();
+            assert_eq!(read_frame(&mut peer).await, Message::new(1, "hello"), "{i}");
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            assert!(!task.is_finished(), "closed at round {i}");
+        }
+        drop(peer);
+        ended(task).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_closed_at_the_idle_timeout_without_a_heartbeat() {
+        let (mut peer, task) = start(timeouts(0, 3));
+        // A message every 2 s keeps it open...
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            peer.write_all(&frame(1, "x")).await.unwrap();
+            assert_eq!(read_frame(&mut peer).await, Message::new(1, "x"));
+        }
+        assert!(!task.is_finished());
+        // ...and 3 s of silence closes it.
+        let silent_from = tokio::time::Instant::now();
+        ended(task).await;
+        assert_eq!(
+            silent_from.elapsed().as_secs(),
+            3,
+            "{:?}",
+            silent_from.elapsed()
+        );
+
+        // A peer that never sends anything is closed too.
+        let (_peer, task) = start(timeouts(0, 3));
+        let began = tokio::time::Instant::now();
+        ended(task).await;
+        assert_eq!(began.elapsed().as_secs(), 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -383,7 +535,7 @@ mod tests {
             async {}
         });
         let mut engine = engine(None, router);
-        engine.rate = crate::limit::RateLimit::new(10, 5);
+        engine.limits.rate = crate::limit::RateLimit::new(10, 5);
         let (mut peer, task) = start(Arc::new(engine));
         let start = tokio::time::Instant::now();
         // Twenty messages in one write: five at once, then five per half second.

@@ -108,6 +108,8 @@ enum WriterState {
 pub(crate) struct Detached {
     pub(crate) id: ConnId,
     pub(crate) queue: usize,
+    /// The byte bound (`usize::MAX`: none).
+    pub(crate) queue_bytes: usize,
     pub(crate) send_queue_full: SendQueueFull,
     pub(crate) max_data_len: Option<usize>,
     pub(crate) manager: Weak<ManagerShared>,
@@ -120,6 +122,8 @@ pub(crate) struct Parts {
     pub(crate) local: SocketAddr,
     pub(crate) max_data_len: Option<usize>,
     pub(crate) send_queue: usize,
+    /// The send queue's byte bound (`usize::MAX`: none).
+    pub(crate) send_queue_bytes: usize,
     pub(crate) send_queue_full: SendQueueFull,
     /// The connection's framing, which encodes what is sent.
     pub(crate) encoder: Encoder,
@@ -156,7 +160,11 @@ impl Connection {
     /// Creates the handle; the writer takes from its send queue through a
     /// [`Receiver`].
     pub(crate) fn new(parts: Parts) -> Connection {
-        let queue = Queue::with_store(Outgoing::new(parts.encoder), parts.send_queue);
+        let queue = Queue::with_limits(
+            Outgoing::new(parts.encoder),
+            parts.send_queue,
+            parts.send_queue_bytes,
+        );
         let shared = Shared {
             id: parts.id,
             peer: parts.peer,
@@ -190,6 +198,7 @@ impl Connection {
         Connection::detached_with(Detached {
             id: ConnId(0),
             queue,
+            queue_bytes: usize::MAX,
             send_queue_full: SendQueueFull::Wait,
             max_data_len: None,
             manager: Weak::new(),
@@ -205,6 +214,7 @@ impl Connection {
             local: addr,
             max_data_len: d.max_data_len,
             send_queue: d.queue,
+            send_queue_bytes: d.queue_bytes,
             send_queue_full: d.send_queue_full,
             encoder: Encoder::Zinx(Outbox::codec()),
             manager: d.manager,
@@ -809,6 +819,7 @@ pub(crate) mod tests {
         Connection::detached_with(Detached {
             id: ConnId(7),
             queue,
+            queue_bytes: usize::MAX,
             send_queue_full,
             max_data_len: Some(16),
             manager: Weak::new(),
@@ -826,6 +837,7 @@ pub(crate) mod tests {
             local: addr,
             max_data_len: framing.max_data_len(),
             send_queue: 4,
+            send_queue_bytes: usize::MAX,
             send_queue_full: SendQueueFull::Wait,
             encoder: Encoder::new(&framing),
             manager: Weak::new(),
@@ -880,6 +892,60 @@ pub(crate) mod tests {
             assert!(conn.is_closed());
             assert_eq!(&rx.recv().await.unwrap().data[..], b"a");
         }
+    }
+
+    /// A connection whose queue holds 100 messages but only 1,000 bytes.
+    fn byte_bound_conn(policy: SendQueueFull) -> (Connection, Outbox) {
+        Connection::detached_with(Detached {
+            id: ConnId(8),
+            queue: 100,
+            queue_bytes: 1000,
+            send_queue_full: policy,
+            max_data_len: None,
+            manager: Weak::new(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_bound_fills_the_queue_before_the_message_count_does() {
+        let data = [1u8; 392]; // 400 B frames
+        // fail: the third frame still fits (800 B < 1,000), the fourth does not;
+        // room comes back once the writer took what was queued.
+        let (conn, mut rx) = byte_bound_conn(SendQueueFull::Fail);
+        for _ in 0..3 {
+            conn.try_send(1, &data).unwrap();
+        }
+        assert!(conn.try_send(1, &data).unwrap_err().is_queue_full());
+        assert!(conn.send(1, "tiny").await.unwrap_err().is_queue_full());
+        for _ in 0..3 {
+            rx.recv().await.unwrap();
+        }
+        conn.try_send(1, &data).unwrap();
+
+        // A frame longer than the whole bound still goes into an emptier queue.
+        let (conn, mut rx) = byte_bound_conn(SendQueueFull::Fail);
+        conn.try_send(1, vec![2u8; 5000]).unwrap();
+        assert!(conn.try_send(1, "x").unwrap_err().is_queue_full());
+        assert_eq!(rx.recv().await.unwrap().data.len(), 5000);
+
+        // wait: the send waits for the writer to take the bytes.
+        let (conn, mut rx) = byte_bound_conn(SendQueueFull::Wait);
+        for _ in 0..3 {
+            conn.send(1, &data).await.unwrap();
+        }
+        let waiting = conn.send(1, &data);
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        rx.recv().await.unwrap();
+        waiting.await.unwrap();
+
+        // close: the slow peer is closed.
+        let (conn, _rx) = byte_bound_conn(SendQueueFull::Close);
+        for _ in 0..3 {
+            conn.try_send(1, &data).unwrap();
+        }
+        assert!(conn.try_send(1, &data).unwrap_err().is_closed());
+        assert!(conn.is_closed());
     }
 
     #[tokio::test]

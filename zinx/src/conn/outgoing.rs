@@ -55,11 +55,12 @@ const KEEP_SEGMENTS: usize = 16;
 /// frames. Object-safe, so [`Connection`](super::Connection) need not be generic
 /// over the framing.
 pub(crate) trait Encode: Send {
-    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error>;
+    /// Encodes `msg`; returns the bytes it added.
+    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<usize, Error>;
 }
 
 impl<F: Framing> Encode for F {
-    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error> {
+    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<usize, Error> {
         frames.push(self, msg)
     }
 }
@@ -82,21 +83,26 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
+    /// Encodes `msg`; returns the bytes it added.
     #[inline]
-    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), Error> {
+    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<usize, Error> {
         let start = self.small.len();
         let encoded = if msg.data.len() >= ZERO_COPY_MIN
             && let Some(header) = framing.encode_header(&msg, &mut self.small)
         {
             header.map(|()| {
+                let len = self.small.len() - start + msg.data.len();
                 self.seal();
                 self.segments.push_back(msg.data);
+                len
             })
         } else {
             // Copied: the first buffer is for frames like this one (a header
             // alone, above, is split off at once).
             self.room();
-            framing.encode(msg, &mut self.small)
+            framing
+                .encode(msg, &mut self.small)
+                .map(|()| self.small.len() - start)
         };
         if encoded.is_err() {
             // Nothing of a frame that failed half-way reaches the wire.
@@ -105,11 +111,13 @@ impl Frames {
         encoded
     }
 
-    /// Encodes a Zinx frame of borrowed data, copied next to its header.
+    /// Encodes a Zinx frame of borrowed data, copied next to its header;
+    /// returns the bytes it added.
     #[inline]
-    fn copy(&mut self, codec: &Codec, msg: Copied<'_>) -> Result<(), Error> {
+    fn copy(&mut self, codec: &Codec, msg: Copied<'_>) -> Result<usize, Error> {
         self.room();
-        codec.encode_into(msg.id, msg.data, &mut self.small)
+        codec.encode_into(msg.id, msg.data, &mut self.small)?;
+        Ok(crate::codec::HEADER_LEN + msg.data.len())
     }
 
     /// Gives an empty buffer its first allocation (see [`FIRST_BUFFER`]).
@@ -238,11 +246,12 @@ impl Encoder {
 }
 
 /// What a connection's send queue holds: its framing, the frames it encoded and
-/// how many messages they are (what the queue's bound counts).
+/// how many messages and bytes they are (what the queue's bounds count).
 pub(crate) struct Outgoing {
     encoder: Encoder,
     frames: Frames,
     messages: usize,
+    bytes: usize,
 }
 
 impl Outgoing {
@@ -251,19 +260,29 @@ impl Outgoing {
             encoder,
             frames: Frames::default(),
             messages: 0,
+            bytes: 0,
         }
     }
 
     /// Moves every encoded frame into `out` (see [`Frames::move_into`]).
     pub(crate) fn take_into(&mut self, out: &mut Frames) {
         self.messages = 0;
+        self.bytes = 0;
         self.frames.move_into(out);
     }
 
     /// Every encoded byte, in order (for [`Outbox`](super::Outbox)).
     pub(crate) fn take_bytes(&mut self, out: &mut BytesMut) {
         self.messages = 0;
+        self.bytes = 0;
         self.frames.drain_bytes(out);
+    }
+
+    /// One message more, of `len` encoded bytes.
+    #[inline]
+    fn added(&mut self, len: usize) {
+        self.messages += 1;
+        self.bytes += len;
     }
 
     #[cfg(test)]
@@ -285,6 +304,10 @@ impl Store for Outgoing {
     fn count(&self) -> usize {
         self.messages
     }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl Put<Copied<'_>> for Outgoing {
@@ -297,8 +320,8 @@ impl Put<Copied<'_>> for Outgoing {
                 data: Bytes::copy_from_slice(msg.data),
             });
         };
-        self.frames.copy(codec, msg)?;
-        self.messages += 1;
+        let len = self.frames.copy(codec, msg)?;
+        self.added(len);
         Ok(())
     }
 }
@@ -306,11 +329,11 @@ impl Put<Copied<'_>> for Outgoing {
 impl Put<Message> for Outgoing {
     #[inline]
     fn put(&mut self, msg: Message) -> Result<(), Error> {
-        match &mut self.encoder {
+        let len = match &mut self.encoder {
             Encoder::Zinx(codec) => self.frames.push(codec, msg),
             Encoder::Other(encoder) => encoder.encode_into(msg, &mut self.frames),
         }?;
-        self.messages += 1;
+        self.added(len);
         Ok(())
     }
 }

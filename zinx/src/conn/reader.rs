@@ -6,16 +6,20 @@
 //! run (or wait for their worker) nothing is read, which is the backpressure that
 //! slows a fast peer. A framing
 //! error (oversized or truncated frame) ends this connection only. The reader
-//! also runs the connection's heartbeat, since it is what hears from the peer.
+//! also runs the connection's heartbeat and its frame and idle timeouts, since
+//! it is what hears from the peer.
 
 use std::future::Future;
 use std::io;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 
 use crate::conn::Connection;
 use crate::conn::close::{CloseSignal, Waiter};
@@ -35,6 +39,17 @@ pub(crate) enum ReadEnd {
     Cancelled,
     /// The peer broke the protocol or the socket failed.
     Failed(Error),
+    /// The peer left a frame unfinished, or sent nothing, for too long.
+    TimedOut(Timeout),
+}
+
+/// Which of the reader's timeouts ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    /// `FrameTimeout`: a frame was started and not finished in time.
+    Frame,
+    /// `IdleTimeout`: nothing arrived in time.
+    Idle,
 }
 
 impl ReadEnd {
@@ -44,6 +59,8 @@ impl ReadEnd {
             ReadEnd::PeerClosed => "peer closed",
             ReadEnd::Cancelled => "closed locally",
             ReadEnd::Failed(_) => "error",
+            ReadEnd::TimedOut(Timeout::Frame) => "frame timeout",
+            ReadEnd::TimedOut(Timeout::Idle) => "idle timeout",
         }
     }
 
@@ -55,8 +72,20 @@ impl ReadEnd {
             ReadEnd::Cancelled => "local",
             ReadEnd::Failed(e) if e.is_protocol() => "protocol",
             ReadEnd::Failed(_) => "error",
+            ReadEnd::TimedOut(_) => "timeout",
         }
     }
+}
+
+/// How a server's (or client's) connections read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSettings {
+    /// The first read's size (`IOReadBuffSize`); later reads adapt.
+    pub(crate) chunk: usize,
+    /// `FrameTimeout`.
+    pub(crate) frame_timeout: Option<Duration>,
+    /// `IdleTimeout`.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// A connection's read half.
@@ -147,7 +176,7 @@ pub(crate) fn run<'a, R, F>(
     conn: &'a Connection,
     lane: &'a Lane,
     mut framing: F,
-    initial_chunk: usize,
+    settings: &'a ReadSettings,
     mut extras: Option<Box<Extras<'a>>>,
 ) -> impl Future<Output = ReadEnd> + 'a
 where
@@ -157,7 +186,7 @@ where
     async move {
         let signal = conn.close_signal();
         let mut buf = BytesMut::new();
-        let min_chunk = initial_chunk.max(64);
+        let min_chunk = settings.chunk.max(64);
         let mut chunk = min_chunk;
         let mut small_reads = 0u32;
         // Nothing read yet: the first wait for bytes checks that they are there.
@@ -183,13 +212,24 @@ where
                     }
                     _ => return ReadEnd::Cancelled,
                 },
-                // Cancel-safe: Interval::tick only records a tick when it completes.
-                _ = tick(extras.as_mut().and_then(|x| x.heartbeat.as_mut())) => {
-                    if let Some(hb) = extras.as_ref().and_then(|x| x.heartbeat.as_ref()) {
-                        hb.beat(conn);
+                // Cancel-safe: a tick or an expiry is only taken when it is
+                // returned (see Extras::poll_event).
+                event = next_event(extras.as_deref_mut()) => match event {
+                    Event::Beat => {
+                        if let Some(x) = extras.as_deref() {
+                            x.beat(conn);
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                    // A peer whose bytes are waiting has not timed out: they
+                    // were not read because this side was busy.
+                    Event::Expired(timeout) => {
+                        match io.read_into(&mut buf, chunk, fresh).now_or_never() {
+                            Some(read) => read,
+                            None => return ReadEnd::TimedOut(timeout),
+                        }
+                    }
+                },
                 // Cancel-safe: see ReadSource::read_into.
                 read = io.read_into(&mut buf, chunk, fresh) => read,
             } {
@@ -213,14 +253,23 @@ where
                 small_reads = 0;
             }
             if n > 0
-                && let Some(hb) = extras.as_mut().and_then(|x| x.heartbeat.as_mut())
+                && let Some(x) = extras.as_deref_mut()
             {
-                hb.last_heard = Instant::now();
+                x.heard();
             }
             // Boxed: the error is rare and held across the dispatch below.
             let decoded = framing
                 .decode_all(&mut buf, &mut batch, eof)
                 .map_err(Box::new);
+            // Bytes left over are the start of a frame: its time runs from when
+            // it started (the reader state for it is made by the first one).
+            if settings.frame_timeout.is_some()
+                && (!buf.is_empty() || extras.as_ref().is_some_and(|x| x.in_frame()))
+            {
+                extras
+                    .get_or_insert_with(|| Extras::bare(settings))
+                    .frame(!buf.is_empty(), !batch.is_empty());
+            }
             #[cfg(feature = "metrics")]
             if let Some(metrics) = extras.as_ref().and_then(|x| x.metrics.as_deref()) {
                 for msg in &batch {
@@ -239,8 +288,7 @@ where
                 // and the worker is not held meanwhile.
                 if conn.take_overflowed() {
                     // Boxed: only a connection whose peer reads slowly waits.
-                    let heartbeat = extras.as_mut().and_then(|x| x.heartbeat.as_mut());
-                    Box::pin(wait_for_room(conn, heartbeat)).await;
+                    Box::pin(wait_for_room(conn, extras.as_deref_mut())).await;
                     if signal.is_closed() {
                         return ReadEnd::Cancelled;
                     }
@@ -315,27 +363,196 @@ where
     }
 }
 
-/// Reader state only some servers use (heartbeat, rate limit, metrics): boxed, so
-/// that a connection without them does not carry it in its future.
+/// Reader state only some connections use (heartbeat, rate limit, metrics,
+/// timeouts): boxed, so that a connection without them does not carry it in its
+/// future. The frame timeout's part is made when a frame first arrives in
+/// pieces.
 pub(crate) struct Extras<'a> {
     heartbeat: Option<Beating<'a>>,
     rate: Option<RateLimit>,
     #[cfg(feature = "metrics")]
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// When the peer was last heard from (heartbeat and idle timeout).
+    last_heard: Instant,
+    timeouts: Timeouts,
 }
 
-/// A connection's heartbeat: its settings, its ticker and when the peer was last
-/// heard from.
+/// A connection's heartbeat: its settings and its ticker.
 struct Beating<'a> {
     settings: &'a Heartbeat,
     ticker: Interval,
-    last_heard: Instant,
 }
 
-impl Beating<'_> {
+/// The frame and idle timeouts: one timer for both, armed for the earlier
+/// deadline and checked lazily. Bytes that arrive do not move the timer, only
+/// the instants it is checked against when it fires (then it is set again for
+/// what is left), so a busy connection touches the timer about once per timeout,
+/// not once per read.
+struct Timeouts {
+    frame: Option<Duration>,
+    idle: Option<Duration>,
+    /// When the unfinished frame in the read buffer started arriving.
+    frame_started: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer is set for a deadline still to be checked.
+    armed: bool,
+}
+
+/// What woke the reader other than bytes.
+enum Event {
+    /// Time for a heartbeat.
+    Beat,
+    /// A timeout ran out.
+    Expired(Timeout),
+}
+
+impl Timeouts {
+    /// The earlier deadline, and which it is.
+    fn next_deadline(&self, last_heard: Instant) -> Option<(Instant, Timeout)> {
+        let frame = self
+            .frame
+            .zip(self.frame_started)
+            .map(|(limit, started)| (started + limit, Timeout::Frame));
+        let idle = self.idle.map(|limit| (last_heard + limit, Timeout::Idle));
+        match (frame, idle) {
+            (Some(f), Some(i)) => Some(if f.0 <= i.0 { f } else { i }),
+            (f, i) => f.or(i),
+        }
+    }
+
+    /// Sets the timer for the next deadline, unless it is already set for one
+    /// no later.
+    fn arm(&mut self, last_heard: Instant) {
+        let Some((at, _)) = self.next_deadline(last_heard) else {
+            return;
+        };
+        match &mut self.timer {
+            Some(timer) if self.armed && timer.deadline() <= at => {}
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.armed = true;
+    }
+
+    fn poll_expired(&mut self, last_heard: Instant, cx: &mut Context<'_>) -> Poll<Timeout> {
+        loop {
+            let next = self.next_deadline(last_heard);
+            let Some(timer) = self.timer.as_mut().filter(|_| self.armed) else {
+                return Poll::Pending;
+            };
+            std::task::ready!(timer.as_mut().poll(cx));
+            match next {
+                None => {
+                    self.armed = false;
+                    return Poll::Pending;
+                }
+                Some((at, timeout)) if at <= Instant::now() => return Poll::Ready(timeout),
+                // Bytes came since it was set: set it again for what is left.
+                Some((at, _)) => timer.as_mut().reset(at),
+            }
+        }
+    }
+}
+
+impl<'a> Extras<'a> {
+    pub(crate) fn new(
+        heartbeat: Option<&'a Heartbeat>,
+        rate: Option<RateLimit>,
+        #[cfg(feature = "metrics")] metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+        settings: &ReadSettings,
+    ) -> Option<Box<Extras<'a>>> {
+        let needed = heartbeat.is_some() || rate.is_some() || settings.idle_timeout.is_some();
+        #[cfg(feature = "metrics")]
+        let needed = needed || metrics.is_some();
+        if !needed {
+            return None;
+        }
+        let heartbeat = heartbeat.map(|settings| {
+            let mut ticker =
+                tokio::time::interval_at(Instant::now() + settings.interval, settings.interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            Beating { settings, ticker }
+        });
+        let mut extras = Box::new(Extras {
+            heartbeat,
+            rate,
+            #[cfg(feature = "metrics")]
+            metrics,
+            ..*Extras::bare(settings)
+        });
+        let last_heard = extras.last_heard;
+        extras.timeouts.arm(last_heard);
+        Some(extras)
+    }
+
+    /// Only the timeouts.
+    fn bare(settings: &ReadSettings) -> Box<Extras<'a>> {
+        Box::new(Extras {
+            heartbeat: None,
+            rate: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
+            last_heard: Instant::now(),
+            timeouts: Timeouts {
+                frame: settings.frame_timeout,
+                idle: settings.idle_timeout,
+                frame_started: None,
+                timer: None,
+                armed: false,
+            },
+        })
+    }
+
+    /// Bytes arrived.
+    fn heard(&mut self) {
+        if self.heartbeat.is_some() || self.timeouts.idle.is_some() {
+            self.last_heard = Instant::now();
+            if !self.timeouts.armed {
+                self.timeouts.arm(self.last_heard);
+            }
+        }
+    }
+
+    /// True while the read buffer holds an unfinished frame.
+    fn in_frame(&self) -> bool {
+        self.timeouts.frame_started.is_some()
+    }
+
+    /// After a decode: `partial`, the buffer holds the start of a frame;
+    /// `decoded`, whole frames came out of it (so the partial one is new).
+    fn frame(&mut self, partial: bool, decoded: bool) {
+        if !partial {
+            self.timeouts.frame_started = None;
+        } else if decoded || self.timeouts.frame_started.is_none() {
+            self.timeouts.frame_started = Some(Instant::now());
+            self.timeouts.arm(self.last_heard);
+        }
+    }
+
+    /// A heartbeat tick, or a timeout that ran out.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if self.poll_beat(cx).is_ready() {
+            return Poll::Ready(Event::Beat);
+        }
+        self.timeouts
+            .poll_expired(self.last_heard, cx)
+            .map(Event::Expired)
+    }
+
+    /// The next heartbeat tick (never without a heartbeat).
+    fn poll_beat(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.heartbeat {
+            // Interval::poll_tick only records a tick when it returns it.
+            Some(hb) => hb.ticker.poll_tick(cx).map(drop),
+            None => Poll::Pending,
+        }
+    }
+
     /// One tick: declare the peer dead, or send a heartbeat.
     fn beat(&self, conn: &Connection) {
-        let hb = self.settings;
+        let Some(hb) = self.heartbeat.as_ref().map(|b| b.settings) else {
+            return;
+        };
         if self.last_heard.elapsed() > hb.limit() {
             (hb.on_dead)(conn);
         } else if let Err(e) = conn.try_send(hb.msg_id, (hb.payload)(conn)) {
@@ -346,48 +563,28 @@ impl Beating<'_> {
     }
 }
 
-impl<'a> Extras<'a> {
-    pub(crate) fn new(
-        heartbeat: Option<&'a Heartbeat>,
-        rate: Option<RateLimit>,
-        #[cfg(feature = "metrics")] metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
-    ) -> Option<Box<Extras<'a>>> {
-        let needed = heartbeat.is_some() || rate.is_some();
-        #[cfg(feature = "metrics")]
-        let needed = needed || metrics.is_some();
-        if !needed {
-            return None;
-        }
-        let heartbeat = heartbeat.map(|settings| {
-            let mut ticker =
-                tokio::time::interval_at(Instant::now() + settings.interval, settings.interval);
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            Beating {
-                settings,
-                ticker,
-                last_heard: Instant::now(),
-            }
-        });
-        Some(Box::new(Extras {
-            heartbeat,
-            rate,
-            #[cfg(feature = "metrics")]
-            metrics,
-        }))
-    }
+/// The next heartbeat tick or expired timeout (never without extras).
+fn next_event<'b>(mut extras: Option<&'b mut Extras<'_>>) -> impl Future<Output = Event> + 'b {
+    std::future::poll_fn(move |cx| match extras.as_deref_mut() {
+        Some(x) => x.poll_event(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Waits until the send queue is below its bound (or closed). The heartbeat goes
 /// on meanwhile: nothing is read while the reader waits, so a peer that reads
 /// nothing for the heartbeat's limit is declared dead like a silent one.
-async fn wait_for_room(conn: &Connection, mut heartbeat: Option<&mut Beating<'_>>) {
+async fn wait_for_room(conn: &Connection, mut extras: Option<&mut Extras<'_>>) {
     loop {
         tokio::select! {
             biased;
             () = conn.room() => return,
-            () = tick(heartbeat.as_deref_mut()) => {
-                if let Some(hb) = heartbeat.as_deref() {
-                    hb.beat(conn);
+            () = std::future::poll_fn(|cx| match extras.as_deref_mut() {
+                Some(x) => x.poll_beat(cx),
+                None => Poll::Pending,
+            }) => {
+                if let Some(x) = extras.as_deref() {
+                    x.beat(conn);
                 }
             }
         }
@@ -400,16 +597,6 @@ async fn pause(signal: &CloseSignal, wait: std::time::Duration) -> Result<(), ()
         biased;
         () = signal.closed_for(Waiter::Reader) => Err(()),
         () = tokio::time::sleep(wait) => Ok(()),
-    }
-}
-
-/// The next heartbeat tick, or never without a heartbeat.
-async fn tick(heartbeat: Option<&mut Beating<'_>>) {
-    match heartbeat {
-        Some(hb) => {
-            hb.ticker.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 
@@ -430,10 +617,23 @@ mod tests {
     use crate::router::Router;
     use crate::worker::WorkerPool;
 
+    /// Reads of 16 B (then adapting), no timeouts.
+    const CHUNK_16: ReadSettings = ReadSettings {
+        chunk: 16,
+        frame_timeout: None,
+        idle_timeout: None,
+    };
+
+    /// Reads of 1 KiB (then adapting), no timeouts.
+    const CHUNK_1K: ReadSettings = ReadSettings {
+        chunk: 1024,
+        ..CHUNK_16
+    };
+
     /// Reads `io` to its end with a 16-byte first read and no extras, handling
     /// on the reader (no worker).
     async fn run_inline(io: tokio::io::DuplexStream, conn: &Connection, codec: Codec) -> ReadEnd {
-        run(io, conn, &inline_lane(), codec, 16, None).await
+        run(io, conn, &inline_lane(), codec, &CHUNK_16, None).await
     }
 
     fn inline_lane() -> Lane {
@@ -489,7 +689,7 @@ mod tests {
         }
         drop(peer);
         let lane = sync_echo_pool(0).assign(conn.id());
-        let reading = run(io, &conn, &lane, Codec::default(), 1024, None);
+        let reading = run(io, &conn, &lane, Codec::default(), &CHUNK_1K, None);
         let draining = async {
             let mut got = Vec::new();
             while got.len() < 10 {
@@ -517,7 +717,7 @@ mod tests {
         }
         drop(peer);
         let lane = sync_echo_pool(0).assign(conn.id());
-        let end = run(io, &conn, &lane, Codec::default(), 1024, None).await;
+        let end = run(io, &conn, &lane, Codec::default(), &CHUNK_1K, None).await;
         assert!(matches!(end, ReadEnd::PeerClosed), "{end:?}");
         assert_eq!(rx.try_recv().unwrap().data[0], 0);
         assert_eq!(rx.try_recv().unwrap().data[0], 1);
@@ -537,11 +737,26 @@ mod tests {
         fast_peer.write_all(&wire(1, b"f")).await.unwrap();
         let pool = sync_echo_pool(1);
         let (slow_lane, fast_lane) = (pool.assign(slow.id()), pool.assign(fast.id()));
-        let slow_reading = run(slow_io, &slow, &slow_lane, Codec::default(), 1024, None);
+        let slow_reading = run(
+            slow_io,
+            &slow,
+            &slow_lane,
+            Codec::default(),
+            &CHUNK_1K,
+            None,
+        );
         let fast_reading = async {
             // Let the slow connection fill its queue first.
             tokio::task::yield_now().await;
-            run(fast_io, &fast, &fast_lane, Codec::default(), 1024, None).await
+            run(
+                fast_io,
+                &fast,
+                &fast_lane,
+                Codec::default(),
+                &CHUNK_1K,
+                None,
+            )
+            .await
         };
         let reply = async { fast_rx.recv().await.unwrap() };
         tokio::select! {
@@ -578,7 +793,7 @@ mod tests {
         for i in 0..3u8 {
             peer.write_all(&wire(1, &[i])).await.unwrap();
         }
-        let reading = run(io, &conn, &lane, Codec::default(), 1024, None);
+        let reading = run(io, &conn, &lane, Codec::default(), &CHUNK_1K, None);
         let closing = async {
             for _ in 0..100 {
                 if handled.load(Ordering::SeqCst) >= 2 {
@@ -617,7 +832,7 @@ mod tests {
         drop(peer);
         let end = tokio::time::timeout(
             Duration::from_secs(1),
-            run(io, &conn, &lane, Codec::default(), 1024, None),
+            run(io, &conn, &lane, Codec::default(), &CHUNK_1K, None),
         )
         .await
         .expect("the reader does not wait for room it does not need");
@@ -656,7 +871,7 @@ mod tests {
         let (conn, _rx) = test_conn(16);
         let (_peer, io) = tokio::io::duplex(64);
         let closer = conn.clone();
-        let reading = run(io, &conn, &lane, Codec::default(), 16, None);
+        let reading = run(io, &conn, &lane, Codec::default(), &CHUNK_16, None);
         let (end, ()) = tokio::join!(reading, async move { closer.close() });
         assert!(matches!(end, ReadEnd::Cancelled));
     }
