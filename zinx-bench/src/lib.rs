@@ -96,6 +96,13 @@ impl Payloads {
         (conn.wrapping_mul(31).wrapping_add(seq) % PATTERN_PERIOD as u64) as usize
     }
 
+    /// Appends the whole frame of request `seq` on connection `conn` (which an
+    /// echo server sends back unchanged).
+    pub fn put_frame(&self, format: Format, id: u32, conn: u64, seq: u64, dst: &mut Vec<u8>) {
+        format.put_header(id, self.len as u32, dst);
+        self.put(conn, seq, dst);
+    }
+
     /// Appends the payload of request `seq` on connection `conn`.
     pub fn put(&self, conn: u64, seq: u64, dst: &mut Vec<u8>) {
         let tag = Self::tag(conn, seq);
@@ -156,7 +163,7 @@ pub struct RunReport {
     pub latency_us: Latency,
     /// Replies that did not match their request (ID, length, bytes, order).
     pub mismatches: u64,
-    /// Connections that failed (connect, I/O, early close).
+    /// Connections that failed (connect, I/O, early close, a reply mismatch).
     pub errors: u64,
     /// Server CPU seconds (user + system) during the measured window.
     pub server_cpu_secs: Option<f64>,
@@ -169,6 +176,14 @@ pub struct RunReport {
     /// Server resident memory after one message on every connection, in KiB
     /// (connect-only mode).
     pub server_rss_after_message_kib: Option<u64>,
+    /// The failed connections of `errors` by the reason each failed: they add up
+    /// to `errors` (added after the fields above; absent from older result
+    /// lines, read as all zero).
+    #[serde(default)]
+    pub errors_by_reason: ErrorsByReason,
+    /// Where the first reply seen that did not match its request differed.
+    #[serde(default)]
+    pub first_mismatch: Option<Mismatch>,
 }
 
 impl RunReport {
@@ -191,6 +206,179 @@ impl RunReport {
 
 fn per_conn(start_kib: u64, end_kib: u64, conns: usize) -> Option<f64> {
     (conns > 0).then(|| end_kib.saturating_sub(start_kib) as f64 * 1024.0 / conns as f64)
+}
+
+/// Why a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The server refused the connection (nothing listening there).
+    ConnectionRefused,
+    /// The server reset the connection.
+    ResetByPeer,
+    /// The server closed the connection (end of stream, or a write after it
+    /// closed).
+    ClosedByServer,
+    /// A reply did not match its request.
+    ReplyMismatch,
+    /// No reply (or connection) within the time allowed.
+    Timeout,
+    /// Any other I/O error.
+    OtherIo,
+}
+
+impl Reason {
+    /// Every reason, in the order reports list them.
+    pub const ALL: [Reason; 6] = [
+        Reason::ConnectionRefused,
+        Reason::ResetByPeer,
+        Reason::ClosedByServer,
+        Reason::ReplyMismatch,
+        Reason::Timeout,
+        Reason::OtherIo,
+    ];
+
+    /// The reason an I/O error stands for.
+    #[must_use]
+    pub fn of_io(e: &std::io::Error) -> Reason {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::ConnectionRefused => Reason::ConnectionRefused,
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Reason::ResetByPeer,
+            ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe => Reason::ClosedByServer,
+            ErrorKind::TimedOut => Reason::Timeout,
+            _ => Reason::OtherIo,
+        }
+    }
+
+    /// How the human report names it.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::ConnectionRefused => "connection refused",
+            Reason::ResetByPeer => "reset by peer",
+            Reason::ClosedByServer => "closed by server (EOF)",
+            Reason::ReplyMismatch => "reply mismatch",
+            Reason::Timeout => "timeout",
+            Reason::OtherIo => "other I/O",
+        }
+    }
+}
+
+/// Failed connections counted by reason: each failed connection once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ErrorsByReason {
+    /// The server refused the connection.
+    pub connection_refused: u64,
+    /// The server reset the connection.
+    pub reset_by_peer: u64,
+    /// The server closed the connection.
+    pub closed_by_server: u64,
+    /// A reply did not match its request.
+    pub reply_mismatch: u64,
+    /// Nothing arrived within the time allowed.
+    pub timeout: u64,
+    /// Any other I/O error.
+    pub other_io: u64,
+}
+
+impl ErrorsByReason {
+    /// The count of `reason`.
+    #[must_use]
+    pub fn get(&self, reason: Reason) -> u64 {
+        match reason {
+            Reason::ConnectionRefused => self.connection_refused,
+            Reason::ResetByPeer => self.reset_by_peer,
+            Reason::ClosedByServer => self.closed_by_server,
+            Reason::ReplyMismatch => self.reply_mismatch,
+            Reason::Timeout => self.timeout,
+            Reason::OtherIo => self.other_io,
+        }
+    }
+
+    /// Adds `n` to the count of `reason`.
+    pub fn add(&mut self, reason: Reason, n: u64) {
+        let count = match reason {
+            Reason::ConnectionRefused => &mut self.connection_refused,
+            Reason::ResetByPeer => &mut self.reset_by_peer,
+            Reason::ClosedByServer => &mut self.closed_by_server,
+            Reason::ReplyMismatch => &mut self.reply_mismatch,
+            Reason::Timeout => &mut self.timeout,
+            Reason::OtherIo => &mut self.other_io,
+        };
+        *count += n;
+    }
+
+    /// All the counts together.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        Reason::ALL.iter().map(|&r| self.get(r)).sum()
+    }
+
+    /// The reasons that occurred with their counts, e.g. "3 connection refused,
+    /// 1 reply mismatch (first at byte 28 of the reply frame: expected 0x1f, got
+    /// 0x20)", or "" if none did.
+    #[must_use]
+    pub fn describe(&self, first_mismatch: Option<&Mismatch>) -> String {
+        let mut parts = Vec::new();
+        for reason in Reason::ALL {
+            let n = self.get(reason);
+            if n == 0 {
+                continue;
+            }
+            let mut part = format!("{n} {}", reason.label());
+            if let (Reason::ReplyMismatch, Some(m)) = (reason, first_mismatch) {
+                let _ = write!(part, " (first {m})");
+            }
+            parts.push(part);
+        }
+        parts.join(", ")
+    }
+}
+
+/// Where a reply first differed from the one expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    /// Offset of the first differing byte in the reply frame, its 8-byte header
+    /// included.
+    pub offset: u64,
+    /// The byte expected there; `None` where the expected frame had already
+    /// ended (or no reply was expected at all).
+    pub expected: Option<u8>,
+    /// The byte received there; `None` where the reply had already ended.
+    pub got: Option<u8>,
+}
+
+impl Mismatch {
+    /// Where `got` first differs from `expected`. If one is a prefix of the
+    /// other, that is where the shorter ends (equal frames give their length
+    /// and no bytes).
+    #[must_use]
+    pub fn between(expected: &[u8], got: &[u8]) -> Mismatch {
+        let offset = expected
+            .iter()
+            .zip(got)
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.len().min(got.len()));
+        Mismatch {
+            offset: offset as u64,
+            expected: expected.get(offset).copied(),
+            got: got.get(offset).copied(),
+        }
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let byte = |b: Option<u8>| b.map_or("nothing".to_owned(), |b| format!("{b:#04x}"));
+        write!(
+            f,
+            "at byte {} of the reply frame: expected {}, got {}",
+            self.offset,
+            byte(self.expected),
+            byte(self.got)
+        )
+    }
 }
 
 /// CPU seconds (user + system) a process has used, from /proc (Linux).
@@ -408,6 +596,104 @@ mod tests {
                 assert!(!p.matches(3, 10, &a[..len - 1]));
             }
         }
+    }
+
+    #[test]
+    fn json_keeps_every_field_in_place_and_appends_the_new_ones() {
+        let line = serde_json::to_string(&RunReport::default()).unwrap();
+        // The line of a default report before errors_by_reason existed, up to its
+        // closing brace: scripts/bench.sh and `zinx-bench report` read these.
+        let old = r#"{"scenario":"","server":"","conns":0,"pipeline":0,"payload":0,"replies":0,"seconds":0.0,"replies_per_sec":0.0,"latency_us":{"p50":0,"p90":0,"p99":0,"p999":0,"max":0},"mismatches":0,"errors":0,"server_cpu_secs":null,"server_cpu_us_per_reply":null,"server_rss_start_kib":null,"server_rss_kib":null,"server_rss_after_message_kib":null"#;
+        assert_eq!(
+            line,
+            format!(
+                r#"{old},"errors_by_reason":{{"connection_refused":0,"reset_by_peer":0,"closed_by_server":0,"reply_mismatch":0,"timeout":0,"other_io":0}},"first_mismatch":null}}"#
+            )
+        );
+        // bench.sh takes the number after the last `"replies":` of the line.
+        assert_eq!(line.matches(r#""replies":"#).count(), 1);
+    }
+
+    #[test]
+    fn result_lines_without_the_new_fields_still_parse() {
+        let old = r#"{"scenario":"s","server":"zinx","conns":2,"pipeline":1,"payload":64,"replies":5,"seconds":1.0,"replies_per_sec":5.0,"latency_us":{"p50":1,"p90":2,"p99":3,"p999":4,"max":5},"mismatches":0,"errors":1,"server_cpu_secs":null,"server_cpu_us_per_reply":null,"server_rss_start_kib":null,"server_rss_kib":null,"server_rss_after_message_kib":null}"#;
+        let run: RunReport = serde_json::from_str(old).unwrap();
+        assert_eq!(run.errors, 1);
+        assert_eq!(run.errors_by_reason, ErrorsByReason::default());
+        assert_eq!(run.first_mismatch, None);
+        // And a new line reads back as written.
+        let mut new = run.clone();
+        new.errors_by_reason.add(Reason::ReplyMismatch, 1);
+        new.first_mismatch = Some(Mismatch::between(&[1, 2, 3], &[1, 9, 3]));
+        let back: RunReport = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+    }
+
+    #[test]
+    fn mismatch_is_the_first_differing_byte() {
+        let m = |e: &[u8], g: &[u8]| Mismatch::between(e, g);
+        let at = |offset: u64, expected: Option<u8>, got: Option<u8>| Mismatch {
+            offset,
+            expected,
+            got,
+        };
+        assert_eq!(m(&[1, 2, 3, 4], &[1, 2, 7, 8]), at(2, Some(3), Some(7)));
+        assert_eq!(m(&[5], &[6]), at(0, Some(5), Some(6)));
+        // One a prefix of the other: where the shorter ends.
+        assert_eq!(m(&[1, 2], &[1, 2, 3]), at(2, None, Some(3)));
+        assert_eq!(m(&[1, 2, 3], &[1]), at(1, Some(2), None));
+        // No reply expected at all.
+        assert_eq!(m(&[], &[9, 9]), at(0, None, Some(9)));
+        assert_eq!(
+            at(28, Some(0x1f), Some(0x20)).to_string(),
+            "at byte 28 of the reply frame: expected 0x1f, got 0x20"
+        );
+        assert_eq!(
+            at(0, None, Some(9)).to_string(),
+            "at byte 0 of the reply frame: expected nothing, got 0x09"
+        );
+    }
+
+    #[test]
+    fn io_errors_have_their_reasons() {
+        use std::io::{Error, ErrorKind};
+        let of = |kind: ErrorKind| Reason::of_io(&Error::from(kind));
+        assert_eq!(of(ErrorKind::ConnectionRefused), Reason::ConnectionRefused);
+        assert_eq!(of(ErrorKind::ConnectionReset), Reason::ResetByPeer);
+        assert_eq!(of(ErrorKind::UnexpectedEof), Reason::ClosedByServer);
+        assert_eq!(of(ErrorKind::BrokenPipe), Reason::ClosedByServer);
+        assert_eq!(of(ErrorKind::TimedOut), Reason::Timeout);
+        assert_eq!(of(ErrorKind::PermissionDenied), Reason::OtherIo);
+        assert_eq!(
+            Reason::of_io(&Error::from_raw_os_error(111)),
+            Reason::ConnectionRefused,
+            "ECONNREFUSED as the OS reports it"
+        );
+    }
+
+    #[test]
+    fn reasons_are_counted_and_described() {
+        let mut e = ErrorsByReason::default();
+        assert_eq!(e.describe(None), "");
+        e.add(Reason::ConnectionRefused, 3);
+        e.add(Reason::ReplyMismatch, 1);
+        e.add(Reason::OtherIo, 2);
+        assert_eq!(e.total(), 6);
+        for reason in Reason::ALL {
+            let mut one = ErrorsByReason::default();
+            one.add(reason, 1);
+            assert_eq!((one.get(reason), one.total()), (1, 1), "{reason:?}");
+        }
+        let first = Mismatch {
+            offset: 28,
+            expected: Some(0x1f),
+            got: Some(0x20),
+        };
+        assert_eq!(
+            e.describe(Some(&first)),
+            "3 connection refused, 1 reply mismatch (first at byte 28 of the reply frame: \
+             expected 0x1f, got 0x20), 2 other I/O"
+        );
     }
 
     #[test]

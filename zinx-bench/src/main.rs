@@ -6,14 +6,18 @@
 //! histogram and reports replies/s and percentiles, plus the server's CPU time and
 //! memory with `--server-pid`. `--connect-only` opens and holds the connections to
 //! measure the server's memory per connection, before and after one message each.
-//! Exits non-zero on any mismatch or connection error. `zinx-bench report` turns
-//! the `--json` lines of many runs into the tables of docs/PERFORMANCE.md.
+//! Exits non-zero on any mismatch or connection error, and counts each failed
+//! connection by its reason (refused, reset, closed, reply mismatch with where the
+//! first one differed, timeout, other I/O). If not even the first connection can be
+//! made, it stops at once with the error and prints no result. On a terminal, a
+//! progress bar shows the elapsed and remaining time. `zinx-bench report` turns the
+//! `--json` lines of many runs into the tables of docs/PERFORMANCE.md.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,8 +29,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
 use zinx_bench::{
-    Format, HEADER, Latency, Payloads, RunReport, process_cpu_secs, process_rss_kib, render_memory,
-    render_tables,
+    ErrorsByReason, Format, HEADER, Latency, Mismatch, Payloads, Reason, RunReport,
+    process_cpu_secs, process_rss_kib, render_memory, render_tables,
 };
 
 #[derive(Parser)]
@@ -61,9 +65,10 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// Server address.
+    /// Server address: `host:port`, the host an IP address or a name (resolved
+    /// once; the first of its addresses that accepts a connection is used).
     #[arg(long, default_value = "127.0.0.1:8999")]
-    addr: SocketAddr,
+    addr: String,
     /// Connections.
     #[arg(long, default_value_t = 50)]
     conns: usize,
@@ -74,10 +79,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 64)]
     payload: usize,
     /// Seconds measured (after the warm-up).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     duration: f64,
     /// Seconds of load before measuring.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     warmup: f64,
     /// Packet layout.
     #[arg(long, value_enum, default_value = "tlv")]
@@ -87,7 +92,7 @@ struct RunArgs {
     msg_id: u32,
     /// Open loop: requests per second in total, sent on schedule whatever the
     /// replies do; latency counts from the scheduled time.
-    #[arg(long)]
+    #[arg(long, value_parser = rate)]
     rate: Option<f64>,
     /// Only open and hold the connections (one message each after connecting).
     #[arg(long)]
@@ -112,9 +117,29 @@ struct RunArgs {
     threads: Option<usize>,
 }
 
+/// A number of seconds a `Duration` can hold, not negative.
+fn seconds(s: &str) -> Result<f64, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(secs)
+        .map(|_| secs)
+        .map_err(|_| "expected seconds, at least 0".to_owned())
+}
+
+/// A rate above 0 whose interval a `Duration` can hold.
+fn rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err("expected requests per second, above 0".to_owned())
+    }
+}
+
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
+/// Connect-only mode, holding the connections.
+const HOLD: u8 = 3;
 
 /// Counters and the histogram shared by every connection.
 struct Shared {
@@ -123,10 +148,44 @@ struct Shared {
     measured: AtomicU64,
     mismatches: AtomicU64,
     errors: AtomicU64,
+    /// `errors` by reason, indexed like `Reason::ALL`.
+    reasons: [AtomicU64; Reason::ALL.len()],
+    first_mismatch: Mutex<Option<Mismatch>>,
     histogram: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
+    /// Counts a failed connection.
+    fn fail(&self, error: &ConnError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let reason = error.reason();
+        if let Some(i) = Reason::ALL.iter().position(|&r| r == reason) {
+            self.reasons[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let ConnError::Mismatch(m) = error {
+            self.mismatches.fetch_add(1, Ordering::Relaxed);
+            self.first_mismatch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(*m);
+        }
+    }
+
+    /// Copies the counts of failures into `report`.
+    fn failures_into(&self, report: &mut RunReport) {
+        report.errors = self.errors.load(Ordering::SeqCst);
+        report.mismatches = self.mismatches.load(Ordering::SeqCst);
+        let mut by_reason = ErrorsByReason::default();
+        for (reason, count) in Reason::ALL.iter().zip(&self.reasons) {
+            by_reason.add(*reason, count.load(Ordering::SeqCst));
+        }
+        report.errors_by_reason = by_reason;
+        report.first_mismatch = *self
+            .first_mismatch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
     fn record(&self, samples: &mut Vec<u64>) {
         let mut h = self
             .histogram
@@ -161,7 +220,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args.clone()));
+    let result = match runtime.block_on(run(args.clone())) {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("zinx-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let failed = result.mismatches > 0 || result.errors > 0;
     print_result(&args, &result);
     if failed {
@@ -225,6 +290,7 @@ fn print_result(args: &RunArgs, r: &RunReport) {
             r.rss_per_conn_after_message()
                 .map_or("-".into(), |b| format!("{b:.0}")),
         );
+        print_reasons(r);
         return;
     }
     println!(
@@ -246,19 +312,35 @@ fn print_result(args: &RunArgs, r: &RunReport) {
             .map(|c| format!("; server CPU {c:.2} µs/reply"))
             .unwrap_or_default()
     );
+    print_reasons(r);
+}
+
+/// A line of failures by reason, after the result line; none on a clean run (so
+/// the output of one stays as it was).
+#[allow(clippy::print_stdout)]
+fn print_reasons(r: &RunReport) {
+    let reasons = r.errors_by_reason.describe(r.first_mismatch.as_ref());
+    if !reasons.is_empty() {
+        println!("errors by reason: {reasons}");
+    }
 }
 
 fn opt(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
-async fn run(args: RunArgs) -> RunReport {
+/// One run. `Err` when it cannot even start (the address does not resolve, or
+/// not one connection can be made): there is then nothing to report.
+async fn run(args: RunArgs) -> Result<RunReport, String> {
+    let addrs = resolve(&args.addr).await?;
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
         total: AtomicU64::new(0),
         measured: AtomicU64::new(0),
         mismatches: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        reasons: Default::default(),
+        first_mismatch: Mutex::new(None),
         histogram: Mutex::new(
             Histogram::new_with_bounds(1, 60_000_000, 3)
                 .unwrap_or_else(|_| unreachable_histogram()),
@@ -278,22 +360,23 @@ async fn run(args: RunArgs) -> RunReport {
         ..RunReport::default()
     };
 
-    let streams = connect_all(&args, &shared).await;
+    let streams = connect_all(&args, &addrs, &shared).await?;
     if args.connect_only {
-        return hold(&args, streams, &shared, report).await;
+        return Ok(hold(&args, streams, &shared, report).await);
     }
 
     let payloads = Arc::new(Payloads::new(args.payload));
-    let progress = Progress::start(&shared, &args);
+    let progress = Progress::start(
+        &shared,
+        &args,
+        Duration::from_secs_f64(args.warmup).saturating_add(Duration::from_secs_f64(args.duration)),
+    );
     let mut tasks = Vec::with_capacity(streams.len());
     for (idx, stream) in streams {
         let (shared, payloads, args) = (shared.clone(), payloads.clone(), args.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = drive(idx, stream, &args, &payloads, &shared).await {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-                if matches!(e, ConnError::Mismatch) {
-                    shared.mismatches.fetch_add(1, Ordering::Relaxed);
-                }
+                shared.fail(&e);
             }
         }));
     }
@@ -307,15 +390,16 @@ async fn run(args: RunArgs) -> RunReport {
     let seconds = started.elapsed().as_secs_f64();
     let cpu_end = args.server_pid.and_then(process_cpu_secs);
     for t in tasks {
-        let _ = t.await;
+        if t.await.is_err() {
+            shared.fail(&ConnError::TaskFailed);
+        }
     }
-    progress.finish().await;
+    progress.finish();
 
     report.replies = shared.measured.load(Ordering::SeqCst);
     report.seconds = seconds;
     report.replies_per_sec = report.replies as f64 / seconds.max(1e-9);
-    report.mismatches = shared.mismatches.load(Ordering::SeqCst);
-    report.errors = shared.errors.load(Ordering::SeqCst);
+    shared.failures_into(&mut report);
     let h = shared
         .histogram
         .lock()
@@ -334,7 +418,7 @@ async fn run(args: RunArgs) -> RunReport {
         }
     }
     report.server_rss_kib = args.server_pid.and_then(process_rss_kib);
-    report
+    Ok(report)
 }
 
 fn unreachable_histogram() -> Histogram<u64> {
@@ -342,37 +426,91 @@ fn unreachable_histogram() -> Histogram<u64> {
     Histogram::new(2).unwrap_or_else(|_| std::process::abort())
 }
 
-/// Opens every connection, `connect_concurrency` at a time. On loopback, each
-/// connection gets its own source address in 127.0.0.0/8, so more than the ~28k
-/// ephemeral ports of one address can be used.
-async fn connect_all(args: &RunArgs, shared: &Shared) -> Vec<(u64, TcpStream)> {
-    let limit = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let mut tasks = Vec::with_capacity(args.conns);
-    for i in 0..args.conns {
-        let (limit, addr) = (limit.clone(), args.addr);
-        tasks.push(tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await.ok()?;
-            match connect(addr, i).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    if i == 0 {
-                        eprintln!("zinx-bench: connect to {addr}: {e}");
-                    }
-                    None
-                }
-            }
-        }));
+/// The addresses `addr` (`host:port`) stands for: itself if it is an IP address
+/// and port, else those its host name resolves to.
+async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::InvalidInput {
+                " (expected host:port)"
+            } else {
+                ""
+            };
+            format!("cannot resolve --addr {addr}: {e}{hint}")
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("cannot resolve --addr {addr}: no address"));
     }
+    Ok(addrs)
+}
+
+/// Opens every connection. The first goes alone, to each of `addrs` in turn until
+/// one accepts it; if none does, nothing can be measured and this returns the
+/// error of each. The others then go to the address that accepted,
+/// `connect_concurrency` at a time; a failure of one of them is counted. On
+/// loopback, each connection gets its own source address in 127.0.0.0/8, so more
+/// than the ~28k ephemeral ports of one address can be used.
+async fn connect_all(
+    args: &RunArgs,
+    addrs: &[SocketAddr],
+    shared: &Shared,
+) -> Result<Vec<(u64, TcpStream)>, String> {
     let mut streams = Vec::with_capacity(args.conns);
-    for (i, t) in tasks.into_iter().enumerate() {
-        match t.await.ok().flatten() {
-            Some(s) => streams.push((i as u64, s)),
-            None => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+    if args.conns == 0 {
+        return Ok(streams);
+    }
+    let mut failures = Vec::new();
+    let mut first = None;
+    for &addr in addrs {
+        match connect(addr, 0).await {
+            Ok(s) => {
+                first = Some((addr, s));
+                break;
             }
+            Err(e) => failures.push(if addr.to_string() == args.addr {
+                e.to_string()
+            } else {
+                format!("{addr}: {e}")
+            }),
         }
     }
-    streams
+    let Some((addr, stream)) = first else {
+        return Err(format!(
+            "cannot connect to {}: {}",
+            args.addr,
+            failures.join("; ")
+        ));
+    };
+    streams.push((0, stream));
+
+    let limit = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let told = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(args.conns - 1);
+    for i in 1..args.conns {
+        let (limit, told) = (limit.clone(), told.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit
+                .acquire_owned()
+                .await
+                .map_err(|_| ConnError::TaskFailed)?;
+            connect(addr, i).await.map_err(|e| {
+                if !told.swap(true, Ordering::Relaxed) {
+                    eprintln!("zinx-bench: connect to {addr}: {e}");
+                }
+                ConnError::Io(e)
+            })
+        }));
+    }
+    for (i, t) in (1..).zip(tasks) {
+        match t.await {
+            Ok(Ok(s)) => streams.push((i, s)),
+            Ok(Err(e)) => shared.fail(&e),
+            Err(_) => shared.fail(&ConnError::TaskFailed),
+        }
+    }
+    Ok(streams)
 }
 
 async fn connect(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream> {
@@ -399,49 +537,81 @@ async fn connect(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream> {
 async fn hold(
     args: &RunArgs,
     streams: Vec<(u64, TcpStream)>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut report: RunReport,
 ) -> RunReport {
     let settle = Duration::from_secs(1);
+    shared.phase.store(HOLD, Ordering::SeqCst);
+    let progress = Progress::start(
+        shared,
+        args,
+        (settle * 2).saturating_add(Duration::from_secs_f64(args.duration)),
+    );
     tokio::time::sleep(settle).await;
     report.server_rss_kib = args.server_pid.and_then(process_rss_kib);
     let payloads = Payloads::new(args.payload);
-    let mut streams = streams;
-    for (idx, stream) in &mut streams {
+    let mut streams: Vec<_> = streams
+        .into_iter()
+        .map(|(idx, stream)| (idx, stream, true))
+        .collect();
+    for (idx, stream, alive) in &mut streams {
         let mut frame = Vec::new();
-        args.format
-            .put_header(args.msg_id, args.payload as u32, &mut frame);
-        payloads.put(*idx, 0, &mut frame);
-        if stream.write_all(&frame).await.is_err() {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
+        payloads.put_frame(args.format, args.msg_id, *idx, 0, &mut frame);
+        if let Err(e) = stream.write_all(&frame).await {
+            shared.fail(&ConnError::Io(e));
+            *alive = false;
         }
     }
-    for (idx, stream) in &mut streams {
-        let mut reply = vec![0u8; HEADER + args.payload];
-        let ok = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut reply)).await;
-        let good = matches!(ok, Ok(Ok(_)))
-            && args.format.parse_header(&reply) == Some((args.msg_id, args.payload as u32))
-            && payloads.matches(*idx, 0, &reply[HEADER..]);
-        if !good {
-            shared.mismatches.fetch_add(1, Ordering::Relaxed);
+    for (idx, stream, alive) in &mut streams {
+        if !*alive {
+            continue;
+        }
+        let mut expected = Vec::new();
+        payloads.put_frame(args.format, args.msg_id, *idx, 0, &mut expected);
+        let mut reply = vec![0u8; expected.len()];
+        match tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut reply)).await {
+            Err(_) => shared.fail(&ConnError::Timeout),
+            Ok(Err(e)) => shared.fail(&ConnError::Io(e)),
+            Ok(Ok(_)) if reply != expected => {
+                shared.fail(&ConnError::Mismatch(Mismatch::between(&expected, &reply)));
+            }
+            Ok(Ok(_)) => {}
         }
     }
     tokio::time::sleep(settle).await;
     report.server_rss_after_message_kib = args.server_pid.and_then(process_rss_kib);
     report.replies = args.conns as u64;
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    report.errors = shared.errors.load(Ordering::SeqCst);
-    report.mismatches = shared.mismatches.load(Ordering::SeqCst);
+    progress.finish();
+    shared.failures_into(&mut report);
     drop(streams);
     report
 }
 
+/// Why a connection failed.
 #[derive(Debug)]
 enum ConnError {
-    Io,
+    Io(std::io::Error),
+    /// The server closed the connection with requests outstanding.
     Closed,
-    Mismatch,
+    Mismatch(Mismatch),
+    /// No reply within the time allowed.
     Timeout,
+    /// The connection's task ended without a result (a panic, or a closed
+    /// connect limit).
+    TaskFailed,
+}
+
+impl ConnError {
+    fn reason(&self) -> Reason {
+        match self {
+            ConnError::Io(e) => Reason::of_io(e),
+            ConnError::Closed => Reason::ClosedByServer,
+            ConnError::Mismatch(_) => Reason::ReplyMismatch,
+            ConnError::Timeout => Reason::Timeout,
+            ConnError::TaskFailed => Reason::OtherIo,
+        }
+    }
 }
 
 /// One connection's load: closed loop with `pipeline` requests in flight, or
@@ -462,15 +632,18 @@ async fn drive(
     let mut samples = Vec::with_capacity(256);
     let mut ticker = args.rate.map(|rate| {
         let per_conn = (rate / args.conns.max(1) as f64).max(1e-3);
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
+        let period = Duration::from_secs_f64(1.0 / per_conn).max(Duration::from_nanos(1));
+        let mut t = tokio::time::interval(period);
         t.set_missed_tick_behavior(MissedTickBehavior::Burst);
         t
     });
     let put = |seq: u64, out: &mut Vec<u8>| {
-        args.format
-            .put_header(args.msg_id, payloads.len() as u32, out);
-        payloads.put(idx, seq, out);
+        payloads.put_frame(args.format, args.msg_id, idx, seq, out);
     };
+    // The header every reply must have.
+    let mut header = Vec::with_capacity(HEADER);
+    args.format
+        .put_header(args.msg_id, payloads.len() as u32, &mut header);
     if ticker.is_none() {
         let now = Instant::now();
         for _ in 0..args.pipeline.max(1) {
@@ -500,7 +673,7 @@ async fn drive(
         };
         match read {
             Err(_) => break Err(ConnError::Timeout),
-            Ok(Err(_)) => break Err(ConnError::Io),
+            Ok(Err(e)) => break Err(ConnError::Io(e)),
             Ok(Ok(0)) => break Err(ConnError::Closed),
             Ok(Ok(_)) => {}
         }
@@ -508,18 +681,25 @@ async fn drive(
         let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
         let mut consumed = 0;
         let mut replies = 0u64;
-        while let Some((id, len)) = args.format.parse_header(&buf[consumed..]) {
-            let end = consumed + HEADER + len as usize;
-            if buf.len() < end {
+        while let Some(got_header) = buf.get(consumed..consumed + HEADER) {
+            // A wrong header fails at once, without waiting for the data it
+            // announces.
+            if got_header != header.as_slice() {
+                return Err(ConnError::Mismatch(Mismatch::between(&header, got_header)));
+            }
+            let end = consumed + HEADER + payloads.len();
+            let Some(got) = buf.get(consumed..end) else {
                 break;
-            }
-            let data = &buf[consumed + HEADER..end];
-            if id != args.msg_id || !payloads.matches(idx, expect_seq, data) {
-                return Err(ConnError::Mismatch);
-            }
-            let Some(sent) = inflight.pop_front() else {
-                return Err(ConnError::Mismatch);
             };
+            let Some(sent) = inflight.pop_front() else {
+                // Nothing was asked for: any reply is one too many.
+                return Err(ConnError::Mismatch(Mismatch::between(&[], got)));
+            };
+            if !payloads.matches(idx, expect_seq, &got[HEADER..]) {
+                let mut expected = Vec::with_capacity(got.len());
+                put(expect_seq, &mut expected);
+                return Err(ConnError::Mismatch(Mismatch::between(&expected, got)));
+            }
             if measuring {
                 samples.push(now.saturating_duration_since(sent).as_micros() as u64);
             }
@@ -558,49 +738,122 @@ async fn tick(ticker: Option<&mut tokio::time::Interval>) -> Instant {
 async fn write(w: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> Result<(), ConnError> {
     let r = w.write_all(out).await;
     out.clear();
-    r.map_err(|_| ConnError::Io)
+    r.map_err(ConnError::Io)
 }
 
-/// A live rate display on a terminal; nothing otherwise.
+/// A progress bar on a terminal (elapsed and remaining time of the run, the
+/// phase, and the reply rate); nothing when stderr is not a terminal, nor with
+/// `--json` (whose runs scripts make, some several at once on one terminal).
 struct Progress {
-    task: Option<tokio::task::JoinHandle<()>>,
+    shown: Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)>,
 }
 
 impl Progress {
-    fn start(shared: &Arc<Shared>, args: &RunArgs) -> Progress {
+    /// Starts the bar of a run of `length` from now.
+    fn start(shared: &Arc<Shared>, args: &RunArgs, length: Duration) -> Progress {
         if args.json || !std::io::stderr().is_terminal() {
-            return Progress { task: None };
+            return Progress { shown: None };
         }
-        let shared = shared.clone();
-        let bar = indicatif::ProgressBar::new_spinner();
+        // The position is the elapsed time in ms, the length the run's: the times
+        // shown are drawn from them, so they never lag the bar.
+        let times = |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let ms = Duration::from_millis;
+            let _ = w.write_str(&progress_times(
+                ms(state.pos()),
+                ms(state.len().unwrap_or(0)),
+            ));
+        };
+        let style = indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {times} | {msg}")
+            .map(|s| s.progress_chars("=> ").with_key("times", times))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(length.as_millis() as u64),
+            indicatif::ProgressDrawTarget::stderr(),
+        )
+        .with_style(style)
+        .with_message("connected");
+        let (shared, shown, conns) = (shared.clone(), bar.clone(), args.conns);
         let task = tokio::spawn(async move {
-            let mut last = 0u64;
+            let started = Instant::now();
+            let (mut last, mut last_at) = (0u64, started);
             let mut every = tokio::time::interval(Duration::from_millis(500));
             loop {
                 every.tick().await;
-                let total = shared.total.load(Ordering::Relaxed);
-                let phase = match shared.phase.load(Ordering::Relaxed) {
-                    WARMUP => "warm-up",
-                    MEASURE => "measuring",
-                    _ => {
-                        bar.finish_and_clear();
-                        return;
-                    }
+                let (now, total) = (Instant::now(), shared.total.load(Ordering::Relaxed));
+                let rate = total.saturating_sub(last) as f64
+                    / now
+                        .saturating_duration_since(last_at)
+                        .as_secs_f64()
+                        .max(1e-3);
+                let detail = match shared.phase.load(Ordering::Relaxed) {
+                    WARMUP => format!("warm-up: {rate:.0} replies/s, {total} replies"),
+                    MEASURE => format!("measuring: {rate:.0} replies/s, {total} replies"),
+                    HOLD => format!("holding {conns} connections"),
+                    _ => "finishing".to_owned(),
                 };
-                bar.set_message(format!(
-                    "{phase}: {} replies/s, {total} replies",
-                    (total - last) * 2
-                ));
-                bar.tick();
-                last = total;
+                let elapsed = now.saturating_duration_since(started);
+                shown.set_position(elapsed.as_millis() as u64);
+                shown.set_message(detail);
+                (last, last_at) = (total, now);
             }
         });
-        Progress { task: Some(task) }
+        Progress {
+            shown: Some((bar, task)),
+        }
     }
 
-    async fn finish(self) {
-        if let Some(t) = self.task {
-            let _ = t.await;
+    /// Stops and erases the bar.
+    fn finish(self) {
+        if let Some((bar, task)) = self.shown {
+            task.abort();
+            bar.finish_and_clear();
         }
+    }
+}
+
+/// The times after the bar: elapsed, and remaining (rounded up, never below zero).
+fn progress_times(elapsed: Duration, length: Duration) -> String {
+    let left = length.saturating_sub(elapsed);
+    let left_secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    format!(
+        "{} elapsed, {} left",
+        clock(elapsed.as_secs()),
+        clock(left_secs)
+    )
+}
+
+/// `mm:ss`, or `h:mm:ss` from an hour.
+fn clock(secs: u64) -> String {
+    if secs >= 3600 {
+        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    } else {
+        format!("{:02}:{:02}", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_shows_elapsed_and_remaining_time() {
+        let length = Duration::from_secs(12);
+        assert_eq!(
+            progress_times(Duration::ZERO, length),
+            "00:00 elapsed, 00:12 left"
+        );
+        assert_eq!(
+            progress_times(Duration::from_millis(2_500), length),
+            "00:02 elapsed, 00:10 left"
+        );
+        // Past the end (the last replies draining): nothing left, not negative.
+        assert_eq!(
+            progress_times(Duration::from_secs(13), length),
+            "00:13 elapsed, 00:00 left"
+        );
+        assert_eq!(
+            progress_times(Duration::from_secs(61), Duration::from_secs(3_725)),
+            "01:01 elapsed, 1:01:04 left"
+        );
     }
 }
