@@ -427,7 +427,6 @@ mod tests {
         let guard = (permit, None::<Box<crate::limit::IpSlot>>);
         let run = Engine::run(engine.clone(), opened, guard, None);
         let size = std::mem::size_of_val(&run);
-        eprintln!("SIZE {size}");
         assert!(size <= 488, "connection future is {size} bytes");
         drop((run, client));
     }
