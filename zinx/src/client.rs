@@ -18,27 +18,25 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::codec::{Codec, Layout};
 use crate::config::{Config, WorkerMode};
 use crate::conn::Connection;
-use crate::conn::driver::{Endpoint, Engine, Limits};
+use crate::engine::{Endpoint, Engine};
 use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
-use crate::manager::ConnManager;
 use crate::message::{ConnId, Message, MsgId, Payload};
 use crate::request::Request;
 use crate::router::{Middleware, Next, Router};
 use crate::server::DEFAULT_CLOSE_LINGER;
-use crate::worker::WorkerPool;
+use crate::transport::tcp::TcpConnector;
+use crate::transport::{Connect, Dialled};
 
 /// Capped exponential backoff between reconnect attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,11 +160,10 @@ impl<F: Framing> ClientBuilder<F> {
     /// [`Error::Io`] if the first connection attempt fails (reconnects apply only
     /// after a connection was made).
     pub async fn connect(self) -> Result<Client, Error> {
-        let stream = TcpStream::connect(&self.addr).await?;
+        let connector = TcpConnector { addr: self.addr };
+        let first = connector.connect().await?;
         let waiters = Arc::new(Waiters::default());
-        let tracker = TaskTracker::new();
-        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-        let first = {
+        let first_layer = {
             let waiters = waiters.clone();
             Middleware::from_fn(move |req: Request, next: Next| {
                 let unclaimed = waiters.deliver(req);
@@ -177,30 +174,21 @@ impl<F: Framing> ClientBuilder<F> {
                 }
             })
         };
-        let dispatcher = self
-            .router
-            .compile(self.heartbeat.as_ref().map(|hb| hb.msg_id), Some(&first));
-        let pool = WorkerPool::new(
-            WorkerMode::Hash,
-            0,
-            to_usize(self.config.max_worker_task_len),
-            Arc::new(dispatcher),
+        let dispatcher = self.router.compile(
+            self.heartbeat.as_ref().map(|hb| hb.msg_id),
+            Some(&first_layer),
         );
-        let stop = CancellationToken::new();
-        let engine = Engine {
-            framing: self.framing,
-            limits: Limits::from_config(&self.config),
-            linger: DEFAULT_CLOSE_LINGER,
-            hooks: self.hooks,
-            manager: ConnManager::new(),
-            heartbeat: self.heartbeat,
-            faults: Arc::default(),
-            #[cfg(feature = "metrics")]
-            metrics: None,
-            pool,
-            tracker: tracker.clone(),
-            stop: stop.clone(),
-        };
+        // A client's one connection handles its own messages: no worker pool.
+        let engine = Engine::new(
+            &self.config,
+            self.framing,
+            self.hooks,
+            self.heartbeat,
+            DEFAULT_CLOSE_LINGER,
+            dispatcher,
+            (WorkerMode::Hash, 0),
+        );
+        let stop = engine.stop.clone();
         let (current, _) = watch::channel(None);
         let shared = Arc::new(ClientShared {
             current,
@@ -209,15 +197,7 @@ impl<F: Framing> ClientBuilder<F> {
             next_id: AtomicU64::new(0),
         });
         let task = tokio::spawn(
-            run(
-                shared.clone(),
-                engine,
-                tracker,
-                self.addr,
-                self.reconnect,
-                stream,
-            )
-            .in_current_span(),
+            run(shared.clone(), engine, connector, self.reconnect, first).in_current_span(),
         );
         Ok(Client {
             shared,
@@ -326,7 +306,7 @@ impl Client {
     /// tasks (including `on_disconnect`) have finished.
     pub async fn close(&self) {
         self.shared.stop();
-        let task = crate::lock(&self.task).take();
+        let task = crate::util::lock(&self.task).take();
         if let Some(task) = task
             && let Err(e) = task.await
         {
@@ -353,44 +333,46 @@ impl ClientShared {
 }
 
 /// The client's connection loop: drive, then reconnect while allowed.
-async fn run<F: Framing>(
+async fn run<F: Framing, C: Connect>(
     shared: Arc<ClientShared>,
     engine: Engine<F>,
-    tracker: TaskTracker,
-    addr: String,
+    connector: C,
     reconnect: Option<Reconnect>,
-    first: TcpStream,
+    first: Dialled<C::Read, C::Write>,
 ) {
-    let mut stream = Some(first);
-    while let Some(s) = stream.take() {
+    let mut dialled = Some(first);
+    while let Some(Dialled { opened, peer }) = dialled.take() {
         let id = ConnId(shared.next_id.fetch_add(1, Ordering::Relaxed) + 1);
-        let _ = s.set_nodelay(true);
-        match (s.peer_addr(), s.local_addr()) {
-            (Ok(peer), Ok(local)) => {
-                let (r, w) = s.into_split();
-                let endpoint = Endpoint { id, peer, local };
-                let span = tracing::info_span!("client", conn_id = id.0, %peer);
-                let opened = span.in_scope(|| engine.open(r, w, endpoint));
-                Engine::run(&engine, opened, (), Some(&shared.current))
-                    .instrument(span)
-                    .await;
-            }
-            (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "connection lost at once"),
-        }
+        let endpoint = Endpoint {
+            id,
+            peer,
+            local: opened.local,
+        };
+        let span = tracing::info_span!("client", conn_id = id.0, %peer);
+        let prepared = span.in_scope(|| engine.setup(opened.read, opened.write, endpoint));
+        Engine::run(&engine, prepared, (), Some(&shared.current))
+            .instrument(span)
+            .await;
         // Pending requests fail now instead of at their timeouts.
         shared.waiters.clear();
         let Some(backoff) = reconnect else { break };
-        stream = redial(&shared.stop, &addr, backoff).await;
+        dialled = redial(&shared.stop, &connector, backoff).await;
     }
     shared.stop.cancel();
+    let tracker = engine.tracker.clone();
     drop(engine);
     tracker.close();
     tracker.wait().await;
 }
 
 /// Dials until it connects or the client stops.
-async fn redial(stop: &CancellationToken, addr: &str, backoff: Reconnect) -> Option<TcpStream> {
+async fn redial<C: Connect>(
+    stop: &CancellationToken,
+    connector: &C,
+    backoff: Reconnect,
+) -> Option<Dialled<C::Read, C::Write>> {
     let mut delay = backoff.initial;
+    let target = connector.target();
     loop {
         tokio::select! {
             biased;
@@ -401,15 +383,15 @@ async fn redial(stop: &CancellationToken, addr: &str, backoff: Reconnect) -> Opt
         let attempt = tokio::select! {
             biased;
             () = stop.cancelled() => return None,
-            attempt = TcpStream::connect(addr) => attempt,
+            attempt = connector.connect() => attempt,
         };
         match attempt {
-            Ok(stream) => {
-                tracing::info!(%addr, "reconnected");
-                return Some(stream);
+            Ok(dialled) => {
+                tracing::info!(%target, "reconnected");
+                return Some(dialled);
             }
             Err(e) => {
-                tracing::debug!(%addr, error = %e, ?delay, "reconnect failed");
+                tracing::debug!(%target, error = %e, ?delay, "reconnect failed");
                 delay = backoff.next(delay);
             }
         }
@@ -428,7 +410,7 @@ impl Waiters {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>> {
-        crate::lock(&self.map)
+        crate::util::lock(&self.map)
     }
 
     fn register(&self, id: MsgId) -> oneshot::Receiver<Message> {

@@ -307,6 +307,9 @@ config! {
     /// `IdleTimeout` (not in Go Zinx): seconds without a byte from the peer
     /// after which it is closed, with no heartbeat needed. 0 = off.
     idle_timeout: u64 = 0, "IdleTimeout";
+    /// `HandshakeTimeout` (not in Go Zinx): seconds a connection's handshake
+    /// (TLS, the WebSocket upgrade) may take before it is closed; at least 1.
+    handshake_timeout: u64 = 10, "HandshakeTimeout";
     /// `ListenBacklog` (not in Go Zinx): connections the kernel queues for
     /// accept. 0 = the system's limit (`net.core.somaxconn` on Linux), as Go does.
     listen_backlog: u32 = 0, "ListenBacklog";

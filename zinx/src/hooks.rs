@@ -11,8 +11,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::BoxFuture;
 use crate::conn::Connection;
+use crate::util::BoxFuture;
 
 type Hook = Arc<dyn Fn(Connection) -> BoxFuture + Send + Sync>;
 
@@ -57,7 +57,7 @@ impl Hooks {
 async fn run(hook: Option<&Hook>, conn: &Connection, name: &'static str) -> bool {
     let Some(hook) = hook else { return true };
     let call = conn.clone();
-    match crate::catch_panic(|| hook(call)).await {
+    match crate::util::catch_panic(|| hook(call)).await {
         Ok(()) => true,
         Err(panic) => {
             tracing::error!(conn_id = %conn.id(), hook = name, %panic, "hook panicked");

@@ -52,6 +52,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 mod conn;
+mod engine;
 mod error;
 mod extensions;
 mod faults;
@@ -68,14 +69,9 @@ mod request;
 pub mod router;
 pub mod server;
 mod timer;
+pub mod transport;
+mod util;
 mod worker;
-
-use std::any::Any;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-
-use futures_util::FutureExt;
 
 pub use client::{Client, ClientBuilder, Reconnect};
 pub use codec::{Codec, Layout};
@@ -91,49 +87,6 @@ pub use request::Request;
 pub use router::{Dispatcher, HandlerOutput, Middleware, Next, Router, ZinxRouter};
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use timer::{TimerHandle, Timers};
-
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Calls `make` now and returns a future that awaits what it made, turning a
-/// panic in either into an `Err` with the panic message.
-fn catch_panic(
-    make: impl FnOnce() -> BoxFuture,
-) -> impl Future<Output = Result<(), String>> + Send + 'static {
-    await_catching(call_catching(make))
-}
-
-/// The synchronous half of [`catch_panic`]: calls `make`.
-fn call_catching(make: impl FnOnce() -> BoxFuture) -> Result<BoxFuture, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(make)).map_err(|p| panic_message(&*p))
-}
-
-/// The asynchronous half of [`catch_panic`]: awaits what `make` made.
-async fn await_catching(made: Result<BoxFuture, String>) -> Result<(), String> {
-    AssertUnwindSafe(made?)
-        .catch_unwind()
-        .await
-        .map_err(|p| panic_message(&*p))
-}
-
-/// Locks a mutex whose guarded state stays consistent even if a panic happened
-/// while it was held (every user changes it in single steps), so a poisoned lock
-/// is simply taken.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The text of a panic payload.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
-}
 
 /// The README's code compiles: it is run as a doctest.
 #[cfg(doctest)]

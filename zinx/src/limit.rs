@@ -84,7 +84,7 @@ impl PerIp {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         // Each change is one insert or decrement: a poisoned map is consistent.
-        crate::lock(&self.counts)
+        crate::util::lock(&self.counts)
     }
 }
 

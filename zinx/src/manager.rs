@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use crate::conn::Connection;
+use crate::conn::{Connection, Owner};
 use crate::error::Error;
 use crate::message::{ConnId, MsgId, Payload};
 
@@ -61,6 +61,8 @@ pub struct ConnManager {
 #[derive(Default)]
 pub(crate) struct ManagerShared {
     registry: Mutex<Registry>,
+    /// The last connection ID handed out.
+    last_id: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -82,6 +84,19 @@ impl Registry {
             }
         }
         Some(conn)
+    }
+}
+
+impl Connection {
+    /// The connection manager of the server this connection belongs to
+    /// (`None` once the server is gone).
+    #[must_use]
+    pub fn manager(&self) -> Option<ConnManager> {
+        let owner = self.owner().upgrade()?;
+        owner
+            .downcast::<ManagerShared>()
+            .ok()
+            .map(ConnManager::from_shared)
     }
 }
 
@@ -131,13 +146,25 @@ impl ConnManager {
         ConnManager { shared }
     }
 
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<ManagerShared> {
-        Arc::downgrade(&self.shared)
+    /// What a connection registered here belongs to.
+    pub(crate) fn downgrade(&self) -> Owner {
+        let weak: std::sync::Weak<ManagerShared> = Arc::downgrade(&self.shared);
+        weak
+    }
+
+    /// A new connection ID, unique within this manager (1, 2, ...).
+    pub(crate) fn next_id(&self) -> ConnId {
+        ConnId(
+            self.shared
+                .last_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+        )
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // Every critical section leaves the maps consistent before it can panic.
-        crate::lock(&self.shared.registry)
+        crate::util::lock(&self.shared.registry)
     }
 
     /// Number of live connections.

@@ -168,7 +168,7 @@ impl<S: Store> Queue<S> {
 
     fn lock(&self) -> MutexGuard<'_, State<S>> {
         // Every critical section is a single push, take or flag change.
-        crate::lock(&self.state)
+        crate::util::lock(&self.state)
     }
 
     /// Queues `item` if there is room.

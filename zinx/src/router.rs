@@ -867,7 +867,7 @@ impl Dispatcher {
 #[inline]
 fn start(handler: &Handler, req: Request, slot: &mut Slot) -> Result<Called, String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(req, slot)))
-        .map_err(|p| crate::panic_message(&*p))
+        .map_err(|p| crate::util::panic_message(&*p))
 }
 
 /// A request being handled: polls the handler's future in its slot, turning a
@@ -918,7 +918,7 @@ impl Future for Dispatching<'_> {
             Some(message) => message,
             None => match std::panic::catch_unwind(AssertUnwindSafe(|| this.slot.poll(cx))) {
                 Ok(poll) => return poll,
-                Err(p) => crate::panic_message(&*p),
+                Err(p) => crate::util::panic_message(&*p),
             },
         };
         // Drop the panicked future now, before the connection's close runs.
@@ -1023,9 +1023,9 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::BoxFuture;
     use crate::conn::tests::test_conn;
     use crate::message::Message;
+    use crate::util::BoxFuture;
 
     type Log = Arc<Mutex<Vec<String>>>;
 

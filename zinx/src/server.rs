@@ -1,24 +1,32 @@
-//! The server: accepts connections and runs each one until it ends.
+//! The server: one core, any number of listeners.
 //!
-//! [`Server::run`] accepts on a listener until its shutdown future completes. For
-//! every accepted socket it takes a `MaxConn` permit (over the limit the socket is
-//! closed at once), registers a [`Connection`] with the [`ConnManager`] and spawns
-//! the connection's task, which runs `on_connect`, then reads until the connection
-//! ends, writing what is queued (its writer is made with the first message). Cleanup
-//! happens in a fixed order: writer flushed, worker lane released, manager entry and
-//! permit dropped (guards, so a panic cannot skip them), then `on_disconnect` and
-//! the close callbacks.
+//! [`ServerBuilder::build`] makes what every connection shares once: the engine
+//! (framing, router, workers, hooks, heartbeat), the connection manager (which
+//! hands out connection IDs: one ID space), admission (`MaxConn` and
+//! `MaxConnPerIP` across every listener) and metrics. [`Server::run_all`] runs
+//! an accept loop per listener against that core until its shutdown future
+//! completes; [`Server::run`] and [`Server::serve`] are the one-listener forms.
 //!
-//! Shutdown cancels the server's stop token and closes every registered
-//! connection (a connection registering afterwards sees the token and closes
-//! itself); `run` returns when the [`TaskTracker`] holding every connection, writer
-//! and async-op task is empty.
+//! For every accepted connection the accept loop takes a `MaxConn` permit and a
+//! `MaxConnPerIP` slot (over a limit the connection is closed at once and the
+//! refusal counted), then opens it: at once for TCP, else in the connection's
+//! own task under `HandshakeTimeout` (see [`transport`](crate::transport)), so no
+//! peer can stall the loop. The connection's task runs `on_connect`, then reads
+//! until the connection ends, writing what is queued. Cleanup happens in a fixed
+//! order: writer flushed, worker lane released, manager entry and slots dropped
+//! (guards, so a panic cannot skip them), then `on_disconnect` and the close
+//! callbacks.
+//!
+//! Shutdown stops every accept loop, cancels the engine's stop token and closes
+//! every registered connection (a connection registering afterwards sees the
+//! token and closes itself); the run returns when the [`TaskTracker`] holding
+//! every connection and async-op task is empty.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::AsyncWrite;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,17 +35,20 @@ use tracing::Instrument;
 use crate::codec::{Codec, Layout};
 use crate::config::Config;
 use crate::conn::Connection;
-use crate::conn::driver::{Endpoint, Engine, Limits};
+use crate::engine::reader::ReadSource;
+use crate::engine::{Endpoint, Engine};
 use crate::error::Error;
-use crate::faults::{Fault, Faults};
+use crate::faults::Fault;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::hooks::{self, Hooks};
 use crate::limit::{IpSlot, PerIp};
 use crate::manager::ConnManager;
-use crate::message::ConnId;
 use crate::router::Router;
-use crate::worker::WorkerPool;
+use crate::transport::tcp::Tcp;
+use crate::transport::{Accept, Listener, Open, OpenNow, Opened};
+
+pub use crate::transport::tcp::{bind_tcp, listen_backlog};
 
 /// Default time the writer may spend flushing queued messages when a connection
 /// closes.
@@ -137,25 +148,51 @@ impl<F: Framing> ServerBuilder<F> {
         self
     }
 
-    /// Finishes the server. Nothing runs until [`Server::run`].
+    /// Finishes the server: builds what its connections share (the engine,
+    /// the connection manager, admission, metrics), once for every listener it
+    /// will run. Nothing runs until [`Server::serve`] or [`Server::run`].
     pub fn build(self) -> Server<F> {
-        let limit =
-            (self.config.max_conn > 0).then(|| Arc::new(Semaphore::new(self.config.max_conn)));
+        let config = self.config;
+        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let hb_id = self.heartbeat.as_ref().map(|hb| hb.msg_id);
+        #[cfg(feature = "metrics")]
+        let metrics = (!config.metrics_addr.is_empty()).then(|| {
+            let ids = self.router.route_ids().chain(hb_id);
+            Arc::new(crate::metrics::Metrics::new(ids))
+        });
+        #[allow(unused_mut, reason = "set only with the metrics feature")]
+        let mut engine = Engine::new(
+            &config,
+            self.framing,
+            self.hooks,
+            self.heartbeat,
+            self.linger,
+            self.router.compile(hb_id, None),
+            (config.worker_mode, to_usize(config.worker_pool_size)),
+        );
+        #[cfg(feature = "metrics")]
+        {
+            engine.metrics = metrics;
+        }
+        let limit = (config.max_conn > 0).then(|| Arc::new(Semaphore::new(config.max_conn)));
+        let handle = ServerHandle {
+            manager: engine.manager.clone(),
+            tracker: engine.tracker.clone(),
+            limit: limit.clone(),
+            #[cfg(feature = "metrics")]
+            metrics_addr: Arc::default(),
+        };
+        let core = Core {
+            limit,
+            per_ip: PerIp::default(),
+            max_conn_per_ip: config.max_conn_per_ip,
+            handshake: Duration::from_secs(config.handshake_timeout.max(1)),
+            engine: Arc::new(engine),
+        };
         Server {
-            handle: ServerHandle {
-                manager: ConnManager::new(),
-                tracker: TaskTracker::new(),
-                limit,
-                faults: Arc::default(),
-                #[cfg(feature = "metrics")]
-                metrics_addr: Arc::default(),
-            },
-            router: self.router,
-            framing: self.framing,
-            hooks: self.hooks,
-            linger: self.linger,
-            heartbeat: self.heartbeat,
-            config: self.config,
+            config,
+            core: Arc::new(core),
+            handle,
         }
     }
 }
@@ -177,12 +214,22 @@ impl<F: Framing> ServerBuilder<F> {
 /// ```
 pub struct Server<F = Codec> {
     config: Config,
-    router: Arc<Router>,
-    framing: F,
-    hooks: Hooks,
-    linger: Duration,
-    heartbeat: Option<Heartbeat>,
+    core: Arc<Core<F>>,
     handle: ServerHandle,
+}
+
+/// What every listener of a server shares: the engine (and through it the
+/// manager, which hands out connection IDs, the task tracker and the stop
+/// token) and admission.
+struct Core<F> {
+    engine: Arc<Engine<F>>,
+    /// `MaxConn`, across every listener.
+    limit: Option<Arc<Semaphore>>,
+    /// `MaxConnPerIP`, across every listener.
+    per_ip: PerIp,
+    max_conn_per_ip: usize,
+    /// `HandshakeTimeout`: how long an open step may take.
+    handshake: Duration,
 }
 
 /// A cheap clonable view of a server, usable while it runs: its connections and
@@ -192,7 +239,6 @@ pub struct ServerHandle {
     manager: ConnManager,
     tracker: TaskTracker,
     limit: Option<Arc<Semaphore>>,
-    faults: Arc<Faults>,
     #[cfg(feature = "metrics")]
     metrics_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
@@ -204,8 +250,8 @@ impl ServerHandle {
         self.manager.clone()
     }
 
-    /// Tasks the server is running: one per connection, and its writer once
-    /// something was sent (plus the metrics endpoint, when served).
+    /// Tasks the server is running: one per connection (plus the metrics
+    /// endpoint, when served, and async ops in flight).
     #[must_use]
     pub fn task_count(&self) -> usize {
         self.tracker.len()
@@ -269,12 +315,12 @@ impl<F: Framing> Server<F> {
         self.handle.manager()
     }
 
-    /// Binds `Host:TCPPort` from the config (see [`bind_tcp`]) and runs until
-    /// `shutdown` completes.
+    /// Binds the listeners the config asks for (`Host:TCPPort`, see
+    /// [`bind_tcp`]) and runs until `shutdown` completes.
     ///
     /// # Errors
     ///
-    /// [`Error::Listen`] if the address cannot be bound.
+    /// [`Error::Listen`] if an address cannot be bound.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let listener = bind_tcp(&self.config).await?;
         self.run(listener, shutdown).await
@@ -286,153 +332,84 @@ impl<F: Framing> Server<F> {
     ///
     /// # Errors
     ///
-    /// None at present: accept errors are logged and retried with a backoff. The
-    /// `Result` leaves room for transports whose setup can fail.
+    /// As [`run_all`](Self::run_all).
     pub async fn run(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        self.run_all([listener.into()], shutdown).await
+    }
+
+    /// Accepts connections on every listener until `shutdown` completes: one
+    /// connection manager (one ID space), one `MaxConn` and `MaxConnPerIP`
+    /// across all of them, one shutdown. Then closes every connection as
+    /// [`run`](Self::run) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Listen`] if the metrics endpoint (`MetricsAddr`) cannot be
+    /// bound. Accept errors are logged and retried with a backoff.
+    pub async fn run_all(
+        self,
+        listeners: impl IntoIterator<Item = Listener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let Server {
             config,
-            router,
-            framing,
-            hooks,
-            linger,
-            heartbeat,
+            core,
             handle,
         } = self;
-        let tracker = handle.tracker.clone();
-        let root = CancellationToken::new();
-        let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let engine = core.engine.clone();
         #[cfg(feature = "metrics")]
-        let metrics = if config.metrics_addr.is_empty() {
-            None
-        } else {
-            let ids = router
-                .route_ids()
-                .chain(heartbeat.as_ref().map(|hb| hb.msg_id));
-            let metrics = Arc::new(crate::metrics::Metrics::new(ids));
+        if let Some(metrics) = &engine.metrics {
             let (scrapes, addr) = crate::metrics::bind(&config.metrics_addr).await?;
             let _ = handle.metrics_addr.set(addr);
             tracing::info!(%addr, "serving metrics at /metrics");
-            tracker.spawn(crate::metrics::serve(
+            engine.tracker.spawn(crate::metrics::serve(
                 scrapes,
                 metrics.clone(),
-                handle.manager.clone(),
-                root.clone(),
-                tracker.clone(),
+                engine.manager.clone(),
+                engine.stop.clone(),
+                engine.tracker.clone(),
             ));
-            Some(metrics)
-        };
+        }
         #[cfg(not(feature = "metrics"))]
         if !config.metrics_addr.is_empty() {
             tracing::warn!("MetricsAddr is set but zinx was built without the `metrics` feature");
         }
-        let pool = WorkerPool::new(
-            config.worker_mode,
-            to_usize(config.worker_pool_size),
-            to_usize(config.max_worker_task_len),
-            Arc::new(router.compile(heartbeat.as_ref().map(|hb| hb.msg_id), None)),
-        );
-        let faults = handle.faults.clone();
-        let engine = Arc::new(Engine {
-            framing,
-            limits: Limits::from_config(&config),
-            linger,
-            hooks,
-            manager: handle.manager.clone(),
-            heartbeat,
-            faults: faults.clone(),
-            #[cfg(feature = "metrics")]
-            metrics: metrics.clone(),
-            pool,
-            tracker: tracker.clone(),
-            stop: root.clone(),
-        });
-        let local = listener.local_addr()?;
-        tracing::info!(name = %config.name, addr = %local, "server started");
 
-        let mut next_id = 0u64;
-        let mut backoff = Duration::ZERO;
-        let per_ip = PerIp::default();
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                // Cancel-safe: TcpListener::accept loses no connection when dropped.
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => {
-                    backoff = Duration::ZERO;
-                    pair
-                }
-                Err(e) if is_per_connection(&e) => continue,
-                Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(1), MAX_ACCEPT_BACKOFF);
-                    tracing::warn!(error = %e, ?backoff, "accept failed, backing off");
-                    // Cancel-safe: dropping an unfinished sleep only shortens the pause.
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => continue,
-                    }
-                }
-            };
-            let slots = match admit(
-                handle.limit.as_ref(),
-                &per_ip,
-                config.max_conn_per_ip,
-                peer.ip(),
-            ) {
-                Ok(slots) => slots,
-                Err(limit) => {
-                    faults.record(limit, peer, &"connection limit reached, closed at accept");
-                    #[cfg(feature = "metrics")]
-                    if let Some(m) = &metrics {
-                        m.rejected(limit.name());
-                    }
-                    drop(stream);
-                    continue;
-                }
-            };
-            #[cfg(feature = "metrics")]
-            if let Some(m) = &metrics {
-                m.accepted();
-            }
-            next_id += 1;
-            let id = ConnId(next_id);
-            let span = tracing::info_span!("conn", conn_id = id.0, %peer);
-            let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(local);
-            let (r, w) = stream.into_split();
-            let endpoint = Endpoint { id, peer, local };
-            let opened = span.in_scope(|| engine.open(r, w, endpoint));
-            // The slots are given back with the connection's other resources,
-            // before on_disconnect.
-            let run = Engine::run(engine.clone(), opened, slots, None);
-            // Without a subscriber for the span (logging above INFO), no wrapper:
-            // it would be polled on every turn of the task for nothing.
-            if span.is_disabled() {
-                tracker.spawn(run);
-            } else {
-                tracker.spawn(run.instrument(span));
+        let stop_accepting = CancellationToken::new();
+        let mut accepting = Vec::new();
+        for listener in listeners {
+            let addr = listener.local_addr()?;
+            let transport = listener.transport();
+            tracing::info!(name = %config.name, %addr, transport, "server started");
+            let stop = stop_accepting.clone();
+            accepting.push(match listener {
+                Listener::Tcp(tcp) => tokio::spawn(accept(core.clone(), tcp, Arc::new(Tcp), stop)),
+            });
+        }
+        drop(core);
+        shutdown.await;
+        stop_accepting.cancel();
+        for task in accepting {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "accept loop failed");
             }
         }
 
-        drop(listener);
         tracing::info!(
             connections = handle.manager.len(),
             "server shutting down: closing connections"
         );
-        // Connections starting from now close at once (the engine checks `root`
-        // after registering); those already registered are closed here.
-        root.cancel();
+        // Connections starting from now close at once (the engine checks its
+        // stop token after registering); those already registered are closed here.
+        engine.stop.cancel();
         for conn in handle.manager.connections() {
             conn.close();
         }
+        let (tracker, faults) = (engine.tracker.clone(), engine.faults.clone());
         drop(engine);
         tracker.close();
         tracker.wait().await;
@@ -442,60 +419,148 @@ impl<F: Framing> Server<F> {
     }
 }
 
-/// Binds a TCP listener on the config's `Host:TCPPort` with its
-/// `ListenBacklog` (0: the system's limit, see [`listen_backlog`]), so a burst
-/// of connects waits in the kernel's queue instead of being refused. (tokio's
-/// `TcpListener::bind` uses 128.)
-///
-/// # Errors
-///
-/// [`Error::Listen`], naming the address and its config keys, when `Host` does
-/// not resolve or no address of it can be bound.
-pub async fn bind_tcp(config: &Config) -> Result<TcpListener, Error> {
-    let addr = config.tcp_addr();
-    let failed = |source| Error::Listen {
-        addr: addr.clone(),
-        keys: "Host, TCPPort",
-        source,
-    };
-    let backlog = match config.listen_backlog {
-        0 => listen_backlog(),
-        n => n,
-    };
-    let mut last = None;
-    for resolved in tokio::net::lookup_host(&addr).await.map_err(failed)? {
-        let socket = if resolved.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
+/// Accepts on one listener until `stop`: admits each connection, then opens it
+/// (at once for TCP, else in the connection's own task under the handshake
+/// timeout) and runs it on the engine.
+async fn accept<F, L, O>(
+    core: Arc<Core<F>>,
+    mut listener: L,
+    opener: Arc<O>,
+    stop: CancellationToken,
+) where
+    F: Framing,
+    L: Accept,
+    O: Open<L::Raw>,
+{
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            // Cancel-safe: see Accept::accept.
+            accepted = listener.accept() => accepted,
         };
-        let bound = socket.and_then(|socket| {
-            // As tokio and Go do: a restarted server can bind at once.
-            #[cfg(unix)]
-            socket.set_reuseaddr(true)?;
-            socket.bind(resolved)?;
-            socket.listen(backlog)
-        });
-        match bound {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = Some(e),
+        let (raw, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::ZERO;
+                pair
+            }
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(1), MAX_ACCEPT_BACKOFF);
+                tracing::warn!(error = %e, ?backoff, "accept failed, backing off");
+                // Cancel-safe: dropping an unfinished sleep only shortens the pause.
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => continue,
+                }
+            }
+        };
+        let Some(slots) = core.admit(peer) else {
+            continue;
+        };
+        let id = core.engine.manager.next_id();
+        let span = tracing::info_span!("conn", conn_id = id.0, %peer);
+        match opener.open_now(raw) {
+            OpenNow::Opened(opened) => {
+                let endpoint = Endpoint {
+                    id,
+                    peer,
+                    local: opened.local,
+                };
+                core.start(opened, endpoint, slots, span);
+            }
+            OpenNow::Failed(e) => tracing::debug!(%peer, error = %e, "connection lost at accept"),
+            OpenNow::Later(raw) => {
+                let core = core.clone();
+                let opener = opener.clone();
+                let tracker = core.engine.tracker.clone();
+                tracker.spawn(
+                    async move {
+                        let opened = match tokio::time::timeout(
+                            core.handshake,
+                            opener.open(raw, peer),
+                        )
+                        .await
+                        {
+                            Ok(Ok(opened)) => opened,
+                            Ok(Err(e)) => {
+                                core.engine.faults.record(Fault::Handshake, peer, &e);
+                                return;
+                            }
+                            Err(_) => {
+                                let timeout = core.handshake;
+                                let why = format!("handshake not done within {timeout:?}");
+                                core.engine.faults.record(Fault::Handshake, peer, &why);
+                                return;
+                            }
+                        };
+                        let endpoint = Endpoint {
+                            id,
+                            peer,
+                            local: opened.local,
+                        };
+                        let prepared = core.engine.setup(opened.read, opened.write, endpoint);
+                        Engine::run(core.engine.clone(), prepared, slots, None).await;
+                    }
+                    .instrument(span),
+                );
+            }
         }
     }
-    Err(failed(last.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
-    })))
 }
 
-/// The system's limit on a listen queue: `net.core.somaxconn` on Linux (read
-/// as Go reads it), else 4096; at most 65,535.
-#[must_use]
-pub fn listen_backlog() -> u32 {
-    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(4096)
-        .min(65_535)
+impl<F: Framing> Core<F> {
+    /// Takes a `MaxConn` permit and a `MaxConnPerIP` slot (where set) for a new
+    /// connection from `peer`; `None` (the fault counted) when a limit is full.
+    fn admit(&self, peer: std::net::SocketAddr) -> Option<Slots> {
+        match admit(
+            self.limit.as_ref(),
+            &self.per_ip,
+            self.max_conn_per_ip,
+            peer.ip(),
+        ) {
+            Ok(slots) => {
+                #[cfg(feature = "metrics")]
+                if let Some(m) = &self.engine.metrics {
+                    m.accepted();
+                }
+                Some(slots)
+            }
+            Err(limit) => {
+                let faults = &self.engine.faults;
+                faults.record(limit, peer, &"connection limit reached, closed at accept");
+                #[cfg(feature = "metrics")]
+                if let Some(m) = &self.engine.metrics {
+                    m.rejected(limit.name());
+                }
+                None
+            }
+        }
+    }
+
+    /// Sets up an opened connection in the accept loop and spawns its task.
+    fn start<R: ReadSource, W: AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        opened: Opened<R, W>,
+        endpoint: Endpoint,
+        slots: Slots,
+        span: tracing::Span,
+    ) {
+        let engine = &self.engine;
+        let prepared = span.in_scope(|| engine.setup(opened.read, opened.write, endpoint));
+        // The slots are given back with the connection's other resources,
+        // before on_disconnect.
+        let run = Engine::run(engine.clone(), prepared, slots, None);
+        // Without a subscriber for the span (logging above INFO), no wrapper:
+        // it would be polled on every turn of the task for nothing.
+        if span.is_disabled() {
+            engine.tracker.spawn(run);
+        } else {
+            engine.tracker.spawn(run.instrument(span));
+        }
+    }
 }
 
 /// What a connection holds of the server's limits, given back when it ends.
@@ -525,6 +590,7 @@ fn admit(
     Ok((permit, slot))
 }
 
+/// Errors of one incoming connection that say nothing about the listener.
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)

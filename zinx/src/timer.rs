@@ -58,7 +58,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        crate::lock(&self.state)
+        crate::util::lock(&self.state)
     }
 }
 
@@ -269,7 +269,7 @@ async fn drive(shared: Arc<Shared>, stop: CancellationToken) {
         for (mut entry, deadline) in batch.drain(..) {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut entry.callback));
             if let Err(panic) = run {
-                tracing::error!(panic = %crate::panic_message(&*panic), "timer callback panicked");
+                tracing::error!(panic = %crate::util::panic_message(&*panic), "timer callback panicked");
             }
             let mut state = shared.lock();
             let id = entry.id;

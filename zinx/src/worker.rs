@@ -22,30 +22,17 @@
 //! A connection's async op results (callbacks) are run by its reader under the
 //! same worker permit, so they never overlap the connection's handlers.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::BoxFuture;
 use crate::config::WorkerMode;
 use crate::conn::Connection;
 use crate::conn::close::{CloseSignal, Waiter};
+use crate::conn::ops::Job;
 use crate::message::{ConnId, Message};
-use crate::queue::Queue;
 use crate::router::{Dispatcher, Dispatching, Slot};
-
-/// A callback delivered to a connection's lane (an async op's result).
-pub(crate) type Callback = Box<dyn FnOnce() -> BoxFuture + Send>;
-
-/// A connection's queue of async op results, made by its first op.
-pub(crate) type Jobs = Queue<VecDeque<Job>>;
-
-pub(crate) enum Job {
-    /// Run a callback in the connection's handler context.
-    Run(Callback),
-}
 
 /// The workers of a server (or client) and how connections map to them.
 pub(crate) struct WorkerPool {
@@ -169,7 +156,7 @@ impl Lane {
             None => None,
         };
         let Job::Run(callback) = job;
-        if let Err(panic) = crate::catch_panic(callback).await {
+        if let Err(panic) = crate::util::catch_panic(callback).await {
             tracing::error!(%panic, "async op callback panicked");
         }
     }

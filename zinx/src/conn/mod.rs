@@ -11,39 +11,43 @@
 //! [`Error::Closed`], never a panic or a lost wake-up.
 
 pub(crate) mod close;
-pub(crate) mod driver;
+pub(crate) mod ops;
+mod outbox;
 pub(crate) mod outgoing;
-pub(crate) mod reader;
 pub(crate) mod writer;
+
+pub use outbox::Outbox;
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::task::{Context, Poll};
 
-use std::collections::VecDeque;
-
-use bytes::BytesMut;
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
-use tokio_util::codec::Decoder;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::{Codec, Layout};
 use crate::config::SendQueueFull;
-use crate::conn::close::{CloseSignal, Waiter};
+use crate::conn::close::CloseSignal;
+use crate::conn::ops::Jobs;
 use crate::conn::outgoing::{Copied, Encoder, Outgoing, Receiver, SendQueue};
-use crate::conn::writer::Drive;
+use crate::conn::writer::WriterState;
 use crate::error::Error;
 use crate::extensions::Extensions;
-use crate::lock;
-use crate::manager::{ConnManager, ManagerShared};
 use crate::message::{ConnId, Message, MsgId, Payload};
 use crate::queue::{PushError, Queue};
-use crate::worker::{Callback, Job, Jobs};
+use crate::util::lock;
+
+/// What a connection belongs to: its server's (or client's) connection
+/// manager, type-erased so this module does not depend on the manager's (which
+/// holds connections); `manager::ConnManager` gives it its type back.
+pub(crate) type Owner = Weak<dyn Any + Send + Sync>;
+
+/// Belonging to nothing (a detached connection).
+pub(crate) fn no_owner() -> Owner {
+    Weak::<()>::new()
+}
 
 type CloseCallback = Box<dyn FnOnce() + Send>;
 
@@ -79,7 +83,7 @@ struct Shared {
     properties: Mutex<Extensions>,
     /// `None` once the close callbacks have run: later ones run at once.
     close_callbacks: Mutex<Option<Vec<CloseCallback>>>,
-    manager: Weak<ManagerShared>,
+    manager: Owner,
     /// The bound of `jobs` (`MaxWorkerTaskLen`); 0: no async ops.
     jobs_capacity: usize,
     tracker: Option<TaskTracker>,
@@ -92,18 +96,6 @@ struct Shared {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
-/// Makes a connection's writer, which owns the socket's write half.
-pub(crate) type StartWriter = Box<dyn FnOnce() -> Box<dyn Drive> + Send>;
-
-/// A connection's writer, which is made when the first message is queued (or at
-/// the close): a connection that never sends holds none.
-enum WriterState {
-    /// None (detached connections), or finished.
-    Absent,
-    NotStarted(StartWriter),
-    Running(Box<dyn Drive>),
-}
-
 /// Settings of a [`Connection::detached_with`] connection.
 pub(crate) struct Detached {
     pub(crate) id: ConnId,
@@ -112,7 +104,7 @@ pub(crate) struct Detached {
     pub(crate) queue_bytes: usize,
     pub(crate) send_queue_full: SendQueueFull,
     pub(crate) max_data_len: Option<usize>,
-    pub(crate) manager: Weak<ManagerShared>,
+    pub(crate) manager: Owner,
 }
 
 /// What a new connection is made of.
@@ -127,7 +119,7 @@ pub(crate) struct Parts {
     pub(crate) send_queue_full: SendQueueFull,
     /// The connection's framing, which encodes what is sent.
     pub(crate) encoder: Encoder,
-    pub(crate) manager: Weak<ManagerShared>,
+    pub(crate) manager: Owner,
     /// The bound of the queue of async op results (0: no async ops).
     pub(crate) jobs: usize,
     /// Where async op tasks are tracked, so shutdown waits for them.
@@ -201,7 +193,7 @@ impl Connection {
             queue_bytes: usize::MAX,
             send_queue_full: SendQueueFull::Wait,
             max_data_len: None,
-            manager: Weak::new(),
+            manager: no_owner(),
         })
     }
 
@@ -216,14 +208,14 @@ impl Connection {
             send_queue: d.queue,
             send_queue_bytes: d.queue_bytes,
             send_queue_full: d.send_queue_full,
-            encoder: Encoder::Zinx(Outbox::codec()),
+            encoder: Encoder::Zinx(outbox::Outbox::codec()),
             manager: d.manager,
             jobs: 0,
             tracker: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         });
-        (conn.clone(), Outbox::new(Receiver::new(conn)))
+        (conn.clone(), outbox::Outbox::new(Receiver::new(conn)))
     }
 
     /// The connection's ID, unique within its server.
@@ -370,12 +362,6 @@ impl Connection {
         Error::Closed
     }
 
-    /// Hands the connection the way to make its writer, which the first message
-    /// queued (or the close) starts.
-    pub(crate) fn set_writer(&self, start: StartWriter) {
-        *lock(&self.shared.writer) = WriterState::NotStarted(start);
-    }
-
     /// After a message was queued: counts it, with metrics. (The queue wakes the
     /// connection's task, which makes and polls the writer.)
     #[inline]
@@ -386,36 +372,6 @@ impl Connection {
         }
         #[cfg(not(feature = "metrics"))]
         let _ = (id, len);
-    }
-
-    /// Runs the connection's writer: makes it once something is queued or the
-    /// connection closed, then writes what is queued. Ready when there is no
-    /// writer, or it has finished (the connection is then closed and its socket
-    /// shut down). For the connection's own task only, which polls it after the
-    /// reader (see [`WithWriter`](driver::WithWriter)); the writer registers the
-    /// task's waker with the send queue and the socket.
-    pub(crate) fn poll_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut writer = lock(&self.shared.writer);
-        if let WriterState::NotStarted(_) = &*writer {
-            // Closing the connection closes the queue, which makes it readable:
-            // the writer then only shuts the socket down.
-            if self.shared.queue.poll_readable(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if let WriterState::NotStarted(start) =
-                std::mem::replace(&mut *writer, WriterState::Absent)
-            {
-                *writer = WriterState::Running(start());
-            }
-        }
-        let WriterState::Running(running) = &mut *writer else {
-            return Poll::Ready(());
-        };
-        if running.poll_write(self, cx).is_pending() {
-            return Poll::Pending;
-        }
-        *writer = WriterState::Absent;
-        Poll::Ready(())
     }
 
     /// Queues a message for the writer, failing at once when the queue is full
@@ -557,7 +513,7 @@ impl Connection {
         let callbacks = lock(&self.shared.close_callbacks).take();
         for callback in callbacks.into_iter().flatten() {
             if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback)) {
-                let panic = crate::panic_message(&*panic);
+                let panic = crate::util::panic_message(&*panic);
                 tracing::error!(
                     conn_id = %self.id(),
                     %panic,
@@ -567,96 +523,9 @@ impl Connection {
         }
     }
 
-    /// Runs blocking `work` (a database call, file I/O) on tokio's blocking pool,
-    /// then runs `then` with its result in this connection's handler context
-    /// (Zinx's `zasync_op`): on the connection's worker, one at a time with its
-    /// message handlers, so `then` needs no locks against them. Other messages
-    /// are handled while `work` runs. Results are delivered in the order the ops
-    /// were started; a result that arrives after the connection closed is
-    /// dropped.
-    ///
-    /// At most `MaxWorkerTaskLen` ops may be in flight per connection, so a peer
-    /// whose every message starts one cannot pile up unbounded work.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Closed`] if the connection is closed (or not driven by a server
-    /// or client), [`Error::QueueFull`] when `MaxWorkerTaskLen` ops are in flight.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use zinx::Request;
-    ///
-    /// async fn lookup(req: Request) -> Result<(), zinx::Error> {
-    ///     let key = req.data().clone();
-    ///     req.conn().async_op(
-    ///         move || key.len() * 2, // pretend this blocks on a database
-    ///         |conn, value| async move {
-    ///             let _ = conn.send(2, value.to_string()).await;
-    ///         },
-    ///     )
-    /// }
-    /// ```
-    pub fn async_op<T, W, C, Fut>(&self, work: W, then: C) -> Result<(), Error>
-    where
-        T: Send + 'static,
-        W: FnOnce() -> T + Send + 'static,
-        C: FnOnce(Connection, T) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let capacity = self.shared.jobs_capacity;
-        let Some(tracker) = self.shared.tracker.as_ref().filter(|_| capacity > 0) else {
-            return Err(Error::Closed);
-        };
-        let jobs = self
-            .shared
-            .jobs
-            .get_or_init(|| Arc::new(Jobs::new(capacity)));
-        // Checked after the queue exists: a close either sees it (and closes
-        // it) or is seen here.
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let in_flight = &self.shared.ops_in_flight;
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= capacity {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::QueueFull);
-        }
-        let (done, next_tail) = oneshot::channel();
-        let previous = lock(&self.shared.op_tail).replace(next_tail);
-        let jobs = jobs.clone();
-        let conn = self.clone();
-        let shared = self.shared.clone();
-        tracker.spawn(async move {
-            let result = tokio::task::spawn_blocking(work).await;
-            if let Some(previous) = previous {
-                // Err only means the previous op's task is gone: nothing to wait for.
-                let _ = previous.await;
-            }
-            match result {
-                Ok(value) if !conn.is_closed() => {
-                    let callback: Callback = Box::new(move || Box::pin(then(conn, value)));
-                    // Fails only when the connection closed. The reader waits
-                    // for results on the close signal's reader slot.
-                    if jobs.push(Job::Run(callback)).await.is_ok() {
-                        shared.close.wake(Waiter::Reader);
-                    }
-                }
-                Ok(_) => tracing::debug!("async op finished after its connection closed"),
-                Err(e) => tracing::error!(error = %e, "async op work panicked"),
-            }
-            shared.ops_in_flight.fetch_sub(1, Ordering::AcqRel);
-            let _ = done.send(());
-        });
-        Ok(())
-    }
-
-    /// The connection manager of the server this connection belongs to
-    /// (`None` once the server is gone).
-    #[must_use]
-    pub fn manager(&self) -> Option<ConnManager> {
-        self.shared.manager.upgrade().map(ConnManager::from_shared)
+    /// What the connection belongs to (see [`Owner`]).
+    pub(crate) fn owner(&self) -> &Owner {
+        &self.shared.manager
     }
 
     pub(crate) fn send_queue(&self) -> &SendQueue {
@@ -678,115 +547,6 @@ impl Connection {
     pub(crate) fn same(&self, other: &Connection) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
-
-    /// The queue of callbacks (async op results) for the connection's reader to
-    /// run, if it has one.
-    pub(crate) fn jobs(&self) -> Option<&Jobs> {
-        self.shared.jobs.get().map(|jobs| &**jobs)
-    }
-
-    /// The next async op result for the reader to run, or `None` once the
-    /// connection is closed. The wait is on the close signal's reader slot,
-    /// which a queued result also wakes: one waker registered per poll, in a
-    /// cache line every message touches, and no queue until the first async op.
-    /// Cancel-safe: waiting takes nothing, and the item is taken only when this
-    /// completes.
-    pub(crate) async fn next_job(&self) -> Option<Job> {
-        std::future::poll_fn(|cx| {
-            // Registered before the queue is checked, so a result queued after
-            // the check wakes this.
-            if self
-                .shared
-                .close
-                .poll_closed_for(Waiter::Reader, cx)
-                .is_ready()
-            {
-                return Poll::Ready(None);
-            }
-            match self.jobs().and_then(Jobs::pop) {
-                Some(job) => Poll::Ready(Some(job)),
-                None => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
-
-/// What is sent on a [`Connection::detached`] connection: the messages, in the
-/// order they were sent. Dropping it closes the connection's send queue, so later
-/// sends fail with [`Error::Closed`].
-pub struct Outbox {
-    rx: Receiver,
-    /// Bytes taken from the queue, decoded into `messages` as they come.
-    wire: BytesMut,
-    messages: VecDeque<Message>,
-}
-
-impl Outbox {
-    fn new(rx: Receiver) -> Self {
-        Outbox {
-            rx,
-            wire: BytesMut::new(),
-            messages: VecDeque::new(),
-        }
-    }
-
-    /// The framing of detached connections: Zinx's TLV with no size limit.
-    fn codec() -> Codec {
-        Codec::new(Layout::Tlv, 0)
-    }
-
-    /// The next message sent, waiting for one; `None` once the connection's
-    /// queue is closed and empty.
-    pub async fn recv(&mut self) -> Option<Message> {
-        loop {
-            match self.try_recv() {
-                Ok(msg) => return Some(msg),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => self.rx.queue().readable().await,
-            }
-        }
-    }
-
-    /// The next message sent, without waiting.
-    ///
-    /// # Errors
-    ///
-    /// `Empty` when nothing is queued, `Disconnected` once closed and empty.
-    pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
-        if self.messages.is_empty() {
-            self.rx.queue().take(|out| out.take_bytes(&mut self.wire));
-            let mut codec = Outbox::codec();
-            loop {
-                match codec.decode(&mut self.wire) {
-                    Ok(Some(msg)) => self.messages.push_back(msg),
-                    Ok(None) => break,
-                    // What the codec encoded it decodes: an error here is a bug.
-                    Err(e) => {
-                        tracing::error!(error = %e, "detached connection's frames do not decode");
-                        break;
-                    }
-                }
-            }
-        }
-        match self.messages.pop_front() {
-            Some(msg) => Ok(msg),
-            None if self.rx.queue().is_closed() => Err(TryRecvError::Disconnected),
-            None => Err(TryRecvError::Empty),
-        }
-    }
-}
-
-impl From<Outbox> for Receiver {
-    fn from(outbox: Outbox) -> Receiver {
-        outbox.rx
-    }
-}
-
-impl fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox").finish_non_exhaustive()
-    }
 }
 
 impl fmt::Debug for Connection {
@@ -804,7 +564,8 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use bytes::Bytes;
+    use bytes::{Bytes, BytesMut};
+    use std::sync::atomic::Ordering;
 
     use crate::framing::Framing;
 
@@ -822,7 +583,7 @@ pub(crate) mod tests {
             queue_bytes: usize::MAX,
             send_queue_full,
             max_data_len: Some(16),
-            manager: Weak::new(),
+            manager: no_owner(),
         })
     }
 
@@ -840,7 +601,7 @@ pub(crate) mod tests {
             send_queue_bytes: usize::MAX,
             send_queue_full: SendQueueFull::Wait,
             encoder: Encoder::new(&framing),
-            manager: Weak::new(),
+            manager: no_owner(),
             jobs: 0,
             tracker: None,
             #[cfg(feature = "metrics")]
@@ -902,7 +663,7 @@ pub(crate) mod tests {
             queue_bytes: 1000,
             send_queue_full: policy,
             max_data_len: None,
-            manager: Weak::new(),
+            manager: no_owner(),
         })
     }
 

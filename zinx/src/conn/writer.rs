@@ -26,6 +26,7 @@ use tokio::time::Sleep;
 use crate::conn::Connection;
 use crate::conn::close::Waiter;
 use crate::conn::outgoing::Frames;
+use crate::util::lock;
 
 /// A connection's writer, as the connection holds it (the socket's type erased).
 pub(crate) trait Drive: Send {
@@ -33,6 +34,56 @@ pub(crate) trait Drive: Send {
     /// closed and the final flush done (or given up), or a write failed. It then
     /// has closed the connection.
     fn poll_write(&mut self, conn: &Connection, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// Makes a connection's writer, which owns the socket's write half.
+pub(crate) type StartWriter = Box<dyn FnOnce() -> Box<dyn Drive> + Send>;
+
+/// A connection's writer, which is made when the first message is queued (or at
+/// the close): a connection that never sends holds none.
+pub(crate) enum WriterState {
+    /// None (detached connections), or finished.
+    Absent,
+    NotStarted(StartWriter),
+    Running(Box<dyn Drive>),
+}
+
+impl Connection {
+    /// Hands the connection the way to make its writer, which the first message
+    /// queued (or the close) starts.
+    pub(crate) fn set_writer(&self, start: StartWriter) {
+        *lock(&self.shared.writer) = WriterState::NotStarted(start);
+    }
+
+    /// Runs the connection's writer: makes it once something is queued or the
+    /// connection closed, then writes what is queued. Ready when there is no
+    /// writer, or it has finished (the connection is then closed and its socket
+    /// shut down). For the connection's own task only, which polls it after the
+    /// reader (see [`WithWriter`](driver::WithWriter)); the writer registers the
+    /// task's waker with the send queue and the socket.
+    pub(crate) fn poll_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut writer = lock(&self.shared.writer);
+        if let WriterState::NotStarted(_) = &*writer {
+            // Closing the connection closes the queue, which makes it readable:
+            // the writer then only shuts the socket down.
+            if self.shared.queue.poll_readable(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let WriterState::NotStarted(start) =
+                std::mem::replace(&mut *writer, WriterState::Absent)
+            {
+                *writer = WriterState::Running(start());
+            }
+        }
+        let WriterState::Running(running) = &mut *writer else {
+            return Poll::Ready(());
+        };
+        if running.poll_write(self, cx).is_pending() {
+            return Poll::Pending;
+        }
+        *writer = WriterState::Absent;
+        Poll::Ready(())
+    }
 }
 
 pub(crate) struct Writer<W> {

@@ -1,12 +1,15 @@
-//! The connection lifecycle, shared by the server and the client.
+//! The connection engine: a connection's life from set-up to clean-up, shared
+//! by the server and the client.
 //!
-//! [`Engine::open`] sets a connection up (handle, worker lane, manager entry, a
+//! [`Engine::setup`] sets a connection up (handle, worker lane, manager entry, a
 //! writer that starts with the first message queued); [`Engine::run`] runs it from
 //! `on_connect` to fully cleaned up: read until the end, then close, wait for the
 //! writer to flush, release the lane, the registration and the caller's guard (a
 //! `MaxConn` permit), and only then run `on_disconnect` and the close callbacks.
 //! The two are split so the set-up's inputs (addresses, socket halves) are not
 //! kept in the long-lived future of every connection.
+
+pub(crate) mod reader;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,10 +21,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, SendQueueFull};
-use crate::conn::reader::{self, ReadEnd, ReadSettings, ReadSource, Timeout};
+use crate::config::{Config, SendQueueFull, WorkerMode};
 use crate::conn::writer::Writer;
 use crate::conn::{Connection, Parts};
+use crate::engine::reader::{ReadEnd, ReadSettings, ReadSource, Timeout};
 use crate::faults::{Fault, Faults};
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
@@ -29,6 +32,7 @@ use crate::hooks::Hooks;
 use crate::limit::RateLimit;
 use crate::manager::{ConnManager, Registration};
 use crate::message::ConnId;
+use crate::router::Dispatcher;
 use crate::worker::{Lane, WorkerPool};
 
 /// What a connection's limits are, from the config: read once, for servers
@@ -84,6 +88,37 @@ pub(crate) struct Engine<F> {
     pub(crate) stop: CancellationToken,
 }
 
+impl<F: Framing> Engine<F> {
+    /// The engine for `config`: built the same way for a server and a client,
+    /// which differ in their workers (`(mode, size)`), manager and metrics.
+    pub(crate) fn new(
+        config: &Config,
+        framing: F,
+        hooks: Hooks,
+        heartbeat: Option<Heartbeat>,
+        linger: Duration,
+        dispatcher: Dispatcher,
+        workers: (WorkerMode, usize),
+    ) -> Engine<F> {
+        let (mode, size) = workers;
+        let ops = usize::try_from(config.max_worker_task_len).unwrap_or(usize::MAX);
+        Engine {
+            framing,
+            limits: Limits::from_config(config),
+            linger,
+            hooks,
+            manager: ConnManager::new(),
+            heartbeat,
+            faults: Arc::default(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+            pool: WorkerPool::new(mode, size, ops, Arc::new(dispatcher)),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
 /// Who a new connection is.
 pub(crate) struct Endpoint {
     pub(crate) id: ConnId,
@@ -119,8 +154,8 @@ fn log_end(
     end.reason()
 }
 
-/// A connection set up by [`Engine::open`], ready to be run.
-pub(crate) struct Opened<R> {
+/// A connection set up by [`Engine::setup`], ready to be run.
+pub(crate) struct Prepared<R> {
     r: R,
     conn: Connection,
     lane: Lane,
@@ -132,7 +167,7 @@ impl<F: Framing> Engine<F> {
     /// and prepares its writer, which starts with the first message queued (so
     /// an idle connection has one task, not two). Runs in the caller's span, which
     /// the writer inherits.
-    pub(crate) fn open<R, W>(&self, r: R, w: W, endpoint: Endpoint) -> Opened<R>
+    pub(crate) fn setup<R, W>(&self, r: R, w: W, endpoint: Endpoint) -> Prepared<R>
     where
         W: AsyncWrite + Unpin + Send + 'static,
     {
@@ -156,7 +191,7 @@ impl<F: Framing> Engine<F> {
         let registration = self.manager.register(conn.clone());
         let linger = self.linger;
         conn.set_writer(Box::new(move || Box::new(Writer::new(w, linger))));
-        Opened {
+        Prepared {
             r,
             conn,
             lane,
@@ -178,7 +213,7 @@ impl<F: Framing> Engine<F> {
     )]
     pub(crate) fn run<'a, E, R, G>(
         engine: E,
-        opened: Opened<R>,
+        prepared: Prepared<R>,
         guard: G,
         current: Option<&'a watch::Sender<Option<Connection>>>,
     ) -> impl Future<Output = ()> + 'a
@@ -187,12 +222,12 @@ impl<F: Framing> Engine<F> {
         R: ReadSource,
         G: 'a,
     {
-        let Opened {
+        let Prepared {
             r,
             conn,
             lane,
             registration,
-        } = opened;
+        } = prepared;
         async move {
             tracing::debug!("connection opened");
             if let Some(current) = current {
@@ -308,30 +343,20 @@ mod tests {
 
     /// An engine with the limits of `config` (but a send queue of 16).
     fn engine_with(config: Config, heartbeat: Option<Heartbeat>, router: Router) -> Engine<Codec> {
-        let tracker = TaskTracker::new();
         let hb_id = heartbeat.as_ref().map(|hb| hb.msg_id);
-        Engine {
-            framing: Codec::default(),
-            limits: Limits::from_config(&Config {
-                max_msg_chan_len: 16,
-                ..config
-            }),
-            linger: Duration::from_secs(1),
-            hooks: Hooks::default(),
-            manager: ConnManager::new(),
+        let config = Config {
+            max_msg_chan_len: 16,
+            ..config
+        };
+        Engine::new(
+            &config,
+            Codec::default(),
+            Hooks::default(),
             heartbeat,
-            faults: Arc::default(),
-            #[cfg(feature = "metrics")]
-            metrics: None,
-            pool: WorkerPool::new(
-                WorkerMode::Hash,
-                0,
-                1,
-                Arc::new(router.compile(hb_id, None)),
-            ),
-            tracker,
-            stop: CancellationToken::new(),
-        }
+            Duration::from_secs(1),
+            router.compile(hb_id, None),
+            (WorkerMode::Hash, 0),
+        )
     }
 
     /// Drives a connection over an in-memory pipe; returns the peer's end.
@@ -353,8 +378,8 @@ mod tests {
                 peer: addr,
                 local: addr,
             };
-            let opened = engine.open(r, w, endpoint);
-            Engine::run(engine, opened, (), None).await;
+            let prepared = engine.setup(r, w, endpoint);
+            Engine::run(engine, prepared, (), None).await;
         });
         (peer, task)
     }
@@ -422,10 +447,10 @@ mod tests {
             peer,
             local: peer,
         };
-        let opened = engine.open(r, w, endpoint);
+        let prepared = engine.setup(r, w, endpoint);
         let permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let guard = (permit, None::<Box<crate::limit::IpSlot>>);
-        let run = Engine::run(engine.clone(), opened, guard, None);
+        let run = Engine::run(engine.clone(), prepared, guard, None);
         let size = std::mem::size_of_val(&run);
         assert!(size <= 488, "connection future is {size} bytes");
         drop((run, client));
