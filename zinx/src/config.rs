@@ -276,7 +276,8 @@ config! {
     /// `MaxMsgChanLen`: the per-connection send queue length.
     max_msg_chan_len: u32 = 1024, "MaxMsgChanLen";
     /// `MaxMsgChanBytes` (not in Go Zinx): the per-connection send queue's bound
-    /// in bytes, beside `MaxMsgChanLen`'s in messages: the queue is full once
+    /// in data bytes (headers not counted), beside `MaxMsgChanLen`'s in
+    /// messages: the queue is full once
     /// either is reached (a message always fits an emptier queue, however long),
     /// like Netty's write-buffer high watermark. 0 = no byte bound.
     max_msg_chan_bytes: usize = 256 * 1024, "MaxMsgChanBytes";

@@ -182,7 +182,7 @@ impl<S: Store> Queue<S> {
             return Err(PushError::Closed(item));
         }
         let count = state.store.count();
-        if self.full(&state.store, 1) {
+        if count >= self.capacity || state.store.bytes() >= self.max_bytes {
             if !self.overflow.load(Ordering::Relaxed) || self.full(&state.store, 2) {
                 return Err(PushError::Full(item));
             }

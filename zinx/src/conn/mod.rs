@@ -669,7 +669,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_byte_bound_fills_the_queue_before_the_message_count_does() {
-        let data = [1u8; 392]; // 400 B frames
+        let data = [1u8; 392]; // 392 data bytes (400 B frames)
         // fail: the third frame still fits (800 B < 1,000), the fourth does not;
         // room comes back once the writer took what was queued.
         let (conn, mut rx) = byte_bound_conn(SendQueueFull::Fail);

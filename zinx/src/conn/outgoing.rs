@@ -55,12 +55,11 @@ const KEEP_SEGMENTS: usize = 16;
 /// frames. Object-safe, so [`Connection`](super::Connection) need not be generic
 /// over the framing.
 pub(crate) trait Encode: Send {
-    /// Encodes `msg`; returns the bytes it added.
-    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<usize, Error>;
+    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error>;
 }
 
 impl<F: Framing> Encode for F {
-    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<usize, Error> {
+    fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error> {
         frames.push(self, msg)
     }
 }
@@ -83,26 +82,21 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
-    /// Encodes `msg`; returns the bytes it added.
     #[inline]
-    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<usize, Error> {
+    fn push<F: Framing>(&mut self, framing: &mut F, msg: Message) -> Result<(), Error> {
         let start = self.small.len();
         let encoded = if msg.data.len() >= ZERO_COPY_MIN
             && let Some(header) = framing.encode_header(&msg, &mut self.small)
         {
             header.map(|()| {
-                let len = self.small.len() - start + msg.data.len();
                 self.seal();
                 self.segments.push_back(msg.data);
-                len
             })
         } else {
             // Copied: the first buffer is for frames like this one (a header
             // alone, above, is split off at once).
             self.room();
-            framing
-                .encode(msg, &mut self.small)
-                .map(|()| self.small.len() - start)
+            framing.encode(msg, &mut self.small)
         };
         if encoded.is_err() {
             // Nothing of a frame that failed half-way reaches the wire.
@@ -111,13 +105,11 @@ impl Frames {
         encoded
     }
 
-    /// Encodes a Zinx frame of borrowed data, copied next to its header;
-    /// returns the bytes it added.
+    /// Encodes a Zinx frame of borrowed data, copied next to its header.
     #[inline]
-    fn copy(&mut self, codec: &Codec, msg: Copied<'_>) -> Result<usize, Error> {
+    fn copy(&mut self, codec: &Codec, msg: Copied<'_>) -> Result<(), Error> {
         self.room();
-        codec.encode_into(msg.id, msg.data, &mut self.small)?;
-        Ok(crate::codec::HEADER_LEN + msg.data.len())
+        codec.encode_into(msg.id, msg.data, &mut self.small)
     }
 
     /// Gives an empty buffer its first allocation (see [`FIRST_BUFFER`]).
@@ -246,7 +238,8 @@ impl Encoder {
 }
 
 /// What a connection's send queue holds: its framing, the frames it encoded and
-/// how many messages and bytes they are (what the queue's bounds count).
+/// how many messages and data bytes they are (what the queue's bounds count;
+/// headers are not counted, so the count needs nothing from the framing).
 pub(crate) struct Outgoing {
     encoder: Encoder,
     frames: Frames,
@@ -278,7 +271,7 @@ impl Outgoing {
         self.frames.drain_bytes(out);
     }
 
-    /// One message more, of `len` encoded bytes.
+    /// One message more, of `len` data bytes.
     #[inline]
     fn added(&mut self, len: usize) {
         self.messages += 1;
@@ -320,7 +313,8 @@ impl Put<Copied<'_>> for Outgoing {
                 data: Bytes::copy_from_slice(msg.data),
             });
         };
-        let len = self.frames.copy(codec, msg)?;
+        let len = msg.data.len();
+        self.frames.copy(codec, msg)?;
         self.added(len);
         Ok(())
     }
@@ -329,7 +323,8 @@ impl Put<Copied<'_>> for Outgoing {
 impl Put<Message> for Outgoing {
     #[inline]
     fn put(&mut self, msg: Message) -> Result<(), Error> {
-        let len = match &mut self.encoder {
+        let len = msg.data.len();
+        match &mut self.encoder {
             Encoder::Zinx(codec) => self.frames.push(codec, msg),
             Encoder::Other(encoder) => encoder.encode_into(msg, &mut self.frames),
         }?;

@@ -435,6 +435,11 @@ impl Timeouts {
     }
 
     fn poll_expired(&mut self, last_heard: Instant, cx: &mut Context<'_>) -> Poll<Timeout> {
+        // Nothing to time out: the timer is not polled (it may still be set for
+        // a frame that has arrived since, and wake the task once, for nothing).
+        if self.frame_started.is_none() && self.idle.is_none() {
+            return Poll::Pending;
+        }
         loop {
             let next = self.next_deadline(last_heard);
             let Some(timer) = self.timer.as_mut().filter(|_| self.armed) else {
