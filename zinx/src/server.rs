@@ -595,3 +595,103 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::request::Request;
+
+    /// A transport whose handshake is one byte, `!`, from the peer.
+    struct Bang;
+
+    impl Open<TcpStream> for Bang {
+        type Read = OwnedReadHalf;
+        type Write = OwnedWriteHalf;
+
+        async fn open(
+            &self,
+            mut raw: TcpStream,
+            _peer: SocketAddr,
+        ) -> Result<Opened<OwnedReadHalf, OwnedWriteHalf>, Error> {
+            let mut byte = [0u8; 1];
+            raw.read_exact(&mut byte).await?;
+            if byte != *b"!" {
+                return Err(Error::BadFrame {
+                    reason: "no bang".into(),
+                });
+            }
+            Ok(crate::transport::tcp::open(raw)?)
+        }
+    }
+
+    fn frame(id: u32, data: &[u8]) -> Vec<u8> {
+        let mut wire = bytes::BytesMut::new();
+        Codec::default()
+            .encode_into(crate::MsgId(id), data, &mut wire)
+            .unwrap();
+        wire.to_vec()
+    }
+
+    /// Sends the handshake and one echo; returns the reply's data.
+    async fn echo_after_bang(addr: SocketAddr) -> Vec<u8> {
+        let mut peer = TcpStream::connect(addr).await.unwrap();
+        peer.write_all(b"!").await.unwrap();
+        peer.write_all(&frame(1, b"hi")).await.unwrap();
+        let mut reply = [0u8; 10];
+        peer.read_exact(&mut reply).await.unwrap();
+        reply[8..].to_vec()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_handshake_holds_one_slot_until_the_timeout_and_stalls_nobody() {
+        let server = Server::builder(Config {
+            max_conn: 2,
+            handshake_timeout: 1,
+            ..Config::default()
+        })
+        .router(Router::new().route_sync(1, |req: &Request| req.conn().try_send(1, req.data())))
+        .build();
+        let (core, handle) = (server.core.clone(), server.handle());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let accepting = tokio::spawn(accept(core, listener, Arc::new(Bang), stop.clone()));
+
+        // A peer that connects and never sends its handshake...
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        // ...does not keep the next one from being accepted, opened and served.
+        let started = std::time::Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(5), echo_after_bang(addr))
+            .await
+            .unwrap();
+        assert_eq!(reply, b"hi");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // The stalled one holds its slot (admitted before its open step) until
+        // the handshake timeout closes it; it never reached the manager.
+        assert_eq!(handle.manager().len(), 1);
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert!(closed.is_ok() && rest.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        for _ in 0..100 {
+            if handle.free_slots() == Some(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(handle.free_slots(), Some(2), "both slots are back");
+        stop.cancel();
+        accepting.await.unwrap();
+        assert_eq!(server.core.engine.faults.total(Fault::Handshake), 1);
+    }
+}
