@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::manager::ConnManager;
+use crate::message::IdHasher;
 use crate::message::MsgId;
-use crate::router::IdHasher;
 
 type Reason = [(&'static str, &'static str); 1];
 type ById = [(&'static str, String); 1];
