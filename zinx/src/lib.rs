@@ -64,6 +64,7 @@ pub mod manager;
 mod message;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod observe;
 mod queue;
 mod request;
 pub mod router;

@@ -158,22 +158,21 @@ impl<F: Framing> ServerBuilder<F> {
         #[cfg(feature = "metrics")]
         let metrics = (!config.metrics_addr.is_empty()).then(|| {
             let ids = self.router.route_ids().chain(hb_id);
-            Arc::new(crate::metrics::Metrics::new(ids))
+            Arc::new(crate::observe::Metrics::new(ids))
         });
-        #[allow(unused_mut, reason = "set only with the metrics feature")]
-        let mut engine = Engine::new(
-            &config,
-            self.framing,
-            self.hooks,
-            self.heartbeat,
-            self.linger,
-            self.router.compile(hb_id, None),
-            (config.worker_mode, to_usize(config.worker_pool_size)),
-        );
-        #[cfg(feature = "metrics")]
-        {
-            engine.metrics = metrics;
-        }
+        let engine = Engine {
+            #[cfg(feature = "metrics")]
+            observer: crate::observe::Observer::new(metrics),
+            ..Engine::new(
+                &config,
+                self.framing,
+                self.hooks,
+                self.heartbeat,
+                self.linger,
+                self.router.compile(hb_id, None),
+                (config.worker_mode, to_usize(config.worker_pool_size)),
+            )
+        };
         let limit = (config.max_conn > 0).then(|| Arc::new(Semaphore::new(config.max_conn)));
         let handle = ServerHandle {
             manager: engine.manager.clone(),
@@ -362,7 +361,7 @@ impl<F: Framing> Server<F> {
         } = self;
         let engine = core.engine.clone();
         #[cfg(feature = "metrics")]
-        if let Some(metrics) = &engine.metrics {
+        if let Some(metrics) = engine.observer.metrics() {
             let (scrapes, addr) = crate::metrics::bind(&config.metrics_addr).await?;
             let _ = handle.metrics_addr.set(addr);
             tracing::info!(%addr, "serving metrics at /metrics");
@@ -522,19 +521,13 @@ impl<F: Framing> Core<F> {
             peer.ip(),
         ) {
             Ok(slots) => {
-                #[cfg(feature = "metrics")]
-                if let Some(m) = &self.engine.metrics {
-                    m.accepted();
-                }
+                self.engine.observer.accepted();
                 Some(slots)
             }
             Err(limit) => {
                 let faults = &self.engine.faults;
                 faults.record(limit, peer, &"connection limit reached, closed at accept");
-                #[cfg(feature = "metrics")]
-                if let Some(m) = &self.engine.metrics {
-                    m.rejected(limit.name());
-                }
+                self.engine.observer.rejected(limit.name());
                 None
             }
         }

@@ -36,6 +36,7 @@ use crate::conn::writer::WriterState;
 use crate::error::Error;
 use crate::extensions::Extensions;
 use crate::message::{ConnId, Message, MsgId, Payload};
+use crate::observe::Observer;
 use crate::queue::{PushError, Queue};
 use crate::util::lock;
 
@@ -92,8 +93,7 @@ struct Shared {
     op_tail: Mutex<Option<oneshot::Receiver<()>>>,
     /// Async ops started and not yet delivered.
     ops_in_flight: AtomicUsize,
-    #[cfg(feature = "metrics")]
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    observer: Observer,
 }
 
 /// Settings of a [`Connection::detached_with`] connection.
@@ -124,8 +124,7 @@ pub(crate) struct Parts {
     pub(crate) jobs: usize,
     /// Where async op tasks are tracked, so shutdown waits for them.
     pub(crate) tracker: Option<TaskTracker>,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub(crate) observer: Observer,
 }
 
 /// A payload the send queue refused, as it came back: the payload itself if it
@@ -173,8 +172,7 @@ impl Connection {
             tracker: parts.tracker,
             op_tail: Mutex::new(None),
             ops_in_flight: AtomicUsize::new(0),
-            #[cfg(feature = "metrics")]
-            metrics: parts.metrics,
+            observer: parts.observer,
             writer: Mutex::new(WriterState::Absent),
         };
         Connection {
@@ -212,8 +210,7 @@ impl Connection {
             manager: d.manager,
             jobs: 0,
             tracker: None,
-            #[cfg(feature = "metrics")]
-            metrics: None,
+            observer: Observer::default(),
         });
         (conn.clone(), outbox::Outbox::new(Receiver::new(conn)))
     }
@@ -280,14 +277,11 @@ impl Connection {
     /// A send that did not queue its message: counted (with metrics), returned.
     #[cold]
     fn failed(&self, e: Error) -> Error {
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &self.shared.metrics {
-            metrics.send_failed(match &e {
-                Error::QueueFull => "queue_full",
-                Error::FrameTooLarge { .. } => "too_large",
-                _ => "closed",
-            });
-        }
+        self.shared.observer.send_failed(match &e {
+            Error::QueueFull => "queue_full",
+            Error::FrameTooLarge { .. } => "too_large",
+            _ => "closed",
+        });
         e
     }
 
@@ -366,12 +360,7 @@ impl Connection {
     /// connection's task, which makes and polls the writer.)
     #[inline]
     fn queued(&self, id: MsgId, len: usize) {
-        #[cfg(feature = "metrics")]
-        if let Some(metrics) = &self.shared.metrics {
-            metrics.sent(id, len);
-        }
-        #[cfg(not(feature = "metrics"))]
-        let _ = (id, len);
+        self.shared.observer.sent(id, len);
     }
 
     /// Queues a message for the writer, failing at once when the queue is full
@@ -604,8 +593,7 @@ pub(crate) mod tests {
             manager: no_owner(),
             jobs: 0,
             tracker: None,
-            #[cfg(feature = "metrics")]
-            metrics: None,
+            observer: Observer::default(),
         });
         let err = conn.try_send(300, "x").unwrap_err();
         assert!(matches!(err, Error::BadFrame { .. }), "{err}");

@@ -32,6 +32,7 @@ use crate::hooks::Hooks;
 use crate::limit::RateLimit;
 use crate::manager::{ConnManager, Registration};
 use crate::message::ConnId;
+use crate::observe::Observer;
 use crate::router::Dispatcher;
 use crate::worker::{Lane, WorkerPool};
 
@@ -79,8 +80,8 @@ pub(crate) struct Engine<F> {
     pub(crate) heartbeat: Option<Heartbeat>,
     /// Where peers' faults are counted and summed up in the log.
     pub(crate) faults: Arc<Faults>,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Where the data path reports what it does (metrics).
+    pub(crate) observer: Observer,
     pub(crate) pool: Arc<WorkerPool>,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the server (or client) stops: a connection that starts
@@ -110,8 +111,7 @@ impl<F: Framing> Engine<F> {
             manager: ConnManager::new(),
             heartbeat,
             faults: Arc::default(),
-            #[cfg(feature = "metrics")]
-            metrics: None,
+            observer: Observer::default(),
             pool: WorkerPool::new(mode, size, ops, Arc::new(dispatcher)),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -129,12 +129,7 @@ pub(crate) struct Endpoint {
 /// Logs why a connection's reader stopped (a peer's fault through `faults`);
 /// only the word is kept across the awaits that follow (the error is large, and
 /// would be held by every reader).
-fn log_end(
-    end: ReadEnd,
-    conn: &Connection,
-    faults: &Faults,
-    #[cfg(feature = "metrics")] metrics: Option<&crate::metrics::Metrics>,
-) -> &'static str {
+fn log_end(end: ReadEnd, conn: &Connection, faults: &Faults, observer: &Observer) -> &'static str {
     let peer = conn.peer_addr();
     match &end {
         ReadEnd::Failed(e) if e.is_protocol() => faults.record(Fault::Protocol, peer, e),
@@ -147,10 +142,7 @@ fn log_end(
         }
         ReadEnd::PeerClosed | ReadEnd::Cancelled => {}
     }
-    #[cfg(feature = "metrics")]
-    if let Some(metrics) = metrics {
-        metrics.closed(end.label());
-    }
+    observer.closed(end.label());
     end.reason()
 }
 
@@ -185,8 +177,7 @@ impl<F: Framing> Engine<F> {
             manager: self.manager.downgrade(),
             jobs: self.pool.callback_queue(),
             tracker: Some(self.tracker.clone()),
-            #[cfg(feature = "metrics")]
-            metrics: self.metrics.clone(),
+            observer: self.observer.clone(),
         });
         let registration = self.manager.register(conn.clone());
         let linger = self.linger;
@@ -252,8 +243,7 @@ impl<F: Framing> Engine<F> {
                         reader::Extras::new(
                             engine.heartbeat.as_ref(),
                             engine.limits.rate.clone(),
-                            #[cfg(feature = "metrics")]
-                            engine.metrics.clone(),
+                            &engine.observer,
                             &engine.limits.read,
                         ),
                     ),
@@ -261,8 +251,7 @@ impl<F: Framing> Engine<F> {
                 .await,
                 &conn,
                 &engine.faults,
-                #[cfg(feature = "metrics")]
-                engine.metrics.as_deref(),
+                &engine.observer,
             );
             conn.close();
             if let Some(current) = current {

@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::framing::Framing;
 use crate::heartbeat::Heartbeat;
 use crate::limit::RateLimit;
+use crate::observe::Observer;
 use crate::router::Slot;
 use crate::worker::Lane;
 
@@ -65,7 +66,6 @@ impl ReadEnd {
     }
 
     /// The `reason` label of `zinx_connections_closed_total`.
-    #[cfg(feature = "metrics")]
     pub(crate) fn label(&self) -> &'static str {
         match self {
             ReadEnd::PeerClosed => "peer",
@@ -270,10 +270,11 @@ where
                     .get_or_insert_with(|| Extras::bare(settings))
                     .frame(!buf.is_empty(), !batch.is_empty());
             }
-            #[cfg(feature = "metrics")]
-            if let Some(metrics) = extras.as_ref().and_then(|x| x.metrics.as_deref()) {
+            if let Some(x) = extras.as_deref()
+                && x.observer.is_on()
+            {
                 for msg in &batch {
-                    metrics.received(msg.id, msg.data.len());
+                    x.observer.received(msg.id, msg.data.len());
                 }
             }
             // Handled from the back: popping takes a message out without a
@@ -322,20 +323,13 @@ where
                     allowed -= 1;
                     // Only the start is kept across the handler's await (the
                     // connection's future holds every such local).
-                    #[cfg(feature = "metrics")]
-                    let started = extras
-                        .as_ref()
-                        .and_then(|x| x.metrics.as_ref())
-                        .map(|_| std::time::Instant::now());
+                    let started = extras.as_deref().map(|x| x.observer.start());
                     // A synchronous route is done when `dispatch` returns.
                     if let Some(handling) = lane.dispatch(conn, &mut lent, msg, &mut slot) {
                         handling.await;
                     }
-                    #[cfg(feature = "metrics")]
-                    if let (Some(metrics), Some(started)) =
-                        (extras.as_ref().and_then(|x| x.metrics.as_deref()), started)
-                    {
-                        metrics.handled(started.elapsed());
+                    if let (Some(x), Some(started)) = (extras.as_deref(), started) {
+                        x.observer.handled(started);
                     }
                     // Past the bound: wait for room (above) before the rest.
                     if allowed > 0 && conn.overflowed() {
@@ -370,8 +364,7 @@ where
 pub(crate) struct Extras<'a> {
     heartbeat: Option<Beating<'a>>,
     rate: Option<RateLimit>,
-    #[cfg(feature = "metrics")]
-    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    observer: Observer,
     /// When the peer was last heard from (heartbeat and idle timeout).
     last_heard: Instant,
     timeouts: Timeouts,
@@ -463,12 +456,11 @@ impl<'a> Extras<'a> {
     pub(crate) fn new(
         heartbeat: Option<&'a Heartbeat>,
         rate: Option<RateLimit>,
-        #[cfg(feature = "metrics")] metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+        observer: &Observer,
         settings: &ReadSettings,
     ) -> Option<Box<Extras<'a>>> {
         let needed = heartbeat.is_some() || rate.is_some() || settings.idle_timeout.is_some();
-        #[cfg(feature = "metrics")]
-        let needed = needed || metrics.is_some();
+        let needed = needed || observer.is_on();
         if !needed {
             return None;
         }
@@ -481,8 +473,7 @@ impl<'a> Extras<'a> {
         let mut extras = Box::new(Extras {
             heartbeat,
             rate,
-            #[cfg(feature = "metrics")]
-            metrics,
+            observer: observer.clone(),
             ..*Extras::bare(settings)
         });
         let last_heard = extras.last_heard;
@@ -495,8 +486,7 @@ impl<'a> Extras<'a> {
         Box::new(Extras {
             heartbeat: None,
             rate: None,
-            #[cfg(feature = "metrics")]
-            metrics: None,
+            observer: Observer::default(),
             last_heard: Instant::now(),
             timeouts: Timeouts {
                 frame: settings.frame_timeout,

@@ -291,10 +291,10 @@ impl Future for Dispatching<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::BoxFuture;
     use crate::conn::tests::test_conn;
     use crate::router::Next;
     use crate::router::tests::{Log, request, run};
+    use crate::util::BoxFuture;
 
     /// Middleware that logs its name, then continues.
     fn mark(
