@@ -5,12 +5,21 @@
 //! `msg_id` labels are bounded: IDs without a route share the series `other`, so a
 //! peer cannot create series at will.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::encode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,27 +44,25 @@ pub(crate) fn render(metrics: &Metrics, manager: &ConnManager) -> String {
     out
 }
 
-/// Longest request head the scrape endpoint reads.
-const MAX_REQUEST: usize = 8 * 1024;
-
 /// How long a scraper may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Scrapes answered at once; connections beyond are closed at once.
 const MAX_SCRAPES: usize = 16;
 
-/// Serves `GET /metrics` on `listener` until `stop`, one short HTTP/1.1 exchange
-/// per connection (all a Prometheus scraper needs; anything else gets a 404), each
-/// on `tracker`, so the server's shutdown waits for scrapes in progress; at most
-/// `MAX_SCRAPES` at once, each bounded by `REQUEST_TIMEOUT`.
+/// Serves `GET /metrics` on `listener` until `stop` with hyper's HTTP/1.1
+/// server, one exchange per connection (all a Prometheus scraper needs;
+/// anything else gets a 404), each on `tracker`, so the server's shutdown waits
+/// for scrapes in progress; at most `MAX_SCRAPES` at once, each bounded by
+/// `REQUEST_TIMEOUT` for its request head and twice that in all.
 pub(crate) async fn serve(
     listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     manager: ConnManager,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let scrapes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let stream = tokio::select! {
             biased;
@@ -77,50 +84,50 @@ pub(crate) async fn serve(
         let (metrics, manager) = (metrics.clone(), manager.clone());
         tracker.spawn(async move {
             let _slot = slot;
-            if let Err(e) = answer(stream, &metrics, &manager).await {
-                tracing::debug!(error = %e, "metrics: scrape failed");
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = answer(&request, &metrics, &manager);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let exchange = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(2 * REQUEST_TIMEOUT, exchange).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: scrape failed"),
+                Err(_) => tracing::debug!("metrics: scrape took too long"),
             }
         });
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
+/// The response to one request: the metrics for `GET /metrics`, else 404.
+fn answer(
+    request: &Request<Incoming>,
     metrics: &Metrics,
     manager: &ConnManager,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let read = async {
-        let mut chunk = [0u8; 512];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, read)
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let is_scrape = line.starts_with(b"GET /metrics ") || line == b"GET /metrics";
-    let (status, content_type, body) = if is_scrape {
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(metrics, manager),
-        )
-    } else {
-        ("404 Not Found", "text/plain", "not found\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) =
+        if request.method() == Method::GET && request.uri().path() == "/metrics" {
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render(metrics, manager),
+            )
+        } else {
+            (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found\n".to_owned(),
+            )
+        };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Binds the scrape endpoint.
