@@ -9,7 +9,7 @@ use std::str::FromStr;
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::{Framing, reserve_partial};
+use super::{Framing, eof, reserve_partial};
 use crate::error::Error;
 use crate::message::{Message, MsgId};
 
@@ -251,13 +251,7 @@ impl Decoder for Codec {
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Error> {
-        match self.decode(buf)? {
-            Some(msg) => Ok(Some(msg)),
-            None if buf.is_empty() => Ok(None),
-            None => Err(Error::TruncatedFrame {
-                buffered: buf.len(),
-            }),
-        }
+        eof(self.decode(buf)?, buf)
     }
 }
 
