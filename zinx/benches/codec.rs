@@ -1,10 +1,14 @@
-//! Micro-benchmarks of Zinx framing: encode and decode, both layouts.
+//! Micro-benchmarks of the framings the reader decodes with: Zinx's codec
+//! (encode and decode, both layouts), and the length-field decoder beside
+//! tokio-util's `LengthDelimitedCodec` on the same bytes (the figures behind
+//! "Length-field framing is our own" in docs/ARCHITECTURE.md).
 
 use std::hint::black_box;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use zinx::framing::LengthFieldCodec;
 use zinx::{Codec, Layout, MsgId};
 
 fn codec(c: &mut Criterion) {
@@ -47,5 +51,78 @@ fn codec(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec);
+/// `count` frames of `size` bytes, each after a 4-byte big-endian length.
+fn length_prefixed(size: usize, count: usize) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(count * (size + 4));
+    for i in 0..count {
+        wire.put_u32(size as u32);
+        wire.extend(std::iter::repeat_n(i as u8, size));
+    }
+    wire
+}
+
+/// Feeds `wire` to `decoder` in reads of `read` bytes, decoding after each read
+/// as the connection's reader does; returns the bytes of the frames decoded.
+fn decode_reads<D>(decoder: &mut D, wire: &[u8], read: usize) -> usize
+where
+    D: Decoder,
+    D::Item: AsRef<[u8]>,
+    D::Error: std::fmt::Debug,
+{
+    let mut buf = BytesMut::new();
+    let mut n = 0;
+    for chunk in wire.chunks(read) {
+        buf.extend_from_slice(chunk);
+        while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            n += frame.as_ref().len();
+        }
+    }
+    n
+}
+
+/// Both decoders set up alike: a 4-byte big-endian length of the body, the
+/// header stripped, frames up to 8 MiB (tokio-util's defaults).
+fn length_field(c: &mut Criterion) {
+    let ours = LengthFieldCodec::builder()
+        .length_field_length(4)
+        .initial_bytes_to_strip(4)
+        .max_frame_length(8 << 20)
+        .build();
+    // (frame size, frames, bytes per read): whole reads of many small frames,
+    // frames split across TCP segments, one large frame in 16 KiB reads.
+    for (size, count, read) in [
+        (64, 100, usize::MAX),
+        (4096, 100, usize::MAX),
+        (4096, 100, 1460),
+        (1 << 20, 1, 16 * 1024),
+    ] {
+        let wire = length_prefixed(size, count);
+        // Both cut every frame, or the comparison would mean nothing.
+        let mut dec = ours;
+        assert_eq!(decode_reads(&mut dec, &wire, read), size * count);
+        assert_eq!(
+            decode_reads(&mut LengthDelimitedCodec::new(), &wire, read),
+            size * count
+        );
+        let reads = if read == usize::MAX {
+            "one read".to_owned()
+        } else {
+            format!("{read} B reads")
+        };
+        let mut group = c.benchmark_group(format!("length_field/{count}x{size}B in {reads}"));
+        group.throughput(Throughput::Bytes(wire.len() as u64));
+        group.bench_function("zinx LengthFieldCodec", |b| {
+            b.iter(|| {
+                let mut dec = ours;
+                decode_reads(&mut dec, black_box(&wire), read)
+            });
+        });
+        group.bench_function("tokio-util LengthDelimitedCodec", |b| {
+            b.iter(|| decode_reads(&mut LengthDelimitedCodec::new(), black_box(&wire), read));
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, codec, length_field);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
-//! Parity item 7: blocking work off the runtime, results delivered back to the
-//! connection's handler context in the order the ops started, without blocking
-//! the connection's other messages.
+//! `Connection::async_op`: blocking work off the runtime, results delivered back to
+//! the connection's handler context in the order the ops started, without blocking
+//! the connection's other messages; shutdown waits for running ops, and the ops in
+//! flight per connection are bounded.
 
 mod support;
 

@@ -1,6 +1,7 @@
-//! Parity item 1: the client against our server: request/response, routing of
-//! pushed messages, hooks, reconnect with on_connect firing again, timeouts; and
-//! the `client` example against an echo server and a corrupting one.
+//! The `Client` against our server: request/response, routing of pushed messages,
+//! hooks, reconnect with on_connect firing again, timeouts, heartbeats; the
+//! `client` example against an echo server and a corrupting one; and a client
+//! flooding a server with small queues.
 
 mod support;
 

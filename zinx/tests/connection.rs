@@ -1,5 +1,6 @@
-//! Item 4: the connection handle on a real server: addresses, properties, send
-//! and try_send, order, close from a handler, close callbacks.
+//! The `Connection` handle on a real server: IDs, addresses and properties, send
+//! and try_send (order, a full queue, a slow reader), close from a handler, close
+//! callbacks, and replies to a peer that half-closed.
 
 mod support;
 

@@ -1,6 +1,9 @@
-//! Items 1, 8 and 10 end to end: the `echo_server` example binary reads zinx.json
-//! from `ZINX_CONFIG_FILE_PATH`, echoes in both layouts, rejects a malformed file
-//! with a clear message, and exits 0 on SIGTERM and SIGINT.
+//! The `echo_server` example binary end to end: it reads zinx.json from
+//! `ZINX_CONFIG_FILE_PATH`, echoes in both layouts, rejects a malformed file with a
+//! clear message and names the keys of an address it cannot listen on, filters its
+//! logs by level and `RUST_LOG`, backs off when out of file descriptors, closes
+//! half-sent and silent peers as its config says, and exits 0 on SIGTERM and
+//! SIGINT.
 #![cfg(unix)]
 
 mod support;

@@ -1,5 +1,6 @@
-//! Item 5: on_connect / on_disconnect run exactly once per connection, hold no
-//! framework lock, and on_disconnect can still read properties.
+//! on_connect / on_disconnect run exactly once per connection, hold no framework
+//! lock, and on_disconnect can still read properties; a panicking hook harms
+//! nothing else.
 
 mod support;
 

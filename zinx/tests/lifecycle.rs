@@ -1,5 +1,8 @@
-//! Items 8 and 9: graceful shutdown (queued writes flushed, on_disconnect for
-//! every connection, nothing left behind after many cycles) and handler panics.
+//! A server's and a connection's life: graceful shutdown (queued writes flushed,
+//! on_disconnect for every connection, handlers waiting on their connection woken,
+//! nothing left behind after many cycles), a handler's panic closing only its
+//! connection, and a connection as one task whose writer starts with the first
+//! message.
 
 mod support;
 

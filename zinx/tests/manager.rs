@@ -1,4 +1,4 @@
-//! Item 7: the connection manager (count, get, iterate, broadcast) and MaxConn.
+//! The connection manager (count, get, iterate, broadcast) and MaxConn.
 
 mod support;
 

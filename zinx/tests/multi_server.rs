@@ -1,4 +1,4 @@
-//! Parity item 8: several servers in one process, sharing a router or not.
+//! Several servers in one process, sharing a router or not.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! Parity item 5 on a real server: users log in (bind), push to a user from a
-//! handler and from outside, bindings end with the connection.
+//! The manager's notify API on a real server: users log in (bind), push to a user
+//! from a handler and from outside, bindings end with the connection.
 
 mod support;
 

@@ -1,5 +1,5 @@
-//! Parity item 3: servers with HTLV+CRC, length-field and line framing route
-//! through the same router; bad CRCs and oversized frames stay harmless.
+//! Servers with HTLV+CRC, length-field and line framing route through the same
+//! router; bad CRCs and oversized frames stay harmless.
 
 mod support;
 

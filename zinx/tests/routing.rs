@@ -1,5 +1,6 @@
-//! Item 3: routing by message ID to async fns and Zinx-style routers, the
-//! fallback, and duplicate registration.
+//! Routing by message ID to async fns and Zinx-style routers, the fallback,
+//! duplicate registration, and middleware, groups and interceptors on a real
+//! server.
 
 mod support;
 

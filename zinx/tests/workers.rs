@@ -1,5 +1,5 @@
-//! Item 6: the worker pool in every mode: per-connection order, parallelism
-//! across connections, and backpressure instead of drops or unbounded memory.
+//! The worker pool in every mode: per-connection order, parallelism across
+//! connections, and backpressure instead of drops or unbounded memory.
 
 mod support;
 

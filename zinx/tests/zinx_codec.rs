@@ -1,4 +1,5 @@
-//! Item 2: both packet layouts over a real socket, coalesced and split frames,
+//! Zinx's codec over a real socket, in both packet layouts: the exact wire bytes,
+//! coalesced and split frames, zero-length and maximum-length messages, and
 //! oversized and truncated frames closing only the offending connection.
 
 mod support;

@@ -1,4 +1,6 @@
-//! Limits on peers: connections per IP address.
+//! `MaxConnPerIP`: connections from one address beyond the limit are closed at
+//! once, other addresses are still served, and a slot comes back when a connection
+//! ends.
 
 mod support;
 
