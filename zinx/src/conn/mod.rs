@@ -55,7 +55,7 @@ type CloseCallback = Box<dyn FnOnce() + Send>;
 /// A handle to one connection. Cloning is cheap (one reference count).
 ///
 /// Handlers get it from [`Request::conn`](crate::Request::conn); hooks get it as
-/// their argument; [`ConnManager`] hands them out by ID.
+/// their argument; [`ConnManager`](crate::ConnManager) hands them out by ID.
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,

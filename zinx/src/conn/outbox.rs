@@ -12,9 +12,9 @@ use crate::codec::{Codec, Layout};
 use crate::conn::outgoing::Receiver;
 use crate::message::Message;
 
-/// What is sent on a [`Connection::detached`] connection: the messages, in the
+/// What is sent on a [`Connection::detached`](crate::Connection::detached) connection: the messages, in the
 /// order they were sent. Dropping it closes the connection's send queue, so later
-/// sends fail with [`Error::Closed`].
+/// sends fail with [`Error::Closed`](crate::Error::Closed).
 pub struct Outbox {
     rx: Receiver,
     /// Bytes taken from the queue, decoded into `messages` as they come.

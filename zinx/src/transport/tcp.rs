@@ -123,7 +123,9 @@ pub(crate) async fn bind(
     })))
 }
 
-/// Binds the config's `Host:TCPPort` with its `ListenBacklog` (see [`bind`]).
+/// Binds the config's `Host:TCPPort` with its `ListenBacklog` (0: the system's
+/// limit, see [`listen_backlog`]; tokio's `TcpListener::bind` uses 128), so a
+/// burst of connects waits in the kernel's queue instead of being refused.
 ///
 /// # Errors
 ///
