@@ -3,34 +3,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use support::{TestServer, config, echo};
+use support::{Captured, TestServer, config, echo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing_subscriber::fmt::MakeWriter;
 use zinx::{Config, Layout, Router, Server};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 /// The count of `name` in every summary line of `text`.
 fn counted(text: &str, name: &str) -> u64 {
@@ -80,7 +56,7 @@ async fn refusals_and_protocol_errors_are_summed_up_not_logged_one_by_one() {
     }
     drop(held);
     server.stop().await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let lines = text.lines().filter(|l| l.contains("peer faults")).count();
     assert!((1..=3).contains(&lines), "{lines} summary lines:\n{text}");
     let warnings = text.lines().filter(|l| l.contains("WARN")).count();

@@ -2,32 +2,8 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use support::{TestServer, config};
-use tracing_subscriber::fmt::MakeWriter;
+use support::{Captured, TestServer, config};
 use zinx::{Layout, Request, Router, Server};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 // One thread: the subscriber set for this test sees the server's tasks.
 #[tokio::test]
@@ -52,7 +28,7 @@ async fn a_handlers_log_line_names_its_connection_and_peer() {
     client.roundtrip(1, "x").await;
     drop(client);
     server.stop().await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("handler says hi"))
