@@ -7,6 +7,11 @@ use std::fmt;
 
 use bytes::Bytes;
 
+/// Payloads at least this long are written from their own buffer (a
+/// vectored write) instead of being copied next to their header; shorter ones
+/// are copied whatever form they come in (see [`Payload`]).
+pub(crate) const ZERO_COPY_MIN: usize = 512;
+
 /// A Zinx message ID (the `msgID` of the wire header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MsgId(pub u32);
@@ -152,7 +157,7 @@ macro_rules! owned_payload {
             #[inline]
             fn to_copy(&self) -> Option<&[u8]> {
                 let data: &[u8] = self.as_ref();
-                (data.len() < crate::conn::outgoing::ZERO_COPY_MIN).then_some(data)
+                (data.len() < ZERO_COPY_MIN).then_some(data)
             }
             fn into_bytes(self) -> Bytes {
                 Bytes::from(self)
@@ -210,7 +215,7 @@ impl sealed::Sealed for &Bytes {
     }
     #[inline]
     fn to_copy(&self) -> Option<&[u8]> {
-        (Bytes::len(self) < crate::conn::outgoing::ZERO_COPY_MIN).then_some(&self[..])
+        (Bytes::len(self) < ZERO_COPY_MIN).then_some(&self[..])
     }
     fn into_bytes(self) -> Bytes {
         self.clone()

@@ -25,9 +25,7 @@ use crate::message::Message;
 use crate::message::MsgId;
 use crate::queue::{Put, Queue, Store};
 
-/// Payloads at least this long are written from their own buffer (vectored
-/// write) instead of being copied next to their header.
-pub(crate) const ZERO_COPY_MIN: usize = 512;
+pub(crate) use crate::message::ZERO_COPY_MIN;
 
 /// Most buffers handed to one vectored write.
 const MAX_SLICES: usize = 32;
