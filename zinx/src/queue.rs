@@ -11,13 +11,45 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
+
+use self::sync::{AtomicBool, AtomicWaker, Mutex, MutexGuard, fence};
+
+/// What the consumer's wake-up is built on, so the model tests (`loom_tests`)
+/// run the code that ships on loom's checked mutex, atomics and fences. The
+/// producers' `Notify` stays tokio's: waiting for room is not modelled.
+#[cfg(not(all(test, zinx_loom)))]
+mod sync {
+    pub(super) use futures_util::task::AtomicWaker;
+    pub(super) use std::sync::atomic::{AtomicBool, fence};
+    pub(super) use std::sync::{Mutex, MutexGuard};
+}
+
+#[cfg(all(test, zinx_loom))]
+mod sync {
+    pub(super) use loom::sync::atomic::{AtomicBool, fence};
+    pub(super) use loom::sync::{Mutex, MutexGuard};
+
+    /// loom's `AtomicWaker` registers an owned waker; futures-util's borrows it.
+    pub(super) struct AtomicWaker(loom::future::AtomicWaker);
+
+    impl AtomicWaker {
+        pub(super) fn new() -> Self {
+            AtomicWaker(loom::future::AtomicWaker::new())
+        }
+
+        pub(super) fn register(&self, waker: &std::task::Waker) {
+            self.0.register_by_ref(waker);
+        }
+
+        pub(super) fn wake(&self) {
+            self.0.wake();
+        }
+    }
+}
 
 /// What a [`Queue`] holds its items in.
 pub(crate) trait Store {
@@ -166,9 +198,18 @@ impl<S: Store> Queue<S> {
             || store.bytes() >= self.max_bytes.saturating_mul(times)
     }
 
+    #[cfg(not(all(test, zinx_loom)))]
     fn lock(&self) -> MutexGuard<'_, State<S>> {
         // Every critical section is a single push, take or flag change.
         crate::util::lock(&self.state)
+    }
+
+    /// `util::lock` takes std's mutex; this is the same for loom's.
+    #[cfg(all(test, zinx_loom))]
+    fn lock(&self) -> MutexGuard<'_, State<S>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues `item` if there is room.
@@ -540,5 +581,194 @@ mod tests {
             q.try_push(i).unwrap();
             assert_eq!(consumer.await.unwrap(), Some(i));
         }
+    }
+}
+
+/// Model tests of the consumer's wake-up: loom runs each model in every
+/// interleaving of its threads, with every value each load may read under the
+/// memory model, on the queue's own code. `.ci/run` runs them:
+/// `RUSTFLAGS="--cfg zinx_loom" cargo test -p zinx --lib --release queue::loom_tests`.
+#[cfg(all(test, zinx_loom))]
+mod loom_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::task::{Wake, Waker};
+
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicUsize;
+    use loom::thread;
+
+    use super::*;
+
+    /// A task's waker that counts its wakes.
+    struct CountWakes(AtomicUsize);
+
+    impl CountWakes {
+        /// The wakes since the last call: a read-modify-write, so it reads the
+        /// latest count, never a stale one.
+        fn since_last(&self) -> usize {
+            self.0.swap(0, Ordering::AcqRel)
+        }
+    }
+
+    impl Wake for CountWakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn take_all(q: &Queue<VecDeque<u32>>) -> usize {
+        q.take(|items| {
+            let n = items.len();
+            items.clear();
+            n
+        })
+    }
+
+    /// One poll of the connection's task: the reader runs with the queue quiet
+    /// (`WithWriter`), then the writer checks the queue (`poll_writer`) and
+    /// takes what it sees. Whether the check saw the queue readable, and the
+    /// items taken.
+    fn poll_task(q: &Queue<VecDeque<u32>>, cx: &Context<'_>) -> (bool, usize) {
+        q.quiet(true);
+        q.quiet(false);
+        if q.poll_readable(cx).is_ready() {
+            (true, take_all(q))
+        } else {
+            (false, 0)
+        }
+    }
+
+    /// A push (and, with `close`, the close) racing a poll of the consumer's
+    /// task, which registered its waker in an earlier poll: the poll's check
+    /// sees the queue readable, or the task was woken (and is polled again).
+    /// A lost wake-up would leave the item queued and the task asleep.
+    fn push_racing_a_quiet_poll(close: bool) {
+        loom::model(move || {
+            let q = Arc::new(Queue::new(4));
+            let wakes = std::sync::Arc::new(CountWakes(AtomicUsize::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let cx = Context::from_waker(&waker);
+            assert!(q.poll_readable(&cx).is_pending());
+            let producer = {
+                let q = q.clone();
+                // Refused only after the close.
+                thread::spawn(move || {
+                    let _ = q.try_push(1);
+                })
+            };
+            let closer = close.then(|| {
+                let q = q.clone();
+                thread::spawn(move || q.close())
+            });
+            let (seen, _) = poll_task(&q, &cx);
+            producer.join().unwrap();
+            if let Some(closer) = closer {
+                closer.join().unwrap();
+            }
+            assert!(
+                seen || wakes.since_last() > 0,
+                "lost wake-up: the check saw nothing and nobody woke the task"
+            );
+        });
+    }
+
+    #[test]
+    fn a_push_racing_a_quiet_poll_is_seen_by_its_check_or_wakes_the_task() {
+        push_racing_a_quiet_poll(false);
+    }
+
+    #[test]
+    fn a_push_and_the_close_racing_a_quiet_poll_are_seen_or_wake_the_task() {
+        push_racing_a_quiet_poll(true);
+    }
+
+    /// Two polls of the task (the first may take the item, and so clear the
+    /// ready flag) racing a push: the item is taken, or the task was woken
+    /// after its last poll began.
+    #[test]
+    fn a_push_racing_two_polls_is_taken_or_wakes_the_task_after_the_last() {
+        loom::model(|| {
+            let q = Arc::new(Queue::new(4));
+            let wakes = std::sync::Arc::new(CountWakes(AtomicUsize::new(0)));
+            let waker = Waker::from(wakes.clone());
+            let cx = Context::from_waker(&waker);
+            assert!(q.poll_readable(&cx).is_pending());
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_push(1).unwrap())
+            };
+            let (_, first) = poll_task(&q, &cx);
+            // A wake before the last poll only asked for that poll.
+            wakes.since_last();
+            let (_, second) = poll_task(&q, &cx);
+            producer.join().unwrap();
+            assert!(
+                first + second == 1 || wakes.since_last() > 0,
+                "lost wake-up: the item is queued and nobody woke the task"
+            );
+        });
+    }
+
+    /// A consumer that waits (`readable().await`: poll, sleep until woken,
+    /// poll again) while a push and the close race its registration: every
+    /// `Pending` is followed by a wake (loom fails the model as a deadlock if
+    /// the consumer sleeps for ever), and once readable it holds the item
+    /// exactly when the push got in before the close.
+    #[test]
+    fn a_waiting_consumer_is_woken_by_a_racing_push_and_close_and_sees_them() {
+        loom::model(|| {
+            let q = Arc::new(Queue::new(4));
+            let producer = {
+                let q = q.clone();
+                thread::spawn(move || q.try_push(1).is_ok())
+            };
+            let closer = {
+                let q = q.clone();
+                thread::spawn(move || q.close())
+            };
+            loom::future::block_on(q.readable());
+            let item = q.pop();
+            let pushed = producer.join().unwrap();
+            closer.join().unwrap();
+            assert_eq!(item.is_some(), pushed, "the pushed item, or none");
+            assert!(q.is_closed());
+        });
+    }
+
+    /// Two producers racing a take, in a queue of one item (so a push can be
+    /// refused, and a take can find the queue full): every item
+    /// pushed is taken or still queued, and the ready flag says whether any
+    /// is; a take that empties the queue leaves it clear.
+    #[test]
+    fn pushes_racing_a_take_keep_the_count_and_the_ready_flag_in_step() {
+        loom::model(|| {
+            let q = Arc::new(Queue::new(1));
+            let producers: Vec<_> = (0..2)
+                .map(|i| {
+                    let q = q.clone();
+                    thread::spawn(move || q.try_push(i).is_ok())
+                })
+                .collect();
+            let taken = take_all(&q);
+            let pushed = producers
+                .into_iter()
+                .map(|p| usize::from(p.join().unwrap()))
+                .sum::<usize>();
+            let left = q.len();
+            assert_eq!(taken + left, pushed, "an item lost or made up");
+            assert_eq!(q.ready.load(Ordering::Acquire), left > 0);
+            assert_eq!(take_all(&q), left);
+            assert!(
+                !q.ready.load(Ordering::Acquire),
+                "empty, not closed: not ready"
+            );
+            q.close();
+            assert!(q.ready.load(Ordering::Acquire), "closed: ready");
+        });
     }
 }
