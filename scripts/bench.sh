@@ -173,7 +173,7 @@ raw runs are in \`target/bench/results.jsonl\` after running it.
 - Machine: $(nproc) CPUs ($CPU_MODEL), $(free -g | awk '/Mem/ {print $2}') GiB, Linux $(uname -r), a shared VM: expect noise, compare ratios from the same run.
 - Toolchain: $(rustc --version).
 - Server pinned to CPU $SERVER_CPU, load generator (\`zinx-bench\`) to CPU $LOAD_CPU.
-- \`zinx\`: \`examples/echo_server\` with its default worker pool (\`WorkerPoolSize\` 10, Hash),
+- \`zinx\`: \`examples/echo_server\` with its default worker mode (\`Task\`: handlers on each connection's task),
   \`MaxConn\` raised to 60000, logging at warnings. Requests are message ID 1, which it
   answers with a synchronous route (\`route_sync\`, \`try_send\`); the "async route"
   scenario sends ID 2, answered by an \`async\` handler awaiting \`send\`.

@@ -39,9 +39,18 @@ pub const DEFAULT_CONFIG_PATH: &str = "conf/zinx.json";
 /// arrival order; different connections run in parallel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum WorkerMode {
-    /// `"Hash"` (or `""`): a fixed pool of `WorkerPoolSize` workers; a connection's
-    /// messages go to worker `conn_id % WorkerPoolSize`.
+    /// `"Task"` (or `""`, the default): every connection's handlers run on its
+    /// own task, so a handler that awaits (I/O, a timer, a lock) stalls only its
+    /// own connection, as an async Rust user expects; the runtime's threads bound
+    /// how many run at once. (Go Zinx reads `""` as `"Hash"`: write `"Hash"` to
+    /// get its behaviour.)
     #[default]
+    Task,
+    /// `"Hash"`: a fixed pool of `WorkerPoolSize` workers; a connection's
+    /// messages go to worker `conn_id % WorkerPoolSize`, which it holds while its
+    /// handler runs, awaits included: at most `WorkerPoolSize` handlers run at
+    /// once, and connections sharing a worker wait for each other (Go Zinx's
+    /// default).
     Hash,
     /// `"Bind"`: every connection gets a worker of its own for its lifetime.
     Bind,
@@ -56,7 +65,8 @@ impl FromStr for WorkerMode {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let modes = [
-            ("", WorkerMode::Hash),
+            ("", WorkerMode::Task),
+            ("Task", WorkerMode::Task),
             ("Hash", WorkerMode::Hash),
             ("Bind", WorkerMode::Bind),
             ("DynamicBind", WorkerMode::DynamicBind),
@@ -271,8 +281,9 @@ config! {
     worker_pool_size: u32 = 10, "WorkerPoolSize";
     /// `MaxWorkerTaskLen`: the queue length of each worker.
     max_worker_task_len: u32 = 1024, "MaxWorkerTaskLen";
-    /// `WorkerMode`: `"Hash"` (or empty), `"Bind"` or `"DynamicBind"`.
-    worker_mode: WorkerMode = WorkerMode::Hash, "WorkerMode";
+    /// `WorkerMode`: `"Task"` (or empty; not in Go Zinx), `"Hash"`, `"Bind"` or
+    /// `"DynamicBind"`. See [`WorkerMode`].
+    worker_mode: WorkerMode = WorkerMode::Task, "WorkerMode";
     /// `MaxMsgChanLen`: the per-connection send queue length.
     max_msg_chan_len: u32 = 1024, "MaxMsgChanLen";
     /// `MaxMsgChanBytes` (not in Go Zinx): the per-connection send queue's bound
@@ -480,7 +491,7 @@ mod tests {
         assert_eq!(c.max_packet_size, 4096);
         assert_eq!(c.worker_pool_size, 10);
         assert_eq!(c.max_worker_task_len, 1024);
-        assert_eq!(c.worker_mode, WorkerMode::Hash);
+        assert_eq!(c.worker_mode, WorkerMode::Task, "ours, not Go's Hash");
         assert_eq!(c.max_msg_chan_len, 1024);
         assert_eq!(c.io_read_buff_size, 1024);
         assert_eq!(c.heartbeat_max, 10);
@@ -516,7 +527,8 @@ mod tests {
     #[test]
     fn worker_mode_names() {
         for (text, mode) in [
-            ("", WorkerMode::Hash),
+            ("", WorkerMode::Task),
+            ("Task", WorkerMode::Task),
             ("Hash", WorkerMode::Hash),
             ("Bind", WorkerMode::Bind),
             ("DynamicBind", WorkerMode::DynamicBind),
@@ -534,7 +546,7 @@ mod tests {
         };
         assert_eq!(
             msg("x".parse::<WorkerMode>().unwrap_err()),
-            r#"WorkerMode: unknown worker mode "x", expected "Hash", "Bind" or "DynamicBind""#
+            r#"WorkerMode: unknown worker mode "x", expected "Task", "Hash", "Bind" or "DynamicBind""#
         );
         assert_eq!(
             msg("x".parse::<SendQueueFull>().unwrap_err()),

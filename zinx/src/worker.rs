@@ -5,6 +5,8 @@
 //! and handlers run on the connection's own reader task while holding it. The
 //! observable rules are Zinx's:
 //!
+//! - **Task** (the default, not in Go Zinx): no shared worker; a connection's
+//!   handlers run on its own task, so an awaiting handler stalls nobody else;
 //! - **Hash**: `WorkerPoolSize` workers; a connection uses worker `id % size`, so
 //!   connections sharing a worker are handled one message at a time, and at most
 //!   `WorkerPoolSize` handlers run at once;

@@ -19,6 +19,7 @@ fn modes() -> Vec<(&'static str, Config)> {
         ..config()
     };
     vec![
+        ("Task (default)", config()),
         ("Hash", with(WorkerMode::Hash, 4)),
         ("Bind", with(WorkerMode::Bind, 4)),
         ("DynamicBind", with(WorkerMode::DynamicBind, 2)),
@@ -160,4 +161,54 @@ async fn a_blocked_handler_stops_the_reader_and_drops_nothing() {
         "every frame handled, in order"
     );
     server.stop().await;
+}
+
+/// Under the default mode, handlers of different connections that await run
+/// at the same time: 20 connections whose handlers all wait at one barrier
+/// for 20 get through it (with a shared worker, two connections hashed to the
+/// same worker would wait for each other forever, and the barrier with them).
+/// Under Hash (10 workers, Go Zinx's default) they cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awaiting_handlers_of_different_connections_overlap_under_the_default_mode() {
+    async fn through_barrier(cfg: Config) -> bool {
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        // Lets stuck handlers go once the test has its answer, so the server stops.
+        let release = tokio_util::sync::CancellationToken::new();
+        let gate = release.clone();
+        let router = Router::new().route(1, move |req: Request| {
+            let (barrier, gate) = (barrier.clone(), gate.clone());
+            async move {
+                tokio::select! {
+                    _ = barrier.wait() => {}
+                    () = gate.cancelled() => {}
+                }
+                req.conn().send(1, req.data()).await
+            }
+        });
+        let server = TestServer::start(Server::builder(cfg).router(router)).await;
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            let mut client = RawClient::connect(server.addr, Layout::Tlv).await;
+            client.send(1, "x").await;
+            clients.push(client);
+        }
+        let replies = async {
+            for client in &mut clients {
+                client.recv().await;
+            }
+        };
+        let passed = tokio::time::timeout(Duration::from_secs(2), replies)
+            .await
+            .is_ok();
+        release.cancel();
+        drop(clients);
+        server.stop().await;
+        passed
+    }
+    assert!(through_barrier(config()).await, "the default mode overlaps");
+    let hash = Config {
+        worker_mode: WorkerMode::Hash,
+        ..config()
+    };
+    assert!(!through_barrier(hash).await, "Hash serialises shared workers");
 }
