@@ -188,6 +188,7 @@ impl<F: Framing> ClientBuilder<F> {
             dispatcher,
             (WorkerMode::Hash, 0),
         );
+        engine.manager.set_states(self.router.states().clone());
         let stop = engine.stop.clone();
         let (current, _) = watch::channel(None);
         let shared = Arc::new(ClientShared {

@@ -99,3 +99,31 @@ mod tests {
         assert_eq!(ext.get::<u64>(), Some(&7));
     }
 }
+
+/// Application state by type, shared by every connection of a server (see
+/// [`Router::with_state`](crate::Router::with_state)): cheap to clone, read-only.
+#[derive(Clone, Default)]
+pub(crate) struct States {
+    map: HashMap<TypeId, std::sync::Arc<dyn Any + Send + Sync>>,
+}
+
+impl States {
+    /// Adds (or replaces) the state of type `T`.
+    pub(crate) fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.map
+            .insert(TypeId::of::<T>(), std::sync::Arc::new(value));
+    }
+
+    /// The state of type `T`, if there is one.
+    pub(crate) fn get<T: Any + Send + Sync>(&self) -> Option<std::sync::Arc<T>> {
+        self.map.get(&TypeId::of::<T>())?.clone().downcast().ok()
+    }
+}
+
+impl fmt::Debug for States {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("States")
+            .field("len", &self.map.len())
+            .finish()
+    }
+}

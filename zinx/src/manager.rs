@@ -21,6 +21,7 @@ use futures_util::future::join_all;
 
 use crate::conn::{Connection, Owner};
 use crate::error::Error;
+use crate::extensions::States;
 use crate::message::{ConnId, MsgId, Payload};
 
 /// An application's ID for a user (a player, a device), bound to a connection
@@ -63,6 +64,9 @@ pub(crate) struct ManagerShared {
     registry: Mutex<Registry>,
     /// The last connection ID handed out.
     last_id: std::sync::atomic::AtomicU64,
+    /// The application state handlers read (`Router::with_state`), set once
+    /// before the first connection.
+    states: std::sync::OnceLock<States>,
 }
 
 #[derive(Default)]
@@ -97,6 +101,13 @@ impl Connection {
             .downcast::<ManagerShared>()
             .ok()
             .map(ConnManager::from_shared)
+    }
+
+    /// The application state of type `T` of the server (or client) this
+    /// connection belongs to (see [`Router::with_state`](crate::Router::with_state)).
+    #[must_use]
+    pub fn state<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.manager()?.state::<T>()
     }
 }
 
@@ -150,6 +161,18 @@ impl ConnManager {
     pub(crate) fn downgrade(&self) -> Owner {
         let weak: std::sync::Weak<ManagerShared> = Arc::downgrade(&self.shared);
         weak
+    }
+
+    /// The application state of type `T` (see
+    /// [`Router::with_state`](crate::Router::with_state)).
+    #[must_use]
+    pub fn state<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.shared.states.get()?.get::<T>()
+    }
+
+    /// Sets the application state; the first call wins.
+    pub(crate) fn set_states(&self, states: States) {
+        let _ = self.shared.states.set(states);
     }
 
     /// A new connection ID, unique within this manager (1, 2, ...).

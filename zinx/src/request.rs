@@ -5,10 +5,13 @@
 //! `Bytes` slice of the read buffer, so keeping it is cheap. Extensions cost
 //! nothing until the first value is stored.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::conn::Connection;
 use crate::extensions::Extensions;
+use crate::manager::ConnManager;
 use crate::message::{Message, MsgId};
 
 /// One inbound message and its connection (Zinx's `IRequest`), plus typed
@@ -37,6 +40,38 @@ impl Request {
     #[inline]
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The application state of type `T` (see
+    /// [`Router::with_state`](crate::Router::with_state)).
+    ///
+    /// # Panics
+    ///
+    /// If the router was given no state of that type: a programming error, like
+    /// a duplicate route. [`try_state`](Self::try_state) returns `None` instead.
+    #[must_use]
+    pub fn state<T: std::any::Any + Send + Sync>(&self) -> Arc<T> {
+        match self.try_state::<T>() {
+            Some(state) => state,
+            None => panic!(
+                "no state of type {} (give it with Router::with_state)",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    /// The application state of type `T`, if there is one.
+    #[must_use]
+    pub fn try_state<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.conn.state::<T>()
+    }
+
+    /// The connection manager of the server (or client) the message came to:
+    /// every live connection, rooms, users. A detached connection (see
+    /// [`Connection::detached`]) has an empty one of its own.
+    #[must_use]
+    pub fn manager(&self) -> ConnManager {
+        self.conn.manager().unwrap_or_default()
     }
 
     /// The message ID.

@@ -173,6 +173,7 @@ impl<F: Framing> ServerBuilder<F> {
                 (config.worker_mode, to_usize(config.worker_pool_size)),
             )
         };
+        engine.manager.set_states(self.router.states().clone());
         let limit = (config.max_conn > 0).then(|| Arc::new(Semaphore::new(config.max_conn)));
         let handle = ServerHandle {
             manager: engine.manager.clone(),

@@ -210,5 +210,8 @@ async fn awaiting_handlers_of_different_connections_overlap_under_the_default_mo
         worker_mode: WorkerMode::Hash,
         ..config()
     };
-    assert!(!through_barrier(hash).await, "Hash serialises shared workers");
+    assert!(
+        !through_barrier(hash).await,
+        "Hash serialises shared workers"
+    );
 }

@@ -39,6 +39,7 @@ use handler::{BoxHandler, Handler, boxed, sync};
 pub use handler::{HandlerOutput, ZinxRouter};
 pub use middleware::{Middleware, Next};
 
+use crate::extensions::States;
 use crate::message::MsgId;
 use crate::request::Request;
 
@@ -84,6 +85,7 @@ pub struct Router {
     middleware: Vec<Middleware>,
     interceptors: Vec<Middleware>,
     groups: Vec<(RangeInclusive<u32>, Vec<Middleware>)>,
+    states: States,
 }
 
 impl Default for Router {
@@ -124,7 +126,40 @@ impl Router {
             middleware: Vec::new(),
             interceptors: Vec::new(),
             groups: Vec::new(),
+            states: States::default(),
         }
+    }
+
+    /// Gives the handlers application state, as axum's `with_state` does: a
+    /// value of any type (a database pool, the game world, a config), one per
+    /// type, shared by every connection of the server the router serves.
+    /// Handlers read it with [`Request::state`], hooks and other code with
+    /// [`Connection::state`](crate::Connection::state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use zinx::{Request, Router};
+    ///
+    /// struct Hits(AtomicU64);
+    ///
+    /// let router = Router::new()
+    ///     .with_state(Hits(AtomicU64::new(0)))
+    ///     .route_sync(1, |req: &Request| {
+    ///         let n = req.state::<Hits>().0.fetch_add(1, Ordering::Relaxed) + 1;
+    ///         req.conn().try_send(1, n.to_string())
+    ///     });
+    /// # let _ = router;
+    /// ```
+    pub fn with_state<T: std::any::Any + Send + Sync>(mut self, state: T) -> Self {
+        self.states.insert(state);
+        self
+    }
+
+    /// The state given with [`with_state`](Self::with_state).
+    pub(crate) fn states(&self) -> &States {
+        &self.states
     }
 
     /// Routes message `id` to an `async fn(Request)`.
