@@ -2,8 +2,9 @@
 //!
 //! Reads zinx.json the Zinx way (`ZINX_CONFIG_FILE_PATH`, else `./conf/zinx.json`,
 //! else defaults), echoes message ID 1 with a synchronous handler (it awaits
-//! nothing, like Zinx's handlers; the reader waits for room in the send queue
-//! before calling it, so its `try_send` finds room) and message ID 2 with an
+//! nothing, like Zinx's handlers; its `try_send` may go past the send queue's
+//! bound, up to twice it, and the reader then waits for room before the next
+//! message) and message ID 2 with an
 //! async handler that awaits `send` (waits when the send queue is full), and
 //! stops on SIGINT or SIGTERM after flushing every connection.
 //!

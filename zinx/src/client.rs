@@ -90,8 +90,10 @@ impl ClientBuilder<Codec> {
         self
     }
 
-    /// Queue sizes, `MaxPacketSize`, `IOReadBuffSize` and `HeartbeatMax` from a
-    /// config (default: Zinx's defaults).
+    /// The connection's limits from a config (default: Zinx's defaults): the
+    /// send queue (`MaxMsgChanLen`, `MaxMsgChanBytes`, `SendQueueFull`),
+    /// `MaxPacketSize`, `IOReadBuffSize`, `HeartbeatMax`, `MaxMsgRate` /
+    /// `MaxMsgBurst`, `FrameTimeout`, `IdleTimeout` and `MaxWorkerTaskLen`.
     pub fn config(mut self, config: Config) -> Self {
         self.framing = Codec::new(self.layout, config.max_packet_size);
         self.config = config;

@@ -277,9 +277,10 @@ config! {
     max_conn: usize = 12000, "MaxConn";
     /// `MaxPacketSize`: the largest data length a frame may announce (0 = unbounded).
     max_packet_size: u32 = 4096, "MaxPacketSize";
-    /// `WorkerPoolSize`: workers running handlers (0 = handle on the reader task).
+    /// `WorkerPoolSize`: workers running handlers in Hash mode (0 = each connection handles its own).
     worker_pool_size: u32 = 10, "WorkerPoolSize";
-    /// `MaxWorkerTaskLen`: the queue length of each worker.
+    /// `MaxWorkerTaskLen`: async ops in flight per connection, and the bound of
+    /// its queue of their results.
     max_worker_task_len: u32 = 1024, "MaxWorkerTaskLen";
     /// `WorkerMode`: `"Task"` (or empty; not in Go Zinx), `"Hash"`, `"Bind"` or
     /// `"DynamicBind"`. See [`WorkerMode`].

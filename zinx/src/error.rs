@@ -1,6 +1,8 @@
 //! The one public error type of the crate.
 //!
-//! Every fallible public function returns [`Error`]. It is `#[non_exhaustive]` so
+//! Every fallible public function of the server, client, connections and config
+//! returns [`Error`] (a few accessors return what they wrap: `io::Result` for a
+//! listener's address, `TryRecvError` for an `Outbox`). It is `#[non_exhaustive]` so
 //! new failure kinds can be added without breaking callers; match the variants you
 //! care about and keep a wildcard arm, or use the `is_*` predicates.
 

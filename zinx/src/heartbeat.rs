@@ -1,10 +1,10 @@
 //! Heartbeat: keep-alive messages out, dead-peer detection in (Zinx's
 //! `StartHeartBeat` / `HeartBeatOption`).
 //!
-//! The connection's reader task owns the heartbeat: every `interval` it checks how
+//! The connection's reader (on the connection's task) owns the heartbeat: every `interval` it checks how
 //! long the peer has been silent and, if less than the limit, queues a heartbeat
 //! message (fail-fast, so a peer that never reads cannot make it wait or grow
-//! memory). **Any** inbound message counts as activity, so peers that only receive
+//! memory). **Any** bytes received count as activity, so peers that only receive
 //! and answer nothing but data are not killed. A peer silent for longer than the
 //! limit is dead: the `on_dead` callback runs (default: close the connection). The
 //! check runs at each tick, so detection happens between `limit` and
@@ -106,7 +106,7 @@ impl Heartbeat {
     }
 
     /// Replaces what happens to a dead peer (Zinx's `OnRemoteNotAlive`; default:
-    /// close the connection). The callback runs on the connection's reader task:
+    /// close the connection). The callback runs on the connection's task:
     /// keep it short.
     pub fn on_dead(mut self, callback: impl Fn(&Connection) + Send + Sync + 'static) -> Self {
         self.on_dead = Arc::new(callback);

@@ -2,8 +2,7 @@
 //! `SetOnConnStop`).
 //!
 //! The connection task calls each hook exactly once per connection: `on_connect`
-//! after the writer has started (so it may send) and before the first message is
-//! read; `on_disconnect` after the writer has finished and the connection has left
+//! before the first message is read (it may send, which starts the writer); `on_disconnect` after the writer has finished and the connection has left
 //! the manager, while its properties are still readable. No framework lock is held
 //! while a hook runs. A panicking hook is logged and harms no other connection; a
 //! panic in `on_connect` closes its own connection, whose setup is incomplete.

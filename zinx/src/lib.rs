@@ -24,21 +24,25 @@
 //! ## The data path, module by module
 //!
 //! ```text
-//! server / client   accept or dial; one task per connection (conn::driver)
-//!  -> conn::reader   read -> Framing -> Message -> Request, a batch per read (+ heartbeat)
-//!  -> worker         a permit (Hash) or none (Bind / DynamicBind / 0); handlers run here
-//!  -> router         interceptors -> message ID -> middleware -> handler
-//!  -> Connection::send / try_send   bounded per-connection queue
-//!  -> conn::writer   take all queued -> encode all -> one write and flush
-//! side: manager (registry, notify), hooks, Timers, Connection::async_op, config
+//! server / client   accept (transport: listener, open step) or dial (connector);
+//!                   one task per connection (engine: Engine::setup, Engine::run)
+//!  -> engine::reader read -> Framing -> Message, a batch per read (+ heartbeat, timeouts)
+//!  -> worker         a permit (Hash) or none (Task, the default; Bind / DynamicBind / 0)
+//!  -> router         interceptors -> message ID -> middleware -> handler (a Request)
+//!  -> Connection::send / try_send   encode into the bounded send queue (conn::outgoing)
+//!  -> conn::writer   polled by the same task: take all queued bytes -> one write, flush
+//! side: manager (registry, rooms, notify, state), hooks, Timers, Connection::async_op,
+//!       config, observe (metrics)
 //! ```
 //!
 //! - [`config`]: zinx.json as a value.
-//! - [`codec`]: TLV / LTV framing, length checked before allocation.
-//! - [`framing`]: the `Framing` trait, length-field, delimiter and HTLV+CRC framings.
-//! - [`server`]: accept loop, `MaxConn`, graceful shutdown.
+//! - [`framing`]: the `Framing` trait, Zinx's TLV / LTV layouts (also [`codec`]),
+//!   length-field, delimiter and HTLV+CRC framings; lengths checked before allocating.
+//! - [`transport`]: listeners, the open step, connectors (TCP).
+//! - [`server`]: one core, any number of listeners, `MaxConn`, graceful shutdown.
 //! - [`client`]: one connection to a Zinx server, reconnect, request/response.
-//! - `conn`: the [`Connection`] handle and the reader and writer behind it.
+//! - `engine`: a connection's life from set-up to clean-up, and its reader.
+//! - `conn`: the [`Connection`] handle, its send queue and its writer.
 //! - `worker`: where handlers run.
 //! - [`router`]: routes by message ID.
 //! - [`manager`]: the live connections.

@@ -1,5 +1,6 @@
 //! Limits a server may put on its peers (all off by default): a message rate per
-//! connection and a number of connections per IP address.
+//! connection, applied by `engine::reader` before it takes its worker, and a
+//! number of connections per IP address, applied by the server's accept loop.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,5 +1,6 @@
 //! Prometheus metrics (feature `metrics`): what a server is doing, scraped from
-//! `MetricsAddr` in the Prometheus/OpenMetrics text format.
+//! `MetricsAddr` in the Prometheus/OpenMetrics text format. Off the data path: a
+//! task `Server::run_all` starts serves the counters `observe` keeps.
 //!
 //! Every metric, its labels and what it counts are listed in docs/METRICS.md.
 //! `msg_id` labels are bounded: IDs without a route share the series `other`, so a

@@ -1,8 +1,8 @@
 //! Requests: one decoded message plus the connection it arrived on.
 //!
-//! The reader builds a [`Request`] per inbound message and hands it to the router
-//! (directly, or through a worker's queue). Handlers own it: the payload is a
-//! `Bytes` slice of the read buffer, so keeping it is cheap. Extensions cost
+//! The dispatcher builds a [`Request`] per inbound message from the reader's handle
+//! of the connection. Async handlers own it, synchronous ones (`route_sync`) borrow
+//! it: the payload is a `Bytes` slice of the read buffer, so keeping it is cheap. Extensions cost
 //! nothing until the first value is stored.
 
 use std::sync::Arc;

@@ -349,7 +349,8 @@ impl<F: Framing> Server<F> {
     /// # Errors
     ///
     /// [`Error::Listen`] if the metrics endpoint (`MetricsAddr`) cannot be
-    /// bound. Accept errors are logged and retried with a backoff.
+    /// bound, [`Error::Io`] if a listener's address cannot be read. Accept errors
+    /// are logged and retried with a backoff.
     pub async fn run_all(
         self,
         listeners: impl IntoIterator<Item = Listener>,
@@ -363,7 +364,14 @@ impl<F: Framing> Server<F> {
         let engine = core.engine.clone();
         #[cfg(feature = "metrics")]
         if let Some(metrics) = engine.observer.metrics() {
-            let (scrapes, addr) = crate::metrics::bind(&config.metrics_addr).await?;
+            let (scrapes, addr) =
+                crate::metrics::bind(&config.metrics_addr)
+                    .await
+                    .map_err(|source| Error::Listen {
+                        addr: config.metrics_addr.clone(),
+                        keys: "MetricsAddr",
+                        source,
+                    })?;
             let _ = handle.metrics_addr.set(addr);
             tracing::info!(%addr, "serving metrics at /metrics");
             engine.tracker.spawn(crate::metrics::serve(
@@ -485,15 +493,11 @@ async fn accept<F, L, O>(
                         .await
                         {
                             Ok(Ok(opened)) => opened,
-                            Ok(Err(e)) => {
-                                core.engine.faults.record(Fault::Handshake, peer, &e);
-                                return;
-                            }
+                            Ok(Err(e)) => return core.handshake_failed(peer, &e),
                             Err(_) => {
                                 let timeout = core.handshake;
                                 let why = format!("handshake not done within {timeout:?}");
-                                core.engine.faults.record(Fault::Handshake, peer, &why);
-                                return;
+                                return core.handshake_failed(peer, &why);
                             }
                         };
                         let endpoint = Endpoint {
@@ -532,6 +536,13 @@ impl<F: Framing> Core<F> {
                 None
             }
         }
+    }
+
+    /// A connection whose open step failed or timed out: counted and summed up
+    /// as a peer's fault, and in the metrics as refused for `handshake`.
+    fn handshake_failed(&self, peer: std::net::SocketAddr, why: &dyn std::fmt::Display) {
+        self.engine.faults.record(Fault::Handshake, peer, why);
+        self.engine.observer.rejected(Fault::Handshake.name());
     }
 
     /// Sets up an opened connection in the accept loop and spawns its task.

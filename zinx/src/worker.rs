@@ -2,7 +2,7 @@
 //!
 //! In Go Zinx a worker is a goroutine with a queue; a message hops from the
 //! reader to it. Here a worker is a **permit to run handlers**, an async mutex,
-//! and handlers run on the connection's own reader task while holding it. The
+//! and handlers run on the connection's own task while holding it. The
 //! observable rules are Zinx's:
 //!
 //! - **Task** (the default, not in Go Zinx): no shared worker; a connection's

@@ -1,12 +1,14 @@
-//! Connections: the handle handlers hold, and the reader and writer behind it.
+//! Connections: the handle handlers hold, its send queue and its writer.
 //!
-//! Every connection is driven by a **reader** ([`reader`]) that owns the socket's read
-//! half and turns bytes into requests for the router, and a **writer** ([`writer`])
-//! that owns the write half and drains the connection's bounded send queue; the
-//! writer is made with the first message queued. Both are polled by the
-//! connection's one task, the writer after the reader. Nothing else touches the
-//! socket. [`Connection`] is a cheap clonable handle: sending puts a message on the
-//! queue; closing sets the connection's close signal, which both watch.
+//! Every connection is driven by a **reader** (`engine::reader`) that owns the
+//! socket's read half and turns bytes into messages for the router, and a
+//! **writer** ([`writer`]) that owns the write half and drains the connection's
+//! bounded send queue; the writer is made with the first message queued. Both are
+//! polled by the connection's one task (`engine::Engine::run`), the writer after
+//! the reader. Nothing else touches the socket. [`Connection`] is a cheap clonable
+//! handle: sending encodes a message into the queue ([`outgoing`]); closing sets
+//! the close signal (which wakes the reader) and closes the send queue (which
+//! wakes the writer).
 //! Because the queue and the signal are owned values, a send after close is an
 //! [`Error::Closed`], never a panic or a lost wake-up.
 

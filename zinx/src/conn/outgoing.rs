@@ -50,7 +50,7 @@ const FIRST_BUFFER: usize = 1024;
 const KEEP_SEGMENTS: usize = 16;
 
 /// A framing, as the send queue uses it: encodes one message into the queued
-/// frames. Object-safe, so [`Connection`](super::Connection) need not be generic
+/// frames. Object-safe, so [`Connection`] need not be generic
 /// over the framing.
 pub(crate) trait Encode: Send {
     fn encode_into(&mut self, msg: Message, frames: &mut Frames) -> Result<(), Error>;
@@ -334,7 +334,7 @@ impl Put<Message> for Outgoing {
 /// A connection's send queue.
 pub(crate) type SendQueue = Queue<Outgoing>;
 
-/// The consuming end of a connection's send queue (the writer's, or an
+/// The consuming end of a connection's send queue (an
 /// [`Outbox`](super::Outbox)'s). Dropping it closes the queue, so later sends
 /// fail with [`Error::Closed`] instead of queuing for nobody.
 pub(crate) struct Receiver(Connection);

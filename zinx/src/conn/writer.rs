@@ -59,7 +59,7 @@ impl Connection {
     /// connection closed, then writes what is queued. Ready when there is no
     /// writer, or it has finished (the connection is then closed and its socket
     /// shut down). For the connection's own task only, which polls it after the
-    /// reader (see [`WithWriter`](driver::WithWriter)); the writer registers the
+    /// reader (see `engine::WithWriter`); the writer registers the
     /// task's waker with the send queue and the socket.
     pub(crate) fn poll_writer(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut writer = lock(&self.shared.writer);

@@ -156,9 +156,8 @@ pub(crate) struct Prepared<R> {
 
 impl<F: Framing> Engine<F> {
     /// Sets a connection up: creates its handle, registers it with the manager
-    /// and prepares its writer, which starts with the first message queued (so
-    /// an idle connection has one task, not two). Runs in the caller's span, which
-    /// the writer inherits.
+    /// and prepares its writer, which is made with the first message queued (so
+    /// an idle connection holds none). Runs in the caller's span.
     pub(crate) fn setup<R, W>(&self, r: R, w: W, endpoint: Endpoint) -> Prepared<R>
     where
         W: AsyncWrite + Unpin + Send + 'static,

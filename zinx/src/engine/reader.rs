@@ -1,8 +1,10 @@
 //! The reader: the only code that reads from a connection's socket.
 //!
 //! It reads into a buffer sized adaptively, decodes every whole frame with the
-//! server's [`Framing`] and hands them, as one batch of [`Request`](crate::Request)s, to the
-//! connection's [`Lane`], which handles them before the next read. While handlers
+//! server's [`Framing`] and hands the messages one by one to the connection's
+//! [`Lane`] (and so to the dispatcher, which makes each a
+//! [`Request`](crate::Request)), all before the next read. It is polled by
+//! `Engine::run` inside `WithWriter`, before the writer. While handlers
 //! run (or wait for their worker) nothing is read, which is the backpressure that
 //! slows a fast peer. A framing
 //! error (oversized or truncated frame) ends this connection only. The reader

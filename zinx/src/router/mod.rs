@@ -11,7 +11,7 @@
 //! 3. **global middleware** ([`Router::middleware`], Zinx's `Use`), then the
 //!    middleware of the route's **group** ([`Router::group`]), then the route's own
 //!    middleware ([`Router::route_with`]);
-//! 4. the handler: an `async fn(Request)`, a synchronous `fn(Request)`
+//! 4. the handler: an `async fn(Request)`, a synchronous `fn(&Request)`
 //!    ([`Router::route_sync`]: no future to build and poll, the cheapest kind) or
 //!    a Zinx-style [`ZinxRouter`].
 //!
@@ -215,7 +215,7 @@ impl Router {
         self
     }
 
-    /// Routes message `id` to a synchronous handler, `fn(Request)` returning `()`
+    /// Routes message `id` to a synchronous handler, `fn(&Request)` returning `()`
     /// or `Result<(), E>`: Zinx's handlers are synchronous too.
     ///
     /// A handler that awaits nothing should be synchronous: the reader calls it

@@ -1,5 +1,5 @@
-//! Transports: how a connection's bytes travel (TCP; TLS, WebSocket and KCP
-//! build on the same two steps).
+//! Transports: how a connection's bytes travel (TCP only today; a TLS or
+//! WebSocket transport adds an open step, KCP a listener of its own).
 //!
 //! A transport is a **listener**, which accepts raw connections and their peer
 //! addresses, and an **open step**, which turns a raw connection into the read
@@ -24,8 +24,6 @@ use tokio::io::AsyncWrite;
 
 use crate::engine::reader::ReadSource;
 use crate::error::Error;
-
-pub use tcp::Tcp;
 
 /// A listener the server accepts connections on. Made from a bound listener
 /// (`tokio::net::TcpListener` converts into one) or by

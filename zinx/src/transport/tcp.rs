@@ -14,7 +14,7 @@ use crate::transport::{Accept, Connect, Dialled, Open, OpenNow, Opened};
 
 /// The TCP transport: no handshake.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Tcp;
+pub(crate) struct Tcp;
 
 impl Accept for TcpListener {
     type Raw = TcpStream;
