@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use futures_util::future::join_all;
 
+use crate::conn::outgoing::{Encoded, Encoder};
 use crate::conn::{Connection, Owner};
 use crate::error::Error;
 use crate::extensions::States;
@@ -53,6 +53,36 @@ impl fmt::Display for UserId {
     }
 }
 
+/// The name of a room (a group of connections: a chat channel, a game match,
+/// the players in one area), for [`ConnManager::join`]. Names, not local
+/// handles, so a room can later span servers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(pub String);
+
+impl From<&str> for RoomId {
+    fn from(s: &str) -> Self {
+        RoomId(s.to_owned())
+    }
+}
+
+impl From<String> for RoomId {
+    fn from(s: String) -> Self {
+        RoomId(s)
+    }
+}
+
+impl From<u64> for RoomId {
+    fn from(n: u64) -> Self {
+        RoomId(n.to_string())
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The live connections of one server. Cloning is cheap; clones share the registry.
 #[derive(Clone, Default)]
 pub struct ConnManager {
@@ -67,6 +97,9 @@ pub(crate) struct ManagerShared {
     /// The application state handlers read (`Router::with_state`), set once
     /// before the first connection.
     states: std::sync::OnceLock<States>,
+    /// The connections' framing, to encode a message once for many receivers
+    /// (none for a manager without a server: then each send encodes its own).
+    encoder: Mutex<Option<Encoder>>,
 }
 
 #[derive(Default)]
@@ -76,9 +109,34 @@ struct Registry {
     /// The users bound to each connection, so a disconnect unbinds them in
     /// time proportional to their number.
     users_of: HashMap<ConnId, Vec<UserId>>,
+    /// The members of each room, in the order they joined.
+    rooms: HashMap<RoomId, Vec<ConnId>>,
+    /// The rooms each connection is in, so a disconnect leaves them in time
+    /// proportional to their number.
+    rooms_of: HashMap<ConnId, Vec<RoomId>>,
 }
 
 impl Registry {
+    /// Takes `conn` out of `room`; false if it was not in it.
+    fn leave(&mut self, room: &RoomId, conn: ConnId) -> bool {
+        let Some(members) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let before = members.len();
+        members.retain(|&m| m != conn);
+        let left = members.len() < before;
+        if members.is_empty() {
+            self.rooms.remove(room);
+        }
+        if let Some(list) = self.rooms_of.get_mut(&conn) {
+            list.retain(|r| r != room);
+            if list.is_empty() {
+                self.rooms_of.remove(&conn);
+            }
+        }
+        left
+    }
+
     fn unbind(&mut self, user: &UserId) -> Option<ConnId> {
         let conn = self.users.remove(user)?;
         if let Some(list) = self.users_of.get_mut(&conn) {
@@ -321,19 +379,20 @@ impl ConnManager {
             .try_send(id, data)
     }
 
-    /// Pushes to a set of connections without waiting.
+    /// Pushes to a set of connections without waiting; the message is encoded
+    /// once for all of them.
     pub fn try_send_to_many(
         &self,
         conns: impl IntoIterator<Item = ConnId>,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> Delivery {
         let (targets, missing) = self.resolve(conns);
         let mut delivery = Delivery {
             missing,
             ..Delivery::default()
         };
-        try_send_all(&targets, id.into(), &data.into(), &mut delivery);
+        self.try_send_all(&targets, id.into(), data, &mut delivery);
         delivery
     }
 
@@ -343,32 +402,197 @@ impl ConnManager {
         &self,
         conns: impl IntoIterator<Item = ConnId>,
         id: impl Into<MsgId>,
-        data: impl Into<Bytes>,
+        data: impl Payload,
     ) -> Delivery {
         let (targets, missing) = self.resolve(conns);
         let mut delivery = Delivery {
             missing,
             ..Delivery::default()
         };
-        send_all(&targets, id.into(), &data.into(), &mut delivery).await;
+        self.send_all(&targets, id.into(), data, &mut delivery)
+            .await;
         delivery
     }
 
     /// Pushes to every live connection without waiting: a connection whose send
     /// queue is full or that is closing is counted as failed and the others are
-    /// not held up.
-    pub fn broadcast(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Delivery {
+    /// not held up. The message is encoded once for all of them.
+    pub fn broadcast(&self, id: impl Into<MsgId>, data: impl Payload) -> Delivery {
         let mut delivery = Delivery::default();
-        try_send_all(&self.connections(), id.into(), &data.into(), &mut delivery);
+        self.try_send_all(&self.connections(), id.into(), data, &mut delivery);
         delivery
     }
 
     /// Pushes to every live connection, waiting for room in each queue
     /// (concurrently).
-    pub async fn broadcast_wait(&self, id: impl Into<MsgId>, data: impl Into<Bytes>) -> Delivery {
+    pub async fn broadcast_wait(&self, id: impl Into<MsgId>, data: impl Payload) -> Delivery {
         let mut delivery = Delivery::default();
-        send_all(&self.connections(), id.into(), &data.into(), &mut delivery).await;
+        let targets = self.connections();
+        self.send_all(&targets, id.into(), data, &mut delivery)
+            .await;
         delivery
+    }
+
+    /// Puts connection `conn` in `room` (made by its first member). A
+    /// connection may be in any number of rooms; it leaves them all when it
+    /// closes. Joining twice is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotConnected`] if `conn` is not live.
+    pub fn join(&self, room: impl Into<RoomId>, conn: ConnId) -> Result<(), Error> {
+        let room = room.into();
+        let mut reg = self.registry();
+        if !reg.conns.contains_key(&conn) {
+            return Err(Error::NotConnected);
+        }
+        let members = reg.rooms.entry(room.clone()).or_default();
+        if !members.contains(&conn) {
+            members.push(conn);
+            reg.rooms_of.entry(conn).or_default().push(room);
+        }
+        Ok(())
+    }
+
+    /// Takes `conn` out of `room`; false if it was not in it. An emptied room
+    /// is gone.
+    pub fn leave(&self, room: &RoomId, conn: ConnId) -> bool {
+        self.registry().leave(room, conn)
+    }
+
+    /// The members of `room`, in the order they joined (empty if there is no
+    /// such room).
+    #[must_use]
+    pub fn members(&self, room: &RoomId) -> Vec<ConnId> {
+        self.registry().rooms.get(room).cloned().unwrap_or_default()
+    }
+
+    /// The rooms `conn` is in.
+    #[must_use]
+    pub fn rooms_of(&self, conn: ConnId) -> Vec<RoomId> {
+        self.registry()
+            .rooms_of
+            .get(&conn)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Pushes to every member of `room` but `except` (the sender, say)
+    /// without waiting, as [`broadcast`](Self::broadcast) does: the message is
+    /// encoded once, and a member whose queue is full is counted as failed.
+    pub fn try_send_to_room(
+        &self,
+        room: &RoomId,
+        except: Option<ConnId>,
+        id: impl Into<MsgId>,
+        data: impl Payload,
+    ) -> Delivery {
+        let targets = self.room_targets(room, except);
+        let mut delivery = Delivery::default();
+        self.try_send_all(&targets, id.into(), data, &mut delivery);
+        delivery
+    }
+
+    /// Pushes to every member of `room` but `except`, waiting for room in each
+    /// queue (concurrently).
+    pub async fn send_to_room(
+        &self,
+        room: &RoomId,
+        except: Option<ConnId>,
+        id: impl Into<MsgId>,
+        data: impl Payload,
+    ) -> Delivery {
+        let targets = self.room_targets(room, except);
+        let mut delivery = Delivery::default();
+        self.send_all(&targets, id.into(), data, &mut delivery)
+            .await;
+        delivery
+    }
+
+    /// The live members of `room` but `except`.
+    fn room_targets(&self, room: &RoomId, except: Option<ConnId>) -> Vec<Connection> {
+        let reg = self.registry();
+        let Some(members) = reg.rooms.get(room) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter(|&&id| Some(id) != except)
+            .filter_map(|id| reg.conns.get(id).cloned())
+            .collect()
+    }
+
+    /// Sets the framing the connections encode with, so a message for many is
+    /// encoded once.
+    pub(crate) fn set_encoder(&self, encoder: Encoder) {
+        *crate::util::lock(&self.shared.encoder) = Some(encoder);
+    }
+
+    /// `data` encoded once, for many receivers; `None` without a framing (a
+    /// manager of detached connections) or with no target.
+    fn encode(
+        &self,
+        targets: &[Connection],
+        id: MsgId,
+        data: &impl Payload,
+    ) -> Option<Result<Encoded, Error>> {
+        if targets.is_empty() {
+            return None;
+        }
+        let mut encoder = crate::util::lock(&self.shared.encoder);
+        let encoder = encoder.as_mut()?;
+        Some(match data.to_copy() {
+            Some(bytes) => encoder.encode(id, bytes),
+            // Long data already in a `Bytes`: each queue takes its own header
+            // and shares the data (see `Payload`), no copy to save.
+            None => return None,
+        })
+    }
+
+    fn try_send_all(
+        &self,
+        targets: &[Connection],
+        id: MsgId,
+        data: impl Payload,
+        delivery: &mut Delivery,
+    ) {
+        match self.encode(targets, id, &data) {
+            Some(Ok(encoded)) => {
+                for conn in targets {
+                    delivery.count(&conn.try_send_encoded(&encoded));
+                }
+            }
+            Some(Err(_)) => delivery.failed += targets.len(),
+            None => {
+                let data = data.into_bytes();
+                for conn in targets {
+                    delivery.count(&conn.try_send(id, &data));
+                }
+            }
+        }
+    }
+
+    async fn send_all(
+        &self,
+        targets: &[Connection],
+        id: MsgId,
+        data: impl Payload,
+        delivery: &mut Delivery,
+    ) {
+        let results = match self.encode(targets, id, &data) {
+            Some(Ok(encoded)) => join_all(targets.iter().map(|c| c.send_encoded(&encoded))).await,
+            Some(Err(_)) => {
+                delivery.failed += targets.len();
+                return;
+            }
+            None => {
+                let data = data.into_bytes();
+                join_all(targets.iter().map(|c| c.send(id, &data))).await
+            }
+        };
+        for result in &results {
+            delivery.count(result);
+        }
     }
 
     /// The live connections among `ids`, and how many were not live.
@@ -397,20 +621,7 @@ impl ConnManager {
     }
 }
 
-fn try_send_all(targets: &[Connection], id: MsgId, data: &Bytes, delivery: &mut Delivery) {
-    for conn in targets {
-        delivery.count(&conn.try_send(id, data));
-    }
-}
-
-async fn send_all(targets: &[Connection], id: MsgId, data: &Bytes, delivery: &mut Delivery) {
-    let results = join_all(targets.iter().map(|c| c.send(id, data))).await;
-    for result in &results {
-        delivery.count(result);
-    }
-}
-
-/// Removes its connection (and the users bound to it) from the manager when
+/// Removes its connection (and the users bound to it, and its rooms) from the manager when
 /// dropped.
 pub(crate) struct Registration {
     manager: ConnManager,
@@ -424,6 +635,11 @@ impl Drop for Registration {
         if let Some(users) = reg.users_of.remove(&self.id) {
             for user in users {
                 reg.users.remove(&user);
+            }
+        }
+        if let Some(rooms) = reg.rooms_of.get(&self.id).cloned() {
+            for room in rooms {
+                reg.leave(&room, self.id);
             }
         }
     }
@@ -444,6 +660,56 @@ mod tests {
             max_data_len: None,
             manager: manager.downgrade(),
         })
+    }
+
+    /// Zinx TLV framing that counts the messages it encodes.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tokio_util::codec::Decoder for Counting {
+        type Item = crate::Message;
+        type Error = Error;
+        fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<crate::Message>, Error> {
+            crate::Codec::default().decode(src)
+        }
+    }
+
+    impl tokio_util::codec::Encoder<crate::Message> for Counting {
+        type Error = Error;
+        fn encode(&mut self, msg: crate::Message, dst: &mut bytes::BytesMut) -> Result<(), Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            crate::Codec::default().encode(msg, dst)
+        }
+    }
+
+    impl crate::Framing for Counting {}
+
+    #[tokio::test]
+    async fn a_message_for_many_is_encoded_once() {
+        let m = ConnManager::new();
+        let counting = Counting::default();
+        m.set_encoder(Encoder::new(&counting));
+        let (a, mut ra) = conn(&m, 1, 4);
+        let (b, mut rb) = conn(&m, 2, 4);
+        let (c, mut rc) = conn(&m, 3, 4);
+        let _g = (m.register(a), m.register(b), m.register(c));
+        assert!(m.broadcast(5, "once").is_complete());
+        m.join("r", ConnId(1)).unwrap();
+        m.join("r", ConnId(2)).unwrap();
+        let delivery = m
+            .send_to_room(&RoomId::from("r"), Some(ConnId(1)), 6, "room")
+            .await;
+        assert_eq!(delivery.delivered, 1);
+        assert_eq!(
+            counting.0.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one encode each"
+        );
+        for rx in [&mut ra, &mut rb, &mut rc] {
+            assert_eq!(&rx.recv().await.unwrap().data[..], b"once");
+        }
+        assert_eq!(&rb.recv().await.unwrap().data[..], b"room");
+        assert!(ra.try_recv().is_err() && rc.try_recv().is_err());
     }
 
     #[tokio::test]

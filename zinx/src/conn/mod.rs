@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::SendQueueFull;
 use crate::conn::close::CloseSignal;
 use crate::conn::ops::Jobs;
-use crate::conn::outgoing::{Copied, Encoder, Outgoing, Receiver, SendQueue};
+use crate::conn::outgoing::{Copied, Encoded, Encoder, Outgoing, Receiver, SendQueue};
 use crate::conn::writer::WriterState;
 use crate::error::Error;
 use crate::extensions::Extensions;
@@ -408,6 +408,34 @@ impl Connection {
             }
         }
         self.queued(id, len);
+        Ok(())
+    }
+
+    /// Queues a frame encoded once for many connections (see
+    /// [`Encoder::encode`](outgoing::Encoder::encode)), failing at once when the
+    /// queue is full, as [`try_send`](Self::try_send).
+    pub(crate) fn try_send_encoded(&self, msg: &Encoded) -> Result<(), Error> {
+        self.check(msg.data_len).map_err(|e| self.failed(e))?;
+        self.shared
+            .queue
+            .try_push(msg)
+            .map_err(|e| self.failed(self.refused(e)))?;
+        self.queued(msg.id, msg.data_len);
+        Ok(())
+    }
+
+    /// Queues a frame encoded once for many connections, waiting for room, as
+    /// [`send`](Self::send).
+    pub(crate) async fn send_encoded(&self, msg: &Encoded) -> Result<(), Error> {
+        self.check(msg.data_len).map_err(|e| self.failed(e))?;
+        let pushed = match self.shared.queue.try_push(msg) {
+            Err(PushError::Full(msg)) if self.shared.send_queue_full == SendQueueFull::Wait => {
+                self.shared.queue.push(msg).await
+            }
+            other => other,
+        };
+        pushed.map_err(|e| self.failed(self.refused(e)))?;
+        self.queued(msg.id, msg.data_len);
         Ok(())
     }
 

@@ -233,6 +233,39 @@ impl Encoder {
             None => Encoder::Other(Box::new(framing.clone())),
         }
     }
+
+    /// Encodes one message into a frame of its own, to be queued on many
+    /// connections (a broadcast encodes once for all its receivers).
+    pub(crate) fn encode(&mut self, id: MsgId, data: &[u8]) -> Result<Encoded, Error> {
+        let mut out = BytesMut::new();
+        match self {
+            Encoder::Zinx(codec) => Codec::encode_into(codec, id, data, &mut out)?,
+            Encoder::Other(encoder) => {
+                let mut frames = Frames::default();
+                let msg = Message {
+                    id,
+                    data: Bytes::copy_from_slice(data),
+                };
+                encoder.encode_into(msg, &mut frames)?;
+                frames.drain_bytes(&mut out);
+            }
+        }
+        Ok(Encoded {
+            id,
+            data_len: data.len(),
+            frame: out.freeze(),
+        })
+    }
+}
+
+/// A message already encoded by the connections' framing (see
+/// [`Encoder::encode`]): queued as it is, copied next to the other frames when
+/// short, shared (a reference count) when long.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    pub(crate) id: MsgId,
+    pub(crate) data_len: usize,
+    pub(crate) frame: Bytes,
 }
 
 /// What a connection's send queue holds: its framing, the frames it encoded and
@@ -314,6 +347,20 @@ impl Put<Copied<'_>> for Outgoing {
         let len = msg.data.len();
         self.frames.copy(codec, msg)?;
         self.added(len);
+        Ok(())
+    }
+}
+
+impl Put<&Encoded> for Outgoing {
+    fn put(&mut self, msg: &Encoded) -> Result<(), Error> {
+        if msg.frame.len() < ZERO_COPY_MIN {
+            self.frames.room();
+            self.frames.small.extend_from_slice(&msg.frame);
+        } else {
+            self.frames.seal();
+            self.frames.segments.push_back(msg.frame.clone());
+        }
+        self.added(msg.data_len);
         Ok(())
     }
 }

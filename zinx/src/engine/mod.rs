@@ -103,12 +103,14 @@ impl<F: Framing> Engine<F> {
     ) -> Engine<F> {
         let (mode, size) = workers;
         let ops = usize::try_from(config.max_worker_task_len).unwrap_or(usize::MAX);
+        let manager = ConnManager::new();
+        manager.set_encoder(crate::conn::outgoing::Encoder::new(&framing));
         Engine {
             framing,
             limits: Limits::from_config(config),
             linger,
             hooks,
-            manager: ConnManager::new(),
+            manager,
             heartbeat,
             faults: Arc::default(),
             observer: Observer::default(),
