@@ -35,7 +35,8 @@
 //!
 //! - [`config`]: zinx.json as a value.
 //! - [`codec`]: TLV / LTV framing, length checked before allocation.
-//! - [`framing`]: the `Framing` trait, length-field, delimiter and HTLV+CRC framings.
+//! - [`framing`]: the `Framing` trait, length-field, delimiter and HTLV+CRC framings,
+//!   and any tokio-util codec with a frame mapper (`MappedCodec`).
 //! - [`server`]: accept loop, `MaxConn`, graceful shutdown.
 //! - [`client`]: one connection to a Zinx server, reconnect, request/response.
 //! - `conn`: the [`Connection`] handle and the reader and writer behind it.
