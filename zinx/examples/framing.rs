@@ -1,15 +1,20 @@
 //! Pluggable framing: the same router served over HTLV+CRC (Zinx's decoder
 //! example protocol: header, function code = message ID, length, body, CRC-16)
-//! on port 8999 and over text lines (every line is message 1) on port 9000.
+//! on port 8999, over text lines (every line is message 1) on port 9000, and
+//! over tokio-util's `LengthDelimitedCodec` (a 4-byte big-endian length, then a
+//! 2-byte big-endian message ID and the data) on port 9001.
 //!
 //! ```text
 //! cargo run --example framing
 //! printf 'hello\n' | nc 127.0.0.1 9000          # replies HELLO
+//! # length 7, ID 1, "hello"; replies length 7, ID 1, "HELLO":
+//! printf '\0\0\0\7\0\1hello' | nc 127.0.0.1 9001 | od -c
 //! ```
 
 use std::sync::Arc;
 
-use zinx::framing::{DelimiterCodec, HtlvCrcCodec};
+use tokio_util::codec::LengthDelimitedCodec;
+use zinx::framing::{ByteOrder, DelimiterCodec, HtlvCrcCodec, IdPrefix, MappedCodec};
 use zinx::{Config, Request, Router, Server};
 
 fn config(port: u16) -> Config {
@@ -46,8 +51,20 @@ async fn main() -> Result<(), zinx::Error> {
             .build()
             .serve(stop()),
         Server::builder(config(9000))
-            .router(router)
+            .router(router.clone())
             .framing(DelimiterCodec::lines(1024).message_id(1))
+            .build()
+            .serve(stop()),
+        Server::builder(config(9001))
+            .router(router)
+            // Any tokio-util codec with a mapper; its own maximum bounds what a
+            // half-sent frame reserves (see MappedCodec).
+            .framing(MappedCodec::new(
+                LengthDelimitedCodec::builder()
+                    .max_frame_length(4096)
+                    .new_codec(),
+                IdPrefix::new(2, ByteOrder::BigEndian),
+            ))
             .build()
             .serve(stop()),
     )

@@ -37,7 +37,8 @@
 //!
 //! - [`config`]: zinx.json as a value.
 //! - [`framing`]: the `Framing` trait, Zinx's TLV / LTV layouts (also [`codec`]),
-//!   length-field, delimiter and HTLV+CRC framings; lengths checked before allocating.
+//!   length-field, delimiter and HTLV+CRC framings, and any tokio-util codec with a
+//!   frame mapper (`MappedCodec`); lengths checked before allocating.
 //! - [`transport`]: listeners, the open step, connectors (TCP).
 //! - [`server`]: one core, any number of listeners, `MaxConn`, graceful shutdown.
 //! - [`client`]: one connection to a Zinx server, reconnect, request/response.

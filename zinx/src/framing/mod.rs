@@ -29,6 +29,11 @@
 //!   message back into a frame, so the router works unchanged; [`Mapped`] joins
 //!   the two into a [`Framing`].
 //!
+//! A codec from the ecosystem (any tokio-util `Decoder` + `Encoder<Bytes>`, such
+//! as tokio-util's `LengthDelimitedCodec`) is a [`Framing`] with a mapper too:
+//! [`MappedCodec::new`]`(codec, mapper)` (`framing/foreign.rs`); [`IdPrefix`] is
+//! the mapper for frames that start with the message ID.
+//!
 //! [`HtlvCrcCodec`] (`framing/htlv_crc.rs`) is the ready-made HTLV+CRC framing of
 //! Zinx's decoder example:
 //!
@@ -37,25 +42,28 @@
 //! ```
 //!
 //! Decoding always happens in the reader, before any interceptor or middleware.
-//! Every decoder checks an announced length against its maximum *before* reserving
-//! memory for it, so a header announcing 4 GiB costs nothing but a closed
-//! connection; and under a maximum that allows it, the buffer of a partial frame
-//! grows with the bytes that really arrived, not with the length announced.
+//! Every decoder of `zinx`'s own checks an announced length against its maximum
+//! *before* reserving memory for it, so a header announcing 4 GiB costs nothing
+//! but a closed connection; and under a maximum that allows it, the buffer of a
+//! partial frame grows with the bytes that really arrived, not with the length
+//! announced (a foreign codec keeps its own rules: see [`MappedCodec`]).
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
 use crate::message::{Message, MsgId};
 
 mod delimiter;
+mod foreign;
 mod htlv_crc;
 mod length_field;
 pub(crate) mod zinx;
 
 pub use delimiter::DelimiterCodec;
+pub use foreign::MappedCodec;
 pub use htlv_crc::{HtlvCrcCodec, crc16_modbus};
 pub use length_field::{ByteOrder, LengthFieldBuilder, LengthFieldCodec};
 
@@ -153,7 +161,9 @@ pub trait FrameMapper: Clone + Send + Sync + 'static {
     /// A frame that makes the stream unusable.
     fn decode(&self, frame: Bytes) -> Result<Option<Message>, Error>;
 
-    /// Appends the complete frame for `msg` to `dst`.
+    /// Appends the complete frame for `msg` to `dst`; under a [`MappedCodec`],
+    /// what the codec's encoder then frames (no length or delimiter of the
+    /// codec's).
     ///
     /// # Errors
     ///
@@ -182,23 +192,28 @@ where
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
-        // Dropped frames are skipped here, so one read may drop many.
-        while let Some(frame) = self.frames.decode(src)? {
-            if let Some(msg) = self.mapper.decode(frame)? {
-                return Ok(Some(msg));
-            }
-        }
-        Ok(None)
+        let frames = &mut self.frames;
+        map_frames(&self.mapper, || frames.decode(src))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Message>, Error> {
-        while let Some(frame) = self.frames.decode_eof(src)? {
-            if let Some(msg) = self.mapper.decode(frame)? {
-                return Ok(Some(msg));
-            }
-        }
-        Ok(None)
+        let frames = &mut self.frames;
+        map_frames(&self.mapper, || frames.decode_eof(src))
     }
+}
+
+/// The next message `mapper` makes of the frames `next` yields. Dropped frames
+/// are skipped here, so one read may drop many.
+fn map_frames<M: FrameMapper>(
+    mapper: &M,
+    mut next: impl FnMut() -> Result<Option<Bytes>, Error>,
+) -> Result<Option<Message>, Error> {
+    while let Some(frame) = next()? {
+        if let Some(msg) = mapper.decode(frame)? {
+            return Ok(Some(msg));
+        }
+    }
+    Ok(None)
 }
 
 impl<D, M> Encoder<Message> for Mapped<D, M>
@@ -331,6 +346,116 @@ impl FrameMapper for FixedId {
     }
 }
 
+/// The frame starts with the message ID, 1, 2 or 4 bytes in either byte order,
+/// and the rest is the data; every message is sent as its ID and its data. A
+/// frame shorter than an ID, or a message whose ID does not fit, is
+/// [`Error::BadFrame`].
+///
+/// It writes nothing but the ID and the data, so it is the mapper for a codec
+/// that frames what its mapper writes ([`MappedCodec`]); a [`LengthFieldCodec`]
+/// or [`DelimiterCodec`] needs a mapper that writes the length or the
+/// delimiter too (see [`FnMapper`]).
+///
+/// # Examples
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use zinx::framing::{ByteOrder, FrameMapper, IdPrefix};
+/// use zinx::Message;
+///
+/// let ids = IdPrefix::new(2, ByteOrder::LittleEndian);
+/// let msg = ids.decode(Bytes::from_static(b"\x07\x00abc")).unwrap();
+/// assert_eq!(msg, Some(Message::new(7, "abc")));
+/// let mut frame = BytesMut::new();
+/// ids.encode(&Message::new(7, "abc"), &mut frame).unwrap();
+/// assert_eq!(&frame[..], b"\x07\x00abc");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdPrefix {
+    width: IdWidth,
+    order: ByteOrder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdWidth {
+    One,
+    Two,
+    Four,
+}
+
+impl IdPrefix {
+    /// IDs of `width` bytes in byte order `order`.
+    ///
+    /// # Panics
+    ///
+    /// For a width other than 1, 2 or 4 bytes (a programming error, caught when
+    /// the framing is made).
+    #[must_use]
+    pub fn new(width: usize, order: ByteOrder) -> Self {
+        let width = match width {
+            1 => IdWidth::One,
+            2 => IdWidth::Two,
+            4 => IdWidth::Four,
+            _ => panic!("a message ID prefix is 1, 2 or 4 bytes, not {width}"),
+        };
+        IdPrefix { width, order }
+    }
+
+    fn len(self) -> usize {
+        match self.width {
+            IdWidth::One => 1,
+            IdWidth::Two => 2,
+            IdWidth::Four => 4,
+        }
+    }
+}
+
+impl FrameMapper for IdPrefix {
+    fn decode(&self, mut frame: Bytes) -> Result<Option<Message>, Error> {
+        if frame.len() < self.len() {
+            return Err(Error::BadFrame {
+                reason: format!(
+                    "a frame of {} bytes is shorter than its {}-byte message ID",
+                    frame.len(),
+                    self.len()
+                ),
+            });
+        }
+        let id = match (self.width, self.order) {
+            (IdWidth::One, _) => u32::from(frame.get_u8()),
+            (IdWidth::Two, ByteOrder::BigEndian) => u32::from(frame.get_u16()),
+            (IdWidth::Two, ByteOrder::LittleEndian) => u32::from(frame.get_u16_le()),
+            (IdWidth::Four, ByteOrder::BigEndian) => frame.get_u32(),
+            (IdWidth::Four, ByteOrder::LittleEndian) => frame.get_u32_le(),
+        };
+        Ok(Some(Message {
+            id: MsgId(id),
+            data: frame,
+        }))
+    }
+
+    fn encode(&self, msg: &Message, dst: &mut BytesMut) -> Result<(), Error> {
+        let id = msg.id.0;
+        let too_big = |_| Error::BadFrame {
+            reason: format!("message ID {id} does not fit in {} bytes", self.len()),
+        };
+        dst.reserve(self.len() + msg.data.len());
+        match (self.width, self.order) {
+            (IdWidth::One, _) => dst.put_u8(u8::try_from(id).map_err(too_big)?),
+            (IdWidth::Two, ByteOrder::BigEndian) => {
+                dst.put_u16(u16::try_from(id).map_err(too_big)?);
+            }
+            (IdWidth::Two, ByteOrder::LittleEndian) => {
+                dst.put_u16_le(u16::try_from(id).map_err(too_big)?);
+            }
+            (IdWidth::Four, ByteOrder::BigEndian) => dst.put_u32(id),
+            (IdWidth::Four, ByteOrder::LittleEndian) => dst.put_u32_le(id),
+        }
+        dst.put_slice(&msg.data);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +492,47 @@ mod tests {
         ));
         let msgs = decode_all(&mut framing, &[b"# comment\nkeep\n#x\n"]).unwrap();
         assert_eq!(msgs, vec![Message::new(1, "keep")]);
+    }
+
+    #[test]
+    fn id_prefix_every_width_and_order() {
+        let cases: [(usize, ByteOrder, u32, &[u8]); 5] = [
+            (1, ByteOrder::BigEndian, 0xAB, b"\xAB"),
+            (2, ByteOrder::BigEndian, 0x0102, b"\x01\x02"),
+            (2, ByteOrder::LittleEndian, 0x0102, b"\x02\x01"),
+            (4, ByteOrder::BigEndian, 0x0102_0304, b"\x01\x02\x03\x04"),
+            (4, ByteOrder::LittleEndian, 0x0102_0304, b"\x04\x03\x02\x01"),
+        ];
+        for (width, order, id, prefix) in cases {
+            let ids = IdPrefix::new(width, order);
+            let mut frame = BytesMut::new();
+            ids.encode(&Message::new(id, "xy"), &mut frame).unwrap();
+            assert_eq!(&frame[..], [prefix, b"xy"].concat(), "{width} {order:?}");
+            let msg = ids.decode(frame.freeze()).unwrap();
+            assert_eq!(msg, Some(Message::new(id, "xy")), "{width} {order:?}");
+        }
+    }
+
+    #[test]
+    fn id_prefix_refuses_short_frames_and_wide_ids() {
+        let ids = IdPrefix::new(4, ByteOrder::BigEndian);
+        assert!(ids.decode(Bytes::from_static(b"\0\0\x07")).is_err());
+        assert_eq!(
+            ids.decode(Bytes::from_static(b"\0\0\0\x07")).unwrap(),
+            Some(Message::new(7, ""))
+        );
+        let ids = IdPrefix::new(2, ByteOrder::BigEndian);
+        let mut frame = BytesMut::new();
+        assert!(
+            ids.encode(&Message::new(0x1_0000, "x"), &mut frame)
+                .is_err()
+        );
+        ids.encode(&Message::new(0xFFFF, "x"), &mut frame).unwrap();
+        assert_eq!(&frame[..], b"\xFF\xFFx");
+        assert!(
+            IdPrefix::new(1, ByteOrder::BigEndian)
+                .encode(&Message::new(0x100, ""), &mut frame)
+                .is_err()
+        );
     }
 }
