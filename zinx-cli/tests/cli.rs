@@ -42,12 +42,17 @@ async fn echo_server(layout: Layout) -> SocketAddr {
 }
 
 /// Answers message 5 with two messages, 6 (text) and 7 (bytes); answers
-/// message 9 and closes the connection; echoes the rest.
+/// message 8 after half a second, as a slow server does; answers message 9
+/// and closes the connection; echoes the rest.
 async fn chatty_server() -> SocketAddr {
     let router = echo()
         .route(5, |req: Request| async move {
             req.conn().send(6, "first").await?;
             req.conn().send(7, vec![0xde, 0xad, 0xbe, 0xef]).await
+        })
+        .route(8, |req: Request| async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            req.conn().send(8, "late").await
         })
         .route(9, |req: Request| async move {
             req.conn().send(9, "bye").await?;
@@ -408,6 +413,17 @@ async fn interactive_mode_sends_each_line_and_skips_bad_ones() {
         assert!(err.contains("line 5: bad hex \"zz\""), "{err}");
         assert!(err.contains(":quit"), "the help: {err}");
     }
+}
+
+#[tokio::test]
+async fn interactive_mode_waits_for_replies_after_the_input_ends() {
+    let addr = chatty_server().await.to_string();
+    let out = cli_with_input(&["--addr", &addr, "--wait", "5", "repl"], b"8 slow\n").await;
+    assert_run(
+        &out,
+        0,
+        "-> id=8 len=4 text \"slow\"\n<- id=8 len=4 text \"late\"\n",
+    );
 }
 
 /// Reads stdout lines until one equals `want`, failing after `LIMIT`.
