@@ -97,7 +97,7 @@ enum Command {
 #[command(group = ArgGroup::new("data").multiple(false))]
 struct SendArgs {
     /// Message ID: 0 to 4294967295, decimal or 0x hex.
-    #[arg(value_parser = parse_id)]
+    #[arg(value_parser = input::parse_id)]
     id: u32,
     /// Data: this text, as UTF-8 (default: no data).
     #[arg(long, group = "data", allow_hyphen_values = true)]
@@ -122,10 +122,6 @@ impl SendArgs {
             (text, _, _) => Source::Text(text.clone().unwrap_or_default()),
         }
     }
-}
-
-fn parse_id(s: &str) -> Result<u32, input::InputError> {
-    input::parse_id(s)
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
