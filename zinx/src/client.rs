@@ -11,14 +11,14 @@
 //!   message with a given ID, with a timeout. Replies awaited this way are taken
 //!   before routing; other messages are routed as usual.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -165,14 +165,34 @@ impl<F: Framing> ClientBuilder<F> {
         let connector = TcpConnector { addr: self.addr };
         let first = connector.connect().await?;
         let waiters = Arc::new(Waiters::default());
+        let inbox = Arc::new(Inbox::default());
         let first_layer = {
-            let waiters = waiters.clone();
+            let (waiters, inbox) = (waiters.clone(), inbox.clone());
+            let routed: HashSet<MsgId> = self.router.route_ids().collect();
             Middleware::from_fn(move |req: Request, next: Next| {
                 let unclaimed = waiters.deliver(req);
+                // What no request claimed and no route takes goes to the stream
+                // of messages, if someone listens.
+                let to_stream = unclaimed
+                    .as_ref()
+                    .filter(|req| !routed.contains(&req.msg_id()))
+                    .and_then(|_| inbox.sender());
                 async move {
-                    if let Some(req) = unclaimed {
-                        next.run(req).await;
-                    }
+                    let Some(req) = unclaimed else { return };
+                    let req = match to_stream {
+                        // Waits while the stream is full: the reader waits with it,
+                        // so the server is slowed, and nothing is dropped.
+                        Some(tx) => {
+                            let (conn, msg) = req.into_parts();
+                            match tx.send(msg).await {
+                                Ok(()) => return,
+                                // Nobody listens any more: routed as before.
+                                Err(back) => Request::new(conn, back.0),
+                            }
+                        }
+                        None => req,
+                    };
+                    next.run(req).await;
                 }
             })
         };
@@ -197,6 +217,10 @@ impl<F: Framing> ClientBuilder<F> {
             current,
             stop,
             waiters,
+            inbox,
+            inbox_len: usize::try_from(self.config.max_msg_chan_len)
+                .unwrap_or(usize::MAX)
+                .max(1),
             next_id: AtomicU64::new(0),
         });
         let task = tokio::spawn(
@@ -219,7 +243,54 @@ struct ClientShared {
     current: watch::Sender<Option<Connection>>,
     stop: CancellationToken,
     waiters: Arc<Waiters>,
+    inbox: Arc<Inbox>,
+    /// The bound of the stream of messages (`MaxMsgChanLen`).
+    inbox_len: usize,
     next_id: AtomicU64,
+}
+
+/// Where messages no route takes go, once someone listens ([`Client::messages`]).
+#[derive(Default)]
+struct Inbox {
+    tx: Mutex<Option<mpsc::Sender<Message>>>,
+}
+
+impl Inbox {
+    /// The listener's end, unless there is none (or it was dropped).
+    fn sender(&self) -> Option<mpsc::Sender<Message>> {
+        let mut tx = crate::util::lock(&self.tx);
+        if tx.as_ref().is_some_and(mpsc::Sender::is_closed) {
+            *tx = None;
+        }
+        tx.clone()
+    }
+}
+
+/// The messages from the server that no route takes and no request claims, in
+/// the order they arrived (see [`Client::messages`]). A `Stream`, or
+/// [`recv`](Self::recv) one at a time.
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::Receiver<Message>,
+}
+
+impl Messages {
+    /// The next message; `None` once the client has stopped (or another
+    /// `Messages` took over).
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_util::Stream for Messages {
+    type Item = Message;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
 }
 
 impl fmt::Debug for Client {
@@ -305,6 +376,44 @@ impl Client {
         }
     }
 
+    /// Sends a message and waits for the next message `matches` accepts (a
+    /// reply carrying the request's sequence number, say), which is then
+    /// returned instead of routed. Messages it refuses are routed as usual.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub async fn request_matching(
+        &self,
+        id: impl Into<MsgId>,
+        data: impl Payload,
+        matches: impl Fn(&Message) -> bool + Send + 'static,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let conn = self.connection().await?;
+        let reply = self.shared.waiters.register_matching(Box::new(matches));
+        conn.send(id, data).await?;
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(msg)) => Ok(msg),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// The stream of messages from the server that no route takes (and no
+    /// request claims), beside the routes: for a client that reads replies
+    /// in a loop instead of handling them in callbacks. Bounded by
+    /// `MaxMsgChanLen`: while it is full the client reads nothing more from the
+    /// server (nothing is dropped). Calling it again replaces the previous
+    /// stream, which ends; dropping it sends such messages to the router's
+    /// fallback again.
+    #[must_use]
+    pub fn messages(&self) -> Messages {
+        let (tx, rx) = mpsc::channel(self.shared.inbox_len);
+        *crate::util::lock(&self.shared.inbox.tx) = Some(tx);
+        Messages { rx }
+    }
+
     /// Closes the connection, stops reconnecting, and waits until the client's
     /// tasks (including `on_disconnect`) have finished.
     pub async fn close(&self) {
@@ -329,6 +438,8 @@ impl ClientShared {
     /// this sees the stop token and closes itself).
     fn stop(&self) {
         self.stop.cancel();
+        // The stream of messages ends with the client.
+        *crate::util::lock(&self.inbox.tx) = None;
         if let Some(conn) = self.current.borrow().clone() {
             conn.close();
         }
@@ -362,6 +473,7 @@ async fn run<F: Framing, C: Connect>(
         dialled = redial(&shared.stop, &connector, backoff).await;
     }
     shared.stop.cancel();
+    *crate::util::lock(&shared.inbox.tx) = None;
     let tracker = engine.tracker.clone();
     drop(engine);
     tracker.close();
@@ -401,55 +513,91 @@ async fn redial<C: Connect>(
     }
 }
 
-/// Requests waiting for a reply, by reply ID.
+/// Decides whether a message is the reply a request waits for.
+type Matcher = Box<dyn Fn(&Message) -> bool + Send>;
+
+/// Requests waiting for a reply: by reply ID, or by a predicate.
 #[derive(Default)]
 struct Waiters {
     /// Fast path: no lock on the inbound path while nobody waits.
     pending: AtomicUsize,
-    map: Mutex<HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>>,
+    inner: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    by_id: HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>,
+    /// In the order the requests were made; the first that matches takes it.
+    matching: VecDeque<(Matcher, oneshot::Sender<Message>)>,
+}
+
+impl Waiting {
+    fn count(&self) -> usize {
+        self.by_id.values().map(VecDeque::len).sum::<usize>() + self.matching.len()
+    }
 }
 
 impl Waiters {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<MsgId, VecDeque<oneshot::Sender<Message>>>> {
-        crate::util::lock(&self.map)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        crate::util::lock(&self.inner)
     }
 
     fn register(&self, id: MsgId) -> oneshot::Receiver<Message> {
         let (tx, rx) = oneshot::channel();
-        let mut map = self.lock();
-        let queue = map.entry(id).or_default();
+        let mut waiting = self.lock();
+        let queue = waiting.by_id.entry(id).or_default();
         // Drop waiters that timed out, so the queue stays as long as what is live.
         queue.retain(|w| !w.is_closed());
         queue.push_back(tx);
-        self.pending
-            .store(map.values().map(VecDeque::len).sum(), Ordering::Release);
+        self.pending.store(waiting.count(), Ordering::Release);
         rx
     }
 
-    /// Hands the message to the oldest live waiter for its ID; returns the
-    /// request if nobody claimed it.
+    fn register_matching(&self, matches: Matcher) -> oneshot::Receiver<Message> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiting = self.lock();
+        waiting.matching.retain(|(_, w)| !w.is_closed());
+        waiting.matching.push_back((matches, tx));
+        self.pending.store(waiting.count(), Ordering::Release);
+        rx
+    }
+
+    /// Hands the message to the oldest live waiter for its ID, else to the
+    /// first live one whose predicate accepts it; returns the request if
+    /// nobody claimed it.
     fn deliver(&self, req: Request) -> Option<Request> {
         if self.pending.load(Ordering::Acquire) == 0 {
             return Some(req);
         }
         let (conn, mut msg) = req.into_parts();
-        let mut map = self.lock();
-        if let Some(queue) = map.get_mut(&msg.id) {
-            while let Some(waiter) = queue.pop_front() {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
+        let mut waiting = self.lock();
+        let unclaimed = 'claim: {
+            if let Some(queue) = waiting.by_id.get_mut(&msg.id) {
+                while let Some(waiter) = queue.pop_front() {
+                    match waiter.send(msg) {
+                        Ok(()) => break 'claim None,
+                        Err(back) => msg = back,
+                    }
+                }
+            }
+            waiting.matching.retain(|(_, w)| !w.is_closed());
+            if let Some(at) = waiting.matching.iter().position(|(m, _)| m(&msg))
+                && let Some((_, waiter)) = waiting.matching.remove(at)
+            {
                 match waiter.send(msg) {
-                    Ok(()) => return None,
+                    Ok(()) => break 'claim None,
                     Err(back) => msg = back,
                 }
             }
-        }
-        Some(Request::new(conn, msg))
+            Some(msg)
+        };
+        self.pending.store(waiting.count(), Ordering::Release);
+        drop(waiting);
+        unclaimed.map(|msg| Request::new(conn, msg))
     }
 
     fn clear(&self) {
-        self.lock().clear();
+        *self.lock() = Waiting::default();
         self.pending.store(0, Ordering::Release);
     }
 }

@@ -79,7 +79,7 @@ pub mod transport;
 mod util;
 mod worker;
 
-pub use client::{Client, ClientBuilder, Reconnect};
+pub use client::{Client, ClientBuilder, Messages, Reconnect};
 pub use codec::{Codec, Layout};
 pub use config::{Config, SendQueueFull, WorkerMode};
 pub use conn::{Connection, Outbox};

@@ -381,3 +381,63 @@ async fn a_client_flooding_a_server_with_small_queues_gets_every_reply() {
     client.close().await;
     server.stop().await;
 }
+
+/// Messages no route takes come out of `Client::messages`, in order, while
+/// routed ones still go to their route; `request_matching` claims the first
+/// message its predicate accepts and leaves the others to the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_unrouted_messages_as_a_stream_and_matches_replies_by_predicate() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use futures_util::StreamExt;
+    use zinx::Message;
+
+    // The server answers 1 with three messages: 7 "a", 8 "b", then 9 "seq=<data>".
+    let server = TestServer::start(Server::builder(config()).router(Router::new().route(
+        1,
+        |req: Request| async move {
+            req.conn().send(7, "a").await?;
+            req.conn().send(8, "b").await?;
+            let seq = String::from_utf8_lossy(req.data()).into_owned();
+            req.conn().send(9, format!("seq={seq}")).await
+        },
+    )))
+    .await;
+    let routed = Arc::new(AtomicU32::new(0));
+    let counted = routed.clone();
+    let client = Client::builder(server.addr.to_string())
+        .router(Router::new().route(8, move |_req: Request| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }))
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = client.messages();
+    let reply = client
+        .request_matching(
+            1,
+            "42",
+            |m: &Message| m.id.0 == 9 && m.data.ends_with(b"42"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&reply.data[..], b"seq=42");
+    // 7 was not routed and not claimed: the stream has it; 8 went to its route.
+    let first = within("the stream", stream.next()).await.unwrap();
+    assert_eq!((first.id.0, &first.data[..]), (7, &b"a"[..]));
+    client.send(1, "43").await.unwrap();
+    let next: Vec<Message> = within("two more", (&mut stream).take(2).collect()).await;
+    let ids: Vec<u32> = next.iter().map(|m| m.id.0).collect();
+    assert_eq!(
+        ids,
+        [7, 9],
+        "unclaimed replies stay on the stream, in order"
+    );
+    assert_eq!(routed.load(Ordering::SeqCst), 2);
+    client.close().await;
+    assert!(within("the end", stream.recv()).await.is_none());
+    server.stop().await;
+}

@@ -341,7 +341,6 @@ impl Router {
     }
 
     /// The IDs that have a route.
-    #[cfg(feature = "metrics")]
     pub(crate) fn route_ids(&self) -> impl Iterator<Item = MsgId> + '_ {
         self.routes.keys().copied()
     }
