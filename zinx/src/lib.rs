@@ -69,6 +69,11 @@ pub mod manager;
 mod message;
 #[cfg(feature = "metrics")]
 mod metrics;
+
+/// The `prometheus-client` this crate was built with (feature `metrics`), for
+/// [`Server::register_metrics`].
+#[cfg(feature = "metrics")]
+pub use prometheus_client;
 mod observe;
 mod queue;
 mod request;

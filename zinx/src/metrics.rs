@@ -19,7 +19,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,18 +30,47 @@ use tokio_util::task::TaskTracker;
 use crate::manager::ConnManager;
 use crate::observe::Metrics;
 
-/// The text exposition of `metrics`, with the gauges read from `manager` now.
-pub(crate) fn render(metrics: &Metrics, manager: &ConnManager) -> String {
-    let conns = manager.connections();
-    let depths = conns.iter().map(crate::Connection::queue_len);
-    let (sum, max) = depths.fold((0, 0), |(s, m), d| (s + d, m.max(d)));
-    metrics
-        .connections
-        .set(i64::try_from(conns.len()).unwrap_or(i64::MAX));
-    metrics.queued.set(i64::try_from(sum).unwrap_or(i64::MAX));
-    metrics
-        .queue_max
-        .set(i64::try_from(max).unwrap_or(i64::MAX));
+/// The gauges, read from the connection manager on every scrape.
+#[derive(Debug)]
+pub(crate) struct Gauges {
+    manager: ConnManager,
+}
+
+impl Gauges {
+    pub(crate) fn new(manager: ConnManager) -> Self {
+        Gauges { manager }
+    }
+}
+
+impl Collector for Gauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let conns = self.manager.connections();
+        let depths = conns.iter().map(crate::Connection::queue_len);
+        let (sum, max) = depths.fold((0, 0), |(s, m), d| (s + d, m.max(d)));
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            ("connections", "Connections open now", conns.len()),
+            (
+                "send_queue_messages",
+                "Messages waiting in all send queues",
+                sum,
+            ),
+            (
+                "send_queue_max_messages",
+                "Messages in the longest send queue",
+                max,
+            ),
+        ] {
+            let gauge = ConstGauge::new(as_i64(value));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The text exposition of `metrics`.
+pub(crate) fn render(metrics: &Metrics) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &metrics.registry);
@@ -59,7 +91,6 @@ const MAX_SCRAPES: usize = 16;
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    manager: ConnManager,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -82,11 +113,11 @@ pub(crate) async fn serve(
             tracing::debug!("metrics: too many scrapes at once, connection closed");
             continue;
         };
-        let (metrics, manager) = (metrics.clone(), manager.clone());
+        let metrics = metrics.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(&request, &metrics, &manager);
+                let response = answer(&request, &metrics);
                 async move { Ok::<_, Infallible>(response) }
             });
             let exchange = http1::Builder::new()
@@ -104,17 +135,13 @@ pub(crate) async fn serve(
 }
 
 /// The response to one request: the metrics for `GET /metrics`, else 404.
-fn answer(
-    request: &Request<Incoming>,
-    metrics: &Metrics,
-    manager: &ConnManager,
-) -> Response<Full<Bytes>> {
+fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) =
         if request.method() == Method::GET && request.uri().path() == "/metrics" {
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                render(metrics, manager),
+                render(metrics),
             )
         } else {
             (

@@ -22,8 +22,6 @@ use prometheus_client::metrics::counter::Counter;
 #[cfg(feature = "metrics")]
 use prometheus_client::metrics::family::Family;
 #[cfg(feature = "metrics")]
-use prometheus_client::metrics::gauge::Gauge;
-#[cfg(feature = "metrics")]
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 #[cfg(feature = "metrics")]
 use prometheus_client::registry::Registry;
@@ -167,18 +165,19 @@ pub(crate) struct IdCounters {
     bytes_out: Counter,
 }
 
-/// The metrics of one server.
+/// The metrics of one server: the counters the data path moves, registered
+/// in the server's own registry (what `MetricsAddr` serves) and, on request, in
+/// an application's (see `Server::register_metrics`).
 #[cfg(feature = "metrics")]
 pub(crate) struct Metrics {
     pub(crate) registry: Registry,
-    pub(crate) connections: Gauge,
     accepted: Counter,
     rejected: Family<Reason, Counter>,
     closed: Family<Reason, Counter>,
     send_failures: Family<Reason, Counter>,
-    pub(crate) queued: Gauge,
-    pub(crate) queue_max: Gauge,
     handler_seconds: Histogram,
+    /// messages in, bytes in, messages out, bytes out, by message ID.
+    by_id_families: [Family<ById, Counter>; 4],
     /// Looked up for every message in and out: keyed like the route table.
     by_id: HashMap<MsgId, IdCounters, IdHasher>,
     other: IdCounters,
@@ -195,54 +194,69 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// The metrics, with a `msg_id` series for each of `ids`.
     pub(crate) fn new(ids: impl IntoIterator<Item = MsgId>) -> Metrics {
-        let mut registry = Registry::with_prefix("zinx");
-        let connections = Gauge::default();
-        registry.register("connections", "Connections open now", connections.clone());
-        let accepted = Counter::default();
+        let by_id_families: [Family<ById, Counter>; 4] = Default::default();
+        let counters = |label: String| {
+            let labels = [("msg_id", label)];
+            IdCounters {
+                msgs_in: by_id_families[0].get_or_create_owned(&labels),
+                bytes_in: by_id_families[1].get_or_create_owned(&labels),
+                msgs_out: by_id_families[2].get_or_create_owned(&labels),
+                bytes_out: by_id_families[3].get_or_create_owned(&labels),
+            }
+        };
+        let by_id = ids
+            .into_iter()
+            .map(|id| (id, counters(id.0.to_string())))
+            .collect();
+        let other = counters("other".to_owned());
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("zinx"),
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            closed: Family::default(),
+            send_failures: Family::default(),
+            // 10 µs to about 10 s.
+            handler_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 11)),
+            by_id_families,
+            by_id,
+            other,
+        };
+        let mut registry = std::mem::take(&mut metrics.registry);
+        metrics.register(&mut registry);
+        metrics.registry = registry;
+        metrics
+    }
+
+    /// Registers every counter in `registry` (whose prefix the names get);
+    /// the gauges, read from the connection manager when scraped, are a
+    /// collector the caller adds.
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_accepted",
             "Connections accepted",
-            accepted.clone(),
+            self.accepted.clone(),
         );
-        let rejected = Family::<Reason, Counter>::default();
         registry.register(
             "connections_rejected",
             "Connections closed right after accept, by limit",
-            rejected.clone(),
+            self.rejected.clone(),
         );
-        let closed = Family::<Reason, Counter>::default();
         registry.register(
             "connections_closed",
             "Connections ended, by reason",
-            closed.clone(),
+            self.closed.clone(),
         );
-        let send_failures = Family::<Reason, Counter>::default();
         registry.register(
             "send_failures",
             "Sends that did not queue their message, by reason",
-            send_failures.clone(),
+            self.send_failures.clone(),
         );
-        let queued = Gauge::default();
-        registry.register(
-            "send_queue_messages",
-            "Messages waiting in all send queues",
-            queued.clone(),
-        );
-        let queue_max = Gauge::default();
-        registry.register(
-            "send_queue_max_messages",
-            "Messages in the longest send queue",
-            queue_max.clone(),
-        );
-        // 10 µs to about 10 s.
-        let handler_seconds = Histogram::new(exponential_buckets(1e-5, 4.0, 11));
         registry.register(
             "handler_seconds",
             "Time from a message's dispatch to its handler's end",
-            handler_seconds.clone(),
+            self.handler_seconds.clone(),
         );
-        let families: [Family<ById, Counter>; 4] = Default::default();
-        for (family, (name, help)) in families.iter().zip([
+        for (family, (name, help)) in self.by_id_families.iter().zip([
             ("messages_in", "Messages received, by message ID"),
             ("bytes_in", "Data bytes received, by message ID"),
             (
@@ -255,33 +269,6 @@ impl Metrics {
             ),
         ]) {
             registry.register(name, help, family.clone());
-        }
-        let counters = |label: String| {
-            let labels = [("msg_id", label)];
-            IdCounters {
-                msgs_in: families[0].get_or_create_owned(&labels),
-                bytes_in: families[1].get_or_create_owned(&labels),
-                msgs_out: families[2].get_or_create_owned(&labels),
-                bytes_out: families[3].get_or_create_owned(&labels),
-            }
-        };
-        let by_id = ids
-            .into_iter()
-            .map(|id| (id, counters(id.0.to_string())))
-            .collect();
-        let other = counters("other".to_owned());
-        Metrics {
-            registry,
-            connections,
-            accepted,
-            rejected,
-            closed,
-            send_failures,
-            queued,
-            queue_max,
-            handler_seconds,
-            by_id,
-            other,
         }
     }
 

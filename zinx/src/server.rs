@@ -79,6 +79,9 @@ pub struct ServerBuilder<F = Codec> {
     hooks: Hooks,
     linger: Duration,
     heartbeat: Option<Heartbeat>,
+    /// Count metrics even without `MetricsAddr` (for an application's registry).
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 impl ServerBuilder<Codec> {
@@ -109,6 +112,8 @@ impl<F: Framing> ServerBuilder<F> {
             hooks: self.hooks,
             linger: self.linger,
             heartbeat: self.heartbeat,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
     }
 
@@ -140,6 +145,15 @@ impl<F: Framing> ServerBuilder<F> {
         self
     }
 
+    /// Counts the server's metrics even when `MetricsAddr` is empty, so that
+    /// [`Server::register_metrics`] can put them in the application's own
+    /// registry (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     /// How long a closing connection may spend writing what is still queued
     /// (default [`DEFAULT_CLOSE_LINGER`]). A peer that does not read within it is
     /// cut off.
@@ -155,24 +169,23 @@ impl<F: Framing> ServerBuilder<F> {
         let config = self.config;
         let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
         let hb_id = self.heartbeat.as_ref().map(|hb| hb.msg_id);
+        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+        let mut engine = Engine::new(
+            &config,
+            self.framing,
+            self.hooks,
+            self.heartbeat,
+            self.linger,
+            self.router.compile(hb_id, None),
+            (config.worker_mode, to_usize(config.worker_pool_size)),
+        );
         #[cfg(feature = "metrics")]
-        let metrics = (!config.metrics_addr.is_empty()).then(|| {
-            let ids = self.router.route_ids().chain(hb_id);
-            Arc::new(crate::observe::Metrics::new(ids))
-        });
-        let engine = Engine {
-            #[cfg(feature = "metrics")]
-            observer: crate::observe::Observer::new(metrics),
-            ..Engine::new(
-                &config,
-                self.framing,
-                self.hooks,
-                self.heartbeat,
-                self.linger,
-                self.router.compile(hb_id, None),
-                (config.worker_mode, to_usize(config.worker_pool_size)),
-            )
-        };
+        if self.metrics || !config.metrics_addr.is_empty() {
+            let mut metrics = crate::observe::Metrics::new(self.router.route_ids().chain(hb_id));
+            let gauges = crate::metrics::Gauges::new(engine.manager.clone());
+            metrics.registry.register_collector(Box::new(gauges));
+            engine.observer = crate::observe::Observer::new(Some(Arc::new(metrics)));
+        }
         engine.manager.set_states(self.router.states().clone());
         let limit = (config.max_conn > 0).then(|| Arc::new(Semaphore::new(config.max_conn)));
         let handle = ServerHandle {
@@ -292,6 +305,8 @@ impl Server {
             hooks: Hooks::default(),
             linger: DEFAULT_CLOSE_LINGER,
             heartbeat: None,
+            #[cfg(feature = "metrics")]
+            metrics: false,
         }
     }
 }
@@ -313,6 +328,35 @@ impl<F: Framing> Server<F> {
     #[must_use]
     pub fn manager(&self) -> ConnManager {
         self.handle.manager()
+    }
+
+    /// Registers the server's metrics (every metric of docs/METRICS.md, named
+    /// `zinx_*` under `registry`'s own prefix) in an application's
+    /// `prometheus-client` registry, to be served with its own metrics. The
+    /// gauges are read when that registry is encoded. False when the server
+    /// counts no metrics: enable them with [`ServerBuilder::with_metrics`] (or
+    /// `MetricsAddr`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use zinx::prometheus_client::registry::Registry;
+    /// use zinx::{Config, Server};
+    ///
+    /// let mut registry = Registry::default();
+    /// let server = Server::builder(Config::default()).with_metrics().build();
+    /// assert!(server.register_metrics(&mut registry));
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) -> bool {
+        let Some(metrics) = self.core.engine.observer.metrics() else {
+            return false;
+        };
+        let registry = registry.sub_registry_with_prefix("zinx");
+        metrics.register(registry);
+        let gauges = crate::metrics::Gauges::new(self.handle.manager());
+        registry.register_collector(Box::new(gauges));
+        true
     }
 
     /// Binds the listeners the config asks for (`Host:TCPPort`, see
@@ -363,7 +407,11 @@ impl<F: Framing> Server<F> {
         } = self;
         let engine = core.engine.clone();
         #[cfg(feature = "metrics")]
-        if let Some(metrics) = engine.observer.metrics() {
+        if let Some(metrics) = engine
+            .observer
+            .metrics()
+            .filter(|_| !config.metrics_addr.is_empty())
+        {
             let (scrapes, addr) =
                 crate::metrics::bind(&config.metrics_addr)
                     .await
@@ -377,7 +425,6 @@ impl<F: Framing> Server<F> {
             engine.tracker.spawn(crate::metrics::serve(
                 scrapes,
                 metrics.clone(),
-                engine.manager.clone(),
                 engine.stop.clone(),
                 engine.tracker.clone(),
             ));

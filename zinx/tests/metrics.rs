@@ -160,3 +160,54 @@ async fn idle_scrape_connections_are_bounded() {
     .await;
     server.stop().await;
 }
+
+/// An application can register the server's metrics in its own registry and
+/// serve them itself: counters and gauges appear there, under `zinx_`, beside
+/// the application's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_go_into_an_applications_own_registry() {
+    use zinx::prometheus_client::encoding::text::encode;
+    use zinx::prometheus_client::metrics::counter::Counter;
+    use zinx::prometheus_client::registry::Registry;
+
+    let mut registry = Registry::with_prefix("game");
+    let own = Counter::<u64>::default();
+    registry.register("matches", "Matches played", own.clone());
+    let server = Server::builder(config())
+        .router(Router::new().route(1, echo))
+        .with_metrics()
+        .build();
+    assert!(server.register_metrics(&mut registry));
+    let handle = server.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(listener, async move {
+        let _ = stopped.await;
+    }));
+    let mut client = support::RawClient::connect(addr, Layout::Tlv).await;
+    client.roundtrip(1, "hello").await;
+    own.inc();
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    assert_eq!(value(&text, "game_matches_total"), Some(1.0), "{text}");
+    assert_eq!(
+        value(&text, "game_zinx_messages_in_total{msg_id=\"1\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "game_zinx_connections"), Some(1.0), "{text}");
+    assert!(
+        handle.metrics_addr().is_none(),
+        "no endpoint without MetricsAddr"
+    );
+    drop(client);
+    let _ = stop.send(());
+    within("the server to stop", running)
+        .await
+        .unwrap()
+        .unwrap();
+    // Without metrics counted there is nothing to register.
+    let plain = Server::builder(config()).build();
+    assert!(!plain.register_metrics(&mut Registry::default()));
+}
