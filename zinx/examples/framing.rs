@@ -1,14 +1,14 @@
 //! Pluggable framing: the same router served over HTLV+CRC (Zinx's decoder
 //! example protocol: header, function code = message ID, length, body, CRC-16)
-//! on port 8999, over text lines (every line is message 1) on port 9000, and
+//! on port 9030, over text lines (every line is message 1) on port 9031, and
 //! over tokio-util's `LengthDelimitedCodec` (a 4-byte big-endian length, then a
-//! 2-byte big-endian message ID and the data) on port 9001.
+//! 2-byte big-endian message ID and the data) on port 9032.
 //!
 //! ```text
 //! cargo run --example framing
-//! printf 'hello\n' | nc 127.0.0.1 9000          # replies HELLO
+//! printf 'hello\n' | nc 127.0.0.1 9031          # replies HELLO
 //! # length 7, ID 1, "hello"; replies length 7, ID 1, "HELLO":
-//! printf '\0\0\0\7\0\1hello' | nc 127.0.0.1 9001 | od -c
+//! printf '\0\0\0\7\0\1hello' | nc 127.0.0.1 9032 | od -c
 //! ```
 
 use std::sync::Arc;
@@ -45,17 +45,17 @@ async fn main() -> Result<(), zinx::Error> {
         let _ = tokio::signal::ctrl_c().await;
     };
     tokio::try_join!(
-        Server::builder(config(8999))
+        Server::builder(config(9030))
             .router(router.clone())
             .framing(HtlvCrcCodec::new(0xA2))
             .build()
             .serve(stop()),
-        Server::builder(config(9000))
+        Server::builder(config(9031))
             .router(router.clone())
             .framing(DelimiterCodec::lines(1024).message_id(1))
             .build()
             .serve(stop()),
-        Server::builder(config(9001))
+        Server::builder(config(9032))
             .router(router)
             // Any tokio-util codec with a mapper; its own maximum bounds what a
             // half-sent frame reserves (see MappedCodec).

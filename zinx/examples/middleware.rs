@@ -53,6 +53,8 @@ async fn main() -> Result<(), zinx::Error> {
         });
     let config = Config {
         host: "127.0.0.1".into(),
+        // Its own port, so it runs beside the echo server (8999).
+        tcp_port: 9012,
         ..Config::default()
     };
     Server::builder(config)

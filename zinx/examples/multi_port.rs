@@ -1,6 +1,6 @@
 //! Several servers in one process (Zinx's multi-port example): a TLV server on
-//! 8999 and an LTV server on 9000 share one router (and its state); a third on
-//! 9001 has a router of its own. Ctrl-C stops all three.
+//! 9020 and an LTV server on 9021 share one router (and its state); a third on
+//! 9022 has a router of its own. Ctrl-C stops all three.
 //!
 //! ```text
 //! cargo run --example multi_port
@@ -43,16 +43,16 @@ async fn main() -> Result<(), zinx::Error> {
         async move { stop.cancelled().await }
     };
     let servers = tokio::try_join!(
-        Server::builder(config(8999))
+        Server::builder(config(9020))
             .router(shared.clone())
             .build()
             .serve(shutdown(&stop)),
-        Server::builder(config(9000))
+        Server::builder(config(9021))
             .router(shared)
             .layout(Layout::Ltv)
             .build()
             .serve(shutdown(&stop)),
-        Server::builder(config(9001))
+        Server::builder(config(9022))
             .router(own)
             .build()
             .serve(shutdown(&stop)),

@@ -3,7 +3,7 @@
 //! connections and pushing by user ID (Zinx's `znotify`).
 //!
 //! ```text
-//! cargo run --example notify    # listens on 127.0.0.1:8999
+//! cargo run --example notify    # listens on 127.0.0.1:9011
 //! ```
 
 use zinx::{Config, Request, Router, Server, UserId};
@@ -35,6 +35,8 @@ async fn main() -> Result<(), zinx::Error> {
         });
     let config = Config {
         host: "127.0.0.1".into(),
+        // Its own port, so it runs beside the echo server (8999).
+        tcp_port: 9011,
         ..Config::default()
     };
     Server::builder(config)

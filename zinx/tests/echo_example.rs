@@ -273,3 +273,53 @@ async fn echo_server_names_the_keys_of_an_address_it_cannot_listen_on() {
         "{stderr}"
     );
 }
+
+/// The chat example: names, a room, a line relayed to the others in the room
+/// (not to the speaker, not to another room), and a notice when one leaves.
+#[tokio::test]
+async fn chat_example_relays_to_the_room_and_tells_who_left() {
+    let mut child = Command::new(example("chat"))
+        .arg("0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut people = Vec::new();
+    for (who, room) in [("alice", "lobby"), ("bob", "lobby"), ("carol", "other")] {
+        let mut c = RawClient::connect(addr, Layout::Tlv).await;
+        assert_eq!(c.roundtrip(1, who).await.id.0, 1);
+        assert_eq!(c.roundtrip(2, room).await.id.0, 2);
+        people.push(c);
+    }
+    // Alice was in the lobby when Bob joined: she is told.
+    let notice = people[0].recv().await;
+    assert_eq!(
+        (notice.id.0, &notice.data[..]),
+        (11, &b"bob joined lobby"[..])
+    );
+    let said = people[0].roundtrip(3, "hello").await;
+    assert_eq!(said.id.0, 3);
+    let heard = people[1].recv().await;
+    assert_eq!((heard.id.0, &heard.data[..]), (10, &b"alice: hello"[..]));
+    // Bob leaves: Alice is told; Carol, elsewhere, hears nothing of it.
+    let bob = people.remove(1);
+    drop(bob);
+    let left = people[0].recv().await;
+    assert_eq!((left.id.0, &left.data[..]), (11, &b"bob left"[..]));
+    let carol = &mut people[1];
+    assert_eq!(
+        carol.roundtrip(3, "anyone?").await.id.0,
+        3,
+        "no lobby line before"
+    );
+    signal(&child, "-INT");
+    drop(people);
+    assert!(wait_exit(child).await.success());
+}
