@@ -24,63 +24,51 @@ use crate::error::Error;
 use crate::extensions::States;
 use crate::message::{ConnId, MsgId, Payload};
 
-/// An application's ID for a user (a player, a device), bound to a connection
-/// with [`ConnManager::bind_user`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(pub String);
+/// Declares a name type: a `String` newtype made from a `&str`, a `String` or
+/// a number, shown as the name itself.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub String);
 
-impl From<&str> for UserId {
-    fn from(s: &str) -> Self {
-        UserId(s.to_owned())
-    }
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(n: u64) -> Self {
+                $name(n.to_string())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl From<String> for UserId {
-    fn from(s: String) -> Self {
-        UserId(s)
-    }
+name_type! {
+    /// An application's ID for a user (a player, a device), bound to a connection
+    /// with [`ConnManager::bind_user`].
+    UserId
 }
 
-impl From<u64> for UserId {
-    fn from(n: u64) -> Self {
-        UserId(n.to_string())
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The name of a room (a group of connections: a chat channel, a game match,
-/// the players in one area), for [`ConnManager::join`]. Names, not local
-/// handles, so a room can later span servers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomId(pub String);
-
-impl From<&str> for RoomId {
-    fn from(s: &str) -> Self {
-        RoomId(s.to_owned())
-    }
-}
-
-impl From<String> for RoomId {
-    fn from(s: String) -> Self {
-        RoomId(s)
-    }
-}
-
-impl From<u64> for RoomId {
-    fn from(n: u64) -> Self {
-        RoomId(n.to_string())
-    }
-}
-
-impl fmt::Display for RoomId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+name_type! {
+    /// The name of a room (a group of connections: a chat channel, a game match,
+    /// the players in one area), for [`ConnManager::join`]. Names, not local
+    /// handles, so a room can later span servers.
+    RoomId
 }
 
 /// The live connections of one server. Cloning is cheap; clones share the registry.

@@ -32,6 +32,19 @@ async fn server(frame_timeout: u64, idle_timeout: u64) -> TestServer {
     .await
 }
 
+/// Waits for both `MaxConn` slots to come back, then checks a new client is
+/// served, and stops the server.
+async fn slots_serve_again(server: TestServer) {
+    wait_for("the slots to come back", || {
+        server.handle.free_slots() == Some(2)
+    })
+    .await;
+    let mut client = server.connect(Layout::Tlv).await;
+    assert_eq!(&client.roundtrip(1, "served").await.data[..], b"served");
+    drop(client);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_that_send_half_a_header_lose_their_slots_at_the_frame_timeout() {
     let server = server(1, 0).await;
@@ -51,14 +64,7 @@ async fn peers_that_send_half_a_header_lose_their_slots_at_the_frame_timeout() {
         assert!(peer.read_eof().await);
     }
     assert!(started.elapsed() >= Duration::from_secs(1));
-    wait_for("the slots to come back", || {
-        server.handle.free_slots() == Some(2)
-    })
-    .await;
-    let mut client = server.connect(Layout::Tlv).await;
-    assert_eq!(&client.roundtrip(1, "served").await.data[..], b"served");
-    drop(client);
-    server.stop().await;
+    slots_serve_again(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,12 +79,5 @@ async fn silent_peers_lose_their_slots_at_the_idle_timeout() {
         assert!(peer.read_eof().await);
     }
     assert!(started.elapsed() >= Duration::from_secs(1));
-    wait_for("the slots to come back", || {
-        server.handle.free_slots() == Some(2)
-    })
-    .await;
-    let mut client = server.connect(Layout::Tlv).await;
-    assert_eq!(&client.roundtrip(1, "served").await.data[..], b"served");
-    drop(client);
-    server.stop().await;
+    slots_serve_again(server).await;
 }
