@@ -284,20 +284,27 @@ async fn max_conn_is_counted_across_a_tcp_and_a_tls_listener() {
 async fn graceful_shutdown_flushes_queued_replies_over_tls() {
     const CONNS: usize = 4;
     const QUEUED: usize = 50;
+    // 3.2 MB per connection: more than the sockets hold, so most of it is
+    // still queued when the shutdown comes, and written by the final flush.
+    const SIZE: usize = 64 * 1024;
     let cert = make_cert("shutdown", &["127.0.0.1"]);
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(CONNS);
-    // Each connection gets 50 replies queued while its peer is not reading yet.
     let router = Router::new().route(1, move |req: Request| {
         let ready = ready_tx.clone();
         async move {
             for i in 0..QUEUED as u32 {
-                req.conn().send(1, Bytes::from(vec![i as u8; 1000])).await?;
+                req.conn().send(1, Bytes::from(vec![i as u8; SIZE])).await?;
             }
             let _ = ready.send(()).await;
             Ok::<(), zinx::Error>(())
         }
     });
-    let server = start(Server::builder(config()).router(router), &cert).await;
+    let cfg = Config {
+        max_packet_size: SIZE as u32,
+        max_msg_chan_bytes: 0,
+        ..config()
+    };
+    let server = start(Server::builder(cfg).router(router), &cert).await;
     let mut clients = Vec::new();
     for _ in 0..CONNS {
         let mut c = raw(server.addr, &cert, Layout::Tlv).await;
@@ -308,19 +315,30 @@ async fn graceful_shutdown_flushes_queued_replies_over_tls() {
         within("handlers", ready_rx.recv()).await.unwrap();
     }
     let handle = server.handle.clone();
-    server.stop().await;
-    assert_eq!(handle.task_count(), 0);
-    for mut c in clients {
-        let msgs = c.recv_until_closed().await;
+    let conns = handle.manager().connections();
+    assert_eq!(conns.len(), CONNS);
+    let stopping = tokio::spawn(server.stop());
+    // The peers start reading once the shutdown has closed their connections.
+    for conn in &conns {
+        within("the shutdown's close", conn.closed()).await;
+    }
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.recv_until_closed().await }))
+        .collect();
+    for reader in readers {
+        let msgs = within("replies", reader).await.unwrap();
         assert_eq!(
             msgs.len(),
             QUEUED,
             "every queued reply arrives before the close"
         );
         for (i, m) in msgs.iter().enumerate() {
-            assert_eq!(m.data[0], i as u8);
+            assert_eq!((m.data.len(), m.data[0]), (SIZE, i as u8));
         }
     }
+    within("the server to stop", stopping).await.unwrap();
+    assert_eq!(handle.task_count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
