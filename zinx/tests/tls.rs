@@ -612,12 +612,14 @@ async fn serve_fails_naming_the_key_and_file_it_cannot_use() {
     let cert = make_cert("bad-config", &["127.0.0.1"]);
     let other = make_cert("bad-config-other", &["127.0.0.1"]);
     let missing = cert.cert.with_file_name("missing.pem");
+    // Each must fail at once: serving anything instead would run until the
+    // timeout.
     let serve = |cfg: Config| async move {
-        let err = Server::builder(cfg)
-            .build()
-            .serve(std::future::pending())
-            .await
-            .unwrap_err();
+        let serving = Server::builder(cfg).build().serve(std::future::pending());
+        let err = match tokio::time::timeout(T, serving).await {
+            Ok(result) => result.unwrap_err(),
+            Err(_) => panic!("served instead of failing"),
+        };
         (err.to_string(), err)
     };
     let (text, err) = serve(config_with(&missing, &cert.key)).await;
