@@ -81,9 +81,14 @@ type Raw = RawClient<ReadHalf<TlsStream<TcpStream>>, WriteHalf<TlsStream<TcpStre
 
 /// A client writing raw bytes over TLS (rustls with ring, trusting `cert`).
 async fn raw(addr: SocketAddr, cert: &Cert, layout: Layout) -> Raw {
+    let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
+    raw_on(tcp, cert, layout).await
+}
+
+/// [`raw`] on a connected socket.
+async fn raw_on(tcp: TcpStream, cert: &Cert, layout: Layout) -> Raw {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
-    let tcp = within("connect", TcpStream::connect(addr)).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap())
@@ -282,11 +287,13 @@ async fn max_conn_is_counted_across_a_tcp_and_a_tls_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_flushes_queued_replies_over_tls() {
-    const CONNS: usize = 4;
+    const CONNS: usize = 2;
     const QUEUED: usize = 50;
-    // 3.2 MB per connection: more than the sockets hold, so most of it is
-    // still queued when the shutdown comes, and written by the final flush.
-    const SIZE: usize = 64 * 1024;
+    // 12.8 MiB per connection, more than the sockets hold (the server's send
+    // buffer grows to 4 MiB at most, the peer's receive buffer is held at 64
+    // KiB): most of it is still queued when the shutdown comes, and only the
+    // final flush delivers it.
+    const SIZE: usize = 256 * 1024;
     let cert = make_cert("shutdown", &["127.0.0.1"]);
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(CONNS);
     let router = Router::new().route(1, move |req: Request| {
@@ -307,7 +314,12 @@ async fn graceful_shutdown_flushes_queued_replies_over_tls() {
     let server = start(Server::builder(cfg).router(router), &cert).await;
     let mut clients = Vec::new();
     for _ in 0..CONNS {
-        let mut c = raw(server.addr, &cert, Layout::Tlv).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let tcp = within("connect", socket.connect(server.addr))
+            .await
+            .unwrap();
+        let mut c = raw_on(tcp, &cert, Layout::Tlv).await;
         c.send(1, "").await;
         clients.push(c);
     }
