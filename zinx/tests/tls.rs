@@ -728,6 +728,17 @@ async fn the_client_example_checks_every_reply_over_tls_with_its_ca() {
     server.stop().await;
 }
 
+/// A child process killed when dropped, so a failing assertion leaves no
+/// server behind (holding the test's stderr open).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn the_echo_example_serves_tls_when_its_config_sets_the_cert_files() {
     let cert = make_cert("echo-example", &["127.0.0.1"]);
@@ -739,14 +750,16 @@ async fn the_echo_example_serves_tls_when_its_config_sets_the_cert_files() {
     );
     let config = dir.join("zinx.json");
     std::fs::write(&config, json).unwrap();
-    let mut child = Command::new(example("echo_server"))
-        .env("ZINX_CONFIG_FILE_PATH", &config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Killed(
+        Command::new(example("echo_server"))
+            .env("ZINX_CONFIG_FILE_PATH", &config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let line = within(
         "the address line",
         tokio::task::spawn_blocking(move || {
@@ -779,8 +792,7 @@ async fn the_echo_example_serves_tls_when_its_config_sets_the_cert_files() {
     )
     .await;
     assert!(ok && text.contains("20 ok"), "{text}");
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child);
 
     // A certificate file it cannot read: a clear error at startup.
     let missing = dir.join("nowhere.pem");
