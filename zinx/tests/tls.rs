@@ -576,6 +576,16 @@ async fn a_tls_client_routes_pushes_runs_hooks_beats_and_reconnects() {
     server.stop().await;
 }
 
+#[test]
+fn the_shipped_tls_config_asks_for_tls() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/zinx-tls.json");
+    let cfg = Config::from_file(path).unwrap();
+    assert_eq!(
+        (cfg.cert_file.as_str(), cfg.private_key_file.as_str()),
+        ("conf/tls/cert.pem", "conf/tls/key.pem")
+    );
+}
+
 fn config_with(cert: &Path, key: &Path) -> Config {
     Config {
         cert_file: cert.display().to_string(),
