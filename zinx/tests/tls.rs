@@ -224,11 +224,18 @@ async fn an_unknown_id_is_dropped_and_the_tls_connection_stays_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_conn_is_counted_across_a_tcp_and_a_tls_listener() {
     let cert = make_cert("max-conn", &["127.0.0.1"]);
+    let (gone_tx, mut gone) = mpsc::channel::<()>(4);
     let server = Server::builder(Config {
         max_conn: 2,
         ..config()
     })
     .router(Router::new().route(1, echo))
+    .on_disconnect(move |_conn: Connection| {
+        let gone = gone_tx.clone();
+        async move {
+            let _ = gone.send(()).await;
+        }
+    })
     .build();
     let handle = server.handle();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -259,21 +266,14 @@ async fn max_conn_is_counted_across_a_tcp_and_a_tls_listener() {
         refused.is_err_and(|e| e.is_tls()),
         "closed before its handshake"
     );
-    // A slot given back on one transport is taken on the other.
+    // A slot given back on one transport is taken on the other (slots are
+    // given back before on_disconnect runs).
     drop(on_tcp);
-    let mut again = None;
-    for _ in 0..200 {
-        if handle.free_slots() == Some(1) {
-            again = Some(
-                tls_client(tls_addr, cert.client(), Layout::Tlv)
-                    .await
-                    .unwrap(),
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let again = again.expect("the TCP connection's slot came back");
+    within("on_disconnect", gone.recv()).await.unwrap();
+    assert_eq!(handle.free_slots(), Some(1));
+    let again = tls_client(tls_addr, cert.client(), Layout::Tlv)
+        .await
+        .unwrap();
     assert_eq!(&again.request(1, "x", 1, T).await.unwrap().data[..], b"x");
     let _ = stop.send(());
     within("the server to stop", running)
