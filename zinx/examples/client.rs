@@ -1,23 +1,39 @@
 //! A Zinx echo client: sends `--count` echo requests (message ID 1, sizes varied up
-//! to 4000 bytes) to any Zinx echo server, ours or Go Zinx, checks every reply,
-//! prints a summary and exits non-zero on any mismatch.
+//! to 4000 bytes) to any Zinx echo server, ours or Go Zinx, over TCP or TLS,
+//! checks every reply, prints a summary and exits 0 only when every reply matched.
 //!
 //! ```text
 //! cargo run --release --example client -- --addr 127.0.0.1:8999 --count 1000 [--format ltv]
+//! cargo run --release --features tls --example client -- --transport tls --addr 127.0.0.1:8443 --ca cert.pem
 //! ```
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use zinx::{Client, Layout};
+use clap::{Parser, ValueEnum};
+use zinx::{Client, ClientBuilder, Layout};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Transport {
+    Tcp,
+    /// TLS over TCP (needs the `tls` feature).
+    Tls,
+}
 
 #[derive(Parser)]
 #[command(about = "Send echo requests to a Zinx server and check every reply")]
 struct Args {
-    /// Server address.
+    /// Server address (host:port; with TLS the host is the name the server's
+    /// certificate must carry: a DNS name or an IP address).
     #[arg(long, default_value = "127.0.0.1:8999")]
     addr: String,
+    /// How to reach it.
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
+    /// TLS: trust this PEM certificate (a CA's or the server's own) instead of
+    /// the platform's roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// Number of requests.
     #[arg(long, default_value_t = 3)]
     count: u32,
@@ -44,15 +60,40 @@ fn payload(i: u32) -> Vec<u8> {
     (0..len).map(|p| (i as usize + p * 7) as u8).collect()
 }
 
+/// TLS as asked: the `--ca` certificate, else the platform's roots.
+#[cfg(feature = "tls")]
+fn with_tls(builder: ClientBuilder, args: &Args) -> Result<ClientBuilder, String> {
+    use zinx::transport::tls::TlsClient;
+    let tls = match &args.ca {
+        Some(ca) => TlsClient::trust_pem_file(ca),
+        None => TlsClient::platform_roots(),
+    };
+    tls.map(|tls| builder.tls(tls)).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(_: ClientBuilder, _: &Args) -> Result<ClientBuilder, String> {
+    Err("built without TLS: run it with `--features tls`".to_owned())
+}
+
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let client = match Client::builder(args.addr.clone())
-        .layout(args.format)
-        .connect()
-        .await
-    {
+    let builder = Client::builder(args.addr.clone()).layout(args.format);
+    let builder = match args.transport {
+        Transport::Tcp if args.ca.is_some() => Err("--ca needs --transport tls".to_owned()),
+        Transport::Tcp => Ok(builder),
+        Transport::Tls => with_tls(builder, &args),
+    };
+    let builder = match builder {
+        Ok(builder) => builder,
+        Err(e) => {
+            eprintln!("client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match builder.connect().await {
         Ok(client) => client,
         Err(e) => {
             eprintln!("client: cannot connect to {}: {e}", args.addr);
@@ -93,9 +134,10 @@ async fn main() -> ExitCode {
     }
     let elapsed = started.elapsed();
     println!(
-        "{} requests to {} ({:?}): {ok} ok, {mismatched} mismatched, {failed} failed in {:.3}s ({:.0} req/s)",
+        "{} requests to {} ({:?}, {:?}): {ok} ok, {mismatched} mismatched, {failed} failed in {:.3}s ({:.0} req/s)",
         args.count,
         args.addr,
+        args.transport,
         args.format,
         elapsed.as_secs_f64(),
         f64::from(ok) / elapsed.as_secs_f64().max(1e-9)

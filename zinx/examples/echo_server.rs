@@ -8,8 +8,14 @@
 //! async handler that awaits `send` (waits when the send queue is full), and
 //! stops on SIGINT or SIGTERM after flushing every connection.
 //!
+//! It serves every listener its zinx.json enables: `Host:TCPPort`, speaking TLS
+//! when `CertFile` and `PrivateKeyFile` are set (that needs the `tls` feature;
+//! without it, those keys are an error at startup). It prints one line per
+//! listener, with its address.
+//!
 //! ```text
 //! cargo run --release --example echo_server [-- --format ltv]
+//! ZINX_CONFIG_FILE_PATH=conf/zinx-tls.json cargo run --release --features tls --example echo_server
 //! ```
 
 use clap::Parser;
@@ -55,18 +61,23 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
         .route(2, |req: Request| async move {
             req.conn().send(req.msg_id(), req.data()).await
         });
-    let listener = zinx::server::bind_tcp(&config).await?;
-    let addr = listener.local_addr()?;
+    let listeners = zinx::server::bind_listeners(&config).await?;
     let server = Server::builder(config)
         .router(router)
         .layout(args.format)
         .build();
     let shutdown = shutdown_signal();
-    #[allow(clippy::print_stdout)]
-    {
-        println!("zinx echo server listening on {addr} ({:?})", args.format);
+    for listener in &listeners {
+        let (addr, transport) = (listener.local_addr()?, listener.transport());
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "zinx echo server listening on {addr} ({transport}, {:?})",
+                args.format
+            );
+        }
     }
-    server.run(listener, shutdown).await
+    server.run_all(listeners, shutdown).await
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere). The handlers are installed

@@ -80,6 +80,9 @@ pub struct ClientBuilder<F = Codec> {
     hooks: Hooks,
     heartbeat: Option<Heartbeat>,
     reconnect: Option<Reconnect>,
+    /// TLS over TCP instead of plain TCP (feature `tls`).
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::tls::TlsClient>,
 }
 
 impl ClientBuilder<Codec> {
@@ -93,7 +96,8 @@ impl ClientBuilder<Codec> {
     /// The connection's limits from a config (default: Zinx's defaults): the
     /// send queue (`MaxMsgChanLen`, `MaxMsgChanBytes`, `SendQueueFull`),
     /// `MaxPacketSize`, `IOReadBuffSize`, `HeartbeatMax`, `MaxMsgRate` /
-    /// `MaxMsgBurst`, `FrameTimeout`, `IdleTimeout` and `MaxWorkerTaskLen`.
+    /// `MaxMsgBurst`, `FrameTimeout`, `IdleTimeout`, `MaxWorkerTaskLen` and
+    /// `HandshakeTimeout` (for TLS).
     pub fn config(mut self, config: Config) -> Self {
         self.framing = Codec::new(self.layout, config.max_packet_size);
         self.config = config;
@@ -113,6 +117,8 @@ impl<F: Framing> ClientBuilder<F> {
             hooks: self.hooks,
             heartbeat: self.heartbeat,
             reconnect: self.reconnect,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
         }
     }
 
@@ -155,14 +161,56 @@ impl<F: Framing> ClientBuilder<F> {
         self
     }
 
+    /// Speaks TLS (feature `tls`), trusting what `tls` trusts, on every
+    /// connection and reconnection. The server's certificate is checked
+    /// against the host of the address (a DNS name or an IP address) unless
+    /// [`TlsClient::server_name`](crate::transport::tls::TlsClient::server_name)
+    /// names another; the handshake may take `HandshakeTimeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use zinx::Client;
+    /// use zinx::transport::tls::TlsClient;
+    ///
+    /// # async fn demo() -> Result<(), zinx::Error> {
+    /// let client = Client::builder("127.0.0.1:8443")
+    ///     .tls(TlsClient::trust_pem_file("cert.pem")?)
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::transport::tls::TlsClient) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Connects and starts the client.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if the first connection attempt fails (reconnects apply only
-    /// after a connection was made).
-    pub async fn connect(self) -> Result<Client, Error> {
-        let connector = TcpConnector { addr: self.addr };
+    /// after a connection was made); [`Error::Tls`] if its TLS handshake fails
+    /// (the server's certificate is not trusted or does not name the host).
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    pub async fn connect(mut self) -> Result<Client, Error> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.take() {
+            let handshake = Duration::from_secs(self.config.handshake_timeout.max(1));
+            let connector = tls.connector(std::mem::take(&mut self.addr), handshake)?;
+            return self.start(connector).await;
+        }
+        let connector = TcpConnector {
+            addr: std::mem::take(&mut self.addr),
+        };
+        self.start(connector).await
+    }
+
+    /// Dials the first connection with `connector` and starts the client's task.
+    async fn start<C: Connect>(self, connector: C) -> Result<Client, Error> {
         let first = connector.connect().await?;
         let waiters = Arc::new(Waiters::default());
         let inbox = Arc::new(Inbox::default());
@@ -315,6 +363,8 @@ impl Client {
             hooks: Hooks::default(),
             heartbeat: None,
             reconnect: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -326,9 +326,14 @@ config! {
     /// `ListenBacklog` (not in Go Zinx): connections the kernel queues for
     /// accept. 0 = the system's limit (`net.core.somaxconn` on Linux), as Go does.
     listen_backlog: u32 = 0, "ListenBacklog";
-    /// `CertFile`: TLS certificate (read for compatibility).
+    /// `CertFile`: the TLS certificate chain, a PEM file (the server's
+    /// certificate first). With `PrivateKeyFile` also set, the TCP port speaks
+    /// TLS, as in Go Zinx (feature `tls`); one without the other, or either in
+    /// a build without the feature, is an error at startup. See
+    /// [`bind_listeners`](crate::server::bind_listeners).
     cert_file: String = String::new(), "CertFile";
-    /// `PrivateKeyFile`: TLS key (read for compatibility).
+    /// `PrivateKeyFile`: the private key of `CertFile`'s certificate, a PEM file
+    /// (PKCS#8, PKCS#1 or SEC1).
     private_key_file: String = String::new(), "PrivateKeyFile";
     /// `LogDir`: Zinx's log directory (read for compatibility; logs go to `tracing`).
     log_dir: String = "./log".to_owned(), "LogDir";

@@ -91,6 +91,19 @@ pub enum Error {
         message: String,
     },
 
+    /// TLS could not be set up (a certificate or key file that cannot be read
+    /// or used, no trusted roots) or a TLS handshake failed (the server's
+    /// certificate is not trusted or does not name the host dialled, the peer
+    /// does not speak TLS, the handshake took longer than `HandshakeTimeout`).
+    #[error("TLS: {context}: {source}")]
+    Tls {
+        /// What failed: a file and the config key it comes from, or a
+        /// handshake and its peer.
+        context: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A configuration value is out of range or names an unknown option.
     #[error("invalid config value for {key}: {message}")]
     ConfigValue {
@@ -128,6 +141,12 @@ impl Error {
             self,
             Error::FrameTooLarge { .. } | Error::TruncatedFrame { .. } | Error::BadFrame { .. }
         )
+    }
+
+    /// True for [`Error::Tls`]: TLS could not be set up, or a handshake failed.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Error::Tls { .. })
     }
 
     /// True for configuration errors (reading, parsing or validating).

@@ -39,7 +39,8 @@
 //! - [`framing`]: the `Framing` trait, Zinx's TLV / LTV layouts (also [`codec`]),
 //!   length-field, delimiter and HTLV+CRC framings, and any tokio-util codec with a
 //!   frame mapper (`MappedCodec`); lengths checked before allocating.
-//! - [`transport`]: listeners, the open step, connectors (TCP).
+//! - [`transport`]: listeners, the open step, connectors (TCP; TLS with the `tls`
+//!   feature).
 //! - [`server`]: one core, any number of listeners, `MaxConn`, graceful shutdown.
 //! - [`client`]: one connection to a Zinx server, reconnect, request/response.
 //! - `engine`: a connection's life from set-up to clean-up, and its reader.

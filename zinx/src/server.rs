@@ -48,6 +48,7 @@ use crate::router::Router;
 use crate::transport::tcp::Tcp;
 use crate::transport::{Accept, Listener, Open, OpenNow, Opened};
 
+pub use crate::transport::bind_listeners;
 pub use crate::transport::tcp::{bind_tcp, listen_backlog};
 
 /// Default time the writer may spend flushing queued messages when a connection
@@ -359,15 +360,18 @@ impl<F: Framing> Server<F> {
         true
     }
 
-    /// Binds the listeners the config asks for (`Host:TCPPort`, see
-    /// [`bind_tcp`]) and runs until `shutdown` completes.
+    /// Binds the listeners the config asks for (`Host:TCPPort`, speaking TLS
+    /// when `CertFile` and `PrivateKeyFile` are set: see [`bind_listeners`])
+    /// and runs until `shutdown` completes.
     ///
     /// # Errors
     ///
-    /// [`Error::Listen`] if an address cannot be bound.
+    /// As [`bind_listeners`]: [`Error::Listen`] if an address cannot be bound,
+    /// [`Error::Tls`] or [`Error::ConfigValue`] if the config asks for TLS that
+    /// cannot be served.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let listener = bind_tcp(&self.config).await?;
-        self.run(listener, shutdown).await
+        let listeners = bind_listeners(&self.config).await?;
+        self.run_all(listeners, shutdown).await
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then closes
@@ -443,6 +447,11 @@ impl<F: Framing> Server<F> {
             let stop = stop_accepting.clone();
             accepting.push(match listener {
                 Listener::Tcp(tcp) => tokio::spawn(accept(core.clone(), tcp, Arc::new(Tcp), stop)),
+                // The handshake is the open step: in each connection's task.
+                #[cfg(feature = "tls")]
+                Listener::Tls(tcp, tls) => {
+                    tokio::spawn(accept(core.clone(), tcp, Arc::new(tls), stop))
+                }
             });
         }
         drop(core);

@@ -1,5 +1,6 @@
-//! Transports: how a connection's bytes travel (TCP only today; a TLS or
-//! WebSocket transport adds an open step, KCP a listener of its own).
+//! Transports: how a connection's bytes travel (TCP, and TLS over TCP with the
+//! `tls` feature; a WebSocket transport adds an open step, KCP a listener of its
+//! own).
 //!
 //! A transport is a **listener**, which accepts raw connections and their peer
 //! addresses, and an **open step**, which turns a raw connection into the read
@@ -15,6 +16,8 @@
 //! The client side is a **connector**: it dials and opens in one step.
 
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -22,16 +25,22 @@ use std::net::SocketAddr;
 
 use tokio::io::AsyncWrite;
 
+use crate::config::Config;
 use crate::engine::reader::ReadSource;
 use crate::error::Error;
 
 /// A listener the server accepts connections on. Made from a bound listener
-/// (`tokio::net::TcpListener` converts into one) or by
-/// [`Server::serve`](crate::Server::serve) from the config.
+/// (`tokio::net::TcpListener` converts into one; `Listener::tls` for TLS) or
+/// by [`bind_listeners`] (which [`Server::serve`](crate::Server::serve) uses)
+/// from the config.
 #[non_exhaustive]
 pub enum Listener {
     /// Plain TCP.
     Tcp(tokio::net::TcpListener),
+    /// TLS over TCP (feature `tls`): each connection's handshake runs in its
+    /// own task under `HandshakeTimeout`.
+    #[cfg(feature = "tls")]
+    Tls(tokio::net::TcpListener, tls::TlsServer),
 }
 
 impl Listener {
@@ -43,6 +52,8 @@ impl Listener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Listener::Tcp(l) => l.local_addr(),
+            #[cfg(feature = "tls")]
+            Listener::Tls(l, _) => l.local_addr(),
         }
     }
 
@@ -51,8 +62,90 @@ impl Listener {
     pub fn transport(&self) -> &'static str {
         match self {
             Listener::Tcp(_) => "tcp",
+            #[cfg(feature = "tls")]
+            Listener::Tls(..) => "tls",
         }
     }
+
+    /// A listener speaking TLS on a bound TCP listener (feature `tls`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use zinx::transport::Listener;
+    /// use zinx::transport::tls::TlsServer;
+    /// use zinx::{Config, Server};
+    ///
+    /// # async fn demo() -> Result<(), zinx::Error> {
+    /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
+    /// let listener = Listener::tls(tcp, TlsServer::from_pem_files("cert.pem", "key.pem")?);
+    /// let server = Server::builder(Config::default()).build();
+    /// server.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(listener: tokio::net::TcpListener, tls: tls::TlsServer) -> Listener {
+        Listener::Tls(listener, tls)
+    }
+}
+
+/// Binds the listeners the config asks for: `Host:TCPPort` (see
+/// [`bind_tcp`](tcp::bind_tcp)), speaking TLS when `CertFile` and
+/// `PrivateKeyFile` are both set, as in Go Zinx (feature `tls`). The
+/// certificate and key are read before anything is bound.
+///
+/// # Errors
+///
+/// [`Error::ConfigValue`] when only one of `CertFile` and `PrivateKeyFile` is
+/// set, or either is set and zinx was built without the `tls` feature (never
+/// plain TCP instead); [`Error::Tls`] naming the file and its key when the
+/// certificate or key cannot be read or used; [`Error::Listen`] when the address
+/// cannot be bound.
+pub async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
+    let (cert, key) = (&config.cert_file, &config.private_key_file);
+    let tls = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, true) => {
+            return Err(Error::ConfigValue {
+                key: "PrivateKeyFile",
+                message: format!("empty, but CertFile is set ({cert:?}): TLS needs both"),
+            });
+        }
+        (true, false) => {
+            return Err(Error::ConfigValue {
+                key: "CertFile",
+                message: format!("empty, but PrivateKeyFile is set ({key:?}): TLS needs both"),
+            });
+        }
+        (false, false) => Some(tls_server(config)?),
+    };
+    let tcp = tcp::bind_tcp(config).await?;
+    let listener = match tls {
+        None => Listener::Tcp(tcp),
+        #[cfg(feature = "tls")]
+        Some(tls) => Listener::Tls(tcp, tls),
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match never {},
+    };
+    Ok(vec![listener])
+}
+
+/// The config's certificate and key.
+#[cfg(feature = "tls")]
+fn tls_server(config: &Config) -> Result<tls::TlsServer, Error> {
+    tls::TlsServer::from_pem_files(&config.cert_file, &config.private_key_file)
+}
+
+/// Without the `tls` feature, certificate files are an error: serving plain
+/// TCP where the config asks for TLS would expose what it meant to protect.
+#[cfg(not(feature = "tls"))]
+fn tls_server(_: &Config) -> Result<std::convert::Infallible, Error> {
+    Err(Error::ConfigValue {
+        key: "CertFile",
+        message: "set, but zinx was built without its `tls` feature: enable it to serve TLS"
+            .to_owned(),
+    })
 }
 
 impl From<tokio::net::TcpListener> for Listener {
@@ -134,4 +227,46 @@ pub(crate) trait Connect: Send + Sync + 'static {
     fn connect(
         &self,
     ) -> impl Future<Output = Result<Dialled<Self::Read, Self::Write>, Error>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(cert: &str, key: &str) -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            tcp_port: 0,
+            cert_file: cert.into(),
+            private_key_file: key.into(),
+            ..Config::default()
+        }
+    }
+
+    async fn refusal(config: Config) -> String {
+        match bind_listeners(&config).await {
+            Ok(listeners) => panic!("bound {listeners:?}"),
+            Err(e) => format!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn certificate_keys_are_never_ignored() {
+        let text = refusal(with("cert.pem", "")).await;
+        assert!(
+            text.contains("PrivateKeyFile") && text.contains("needs both"),
+            "{text}"
+        );
+        let text = refusal(with("", "key.pem")).await;
+        assert!(
+            text.contains("CertFile") && text.contains("needs both"),
+            "{text}"
+        );
+        // Both set: TLS, or an error saying why not, never plain TCP.
+        let text = refusal(with("/nonexistent/cert.pem", "/nonexistent/key.pem")).await;
+        #[cfg(feature = "tls")]
+        assert!(text.contains("cannot read CertFile"), "{text}");
+        #[cfg(not(feature = "tls"))]
+        assert!(text.contains("without its `tls` feature"), "{text}");
+    }
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
+use zinx::transport::Listener;
 use zinx::{Codec, Config, Layout, Message, MsgId, ServerBuilder, ServerHandle};
 
 /// Upper bound for any single wait in a test: a guard against hangs, not a
@@ -46,8 +47,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start<F: zinx::Framing>(builder: ServerBuilder<F>) -> TestServer {
-        let server = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestServer::start_on(builder, listener.into()).await
+    }
+
+    /// [`start`](Self::start) on a listener of any transport.
+    pub async fn start_on<F: zinx::Framing>(
+        builder: ServerBuilder<F>,
+        listener: Listener,
+    ) -> TestServer {
+        let server = builder.build();
         let addr = listener.local_addr().unwrap();
         let handle = server.handle();
         let (tx, rx) = oneshot::channel::<()>();
@@ -84,11 +93,11 @@ impl Drop for TestServer {
     }
 }
 
-/// A client speaking raw Zinx frames.
-pub struct RawClient {
+/// A client speaking raw Zinx frames (over TCP unless made `from_halves`).
+pub struct RawClient<R = OwnedReadHalf, W = OwnedWriteHalf> {
     pub layout: Layout,
-    reader: FramedRead<OwnedReadHalf, Codec>,
-    pub writer: OwnedWriteHalf,
+    reader: FramedRead<R, Codec>,
+    pub writer: W,
 }
 
 pub fn frame(layout: Layout, id: u32, data: &[u8]) -> Vec<u8> {
@@ -114,14 +123,27 @@ impl RawClient {
             writer: w,
         }
     }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> RawClient<R, W> {
+    /// A client on the two halves of any stream (TLS, say).
+    pub fn from_halves(read: R, write: W, layout: Layout) -> RawClient<R, W> {
+        RawClient {
+            layout,
+            reader: FramedRead::new(read, Codec::new(layout, 0)),
+            writer: write,
+        }
+    }
 
     pub async fn send(&mut self, id: u32, data: impl AsRef<[u8]>) {
         let bytes = frame(self.layout, id, data.as_ref());
         self.write_raw(&bytes).await;
     }
 
+    /// Writes and flushes (a no-op for TCP; TLS sends its record now).
     pub async fn write_raw(&mut self, bytes: &[u8]) {
         within("write", self.writer.write_all(bytes)).await.unwrap();
+        within("flush", self.writer.flush()).await.unwrap();
     }
 
     /// The next message; panics on EOF or error.
