@@ -18,6 +18,8 @@
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "ws")]
+pub(crate) mod ws;
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,566 @@
+//! WebSocket (feature `ws`): Zinx frames over WebSocket messages, as Go Zinx
+//! carries them.
+//!
+//! Inbound, every binary (or text) message is bytes of one stream for the
+//! server's framing: a frame may span messages and a message may hold several
+//! frames ([`WsRead`] is the engine's read source). Outbound, every frame is
+//! one binary message: [`WsWrite`] takes the bytes the connection's writer
+//! writes and cuts them at frame boundaries, which the framing tells
+//! ([`Framing::frame_len`](crate::Framing::frame_len)); with `pack` set, a
+//! writer's whole batch goes as one message instead. tungstenite does the rest
+//! of the protocol: pings answered, the close handshake, masking, and the
+//! message and frame size limits, which the open step derives from
+//! `MaxPacketSize` so a peer cannot make the server buffer a huge message.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{Sink, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::engine::reader::ReadSource;
+
+/// Finds the length of the first frame in encoded bytes (see
+/// [`Framing::frame_len`](crate::Framing::frame_len)).
+pub(crate) type FrameLen = std::sync::Arc<dyn Fn(&[u8]) -> Option<usize> + Send + Sync>;
+
+/// The message and frame size limits for a framing whose frames carry at
+/// most `max_data` bytes (`None`: no limit of the framing's): one frame plus
+/// room for a header, at least 64 KiB, so one message never costs more than
+/// about a frame.
+pub(crate) fn config(max_data: Option<usize>) -> WebSocketConfig {
+    let limit = max_data.map(|max| max.saturating_add(64).max(64 * 1024));
+    WebSocketConfig::default()
+        .max_message_size(limit.or(Some(16 << 20)))
+        .max_frame_size(limit.or(Some(16 << 20)))
+}
+
+/// Splits an upgraded connection into the engine's read source and write sink.
+pub(crate) fn split<S>(
+    ws: WebSocketStream<S>,
+    frame_len: FrameLen,
+    pack: bool,
+) -> (WsRead<S>, WsWrite<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (sink, stream) = ws.split();
+    (
+        WsRead {
+            stream,
+            pending: Bytes::new(),
+        },
+        WsWrite {
+            sink,
+            buf: BytesMut::new(),
+            frame_len,
+            pack,
+        },
+    )
+}
+
+/// What an upgrade request showed, for the auth hook.
+#[derive(Debug, Clone)]
+pub struct WsRequest {
+    /// The request's path (`WsPath` matched already).
+    pub path: String,
+    /// The query string, if any (`token=...`).
+    pub query: Option<String>,
+    /// The request's headers.
+    pub headers: http::HeaderMap,
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+}
+
+/// Decides whether an upgrade may go ahead: `Err(status)` refuses it with that
+/// HTTP status (401, 403, ...).
+pub type WsAuth = std::sync::Arc<dyn Fn(&WsRequest) -> Result<(), u16> + Send + Sync>;
+
+/// The server's open step for WebSocket over a plain stream: the upgrade, on
+/// `path` only (anything else is refused with 404), after the auth hook.
+pub(crate) struct WsOpen {
+    pub(crate) path: String,
+    pub(crate) config: WebSocketConfig,
+    pub(crate) frame_len: FrameLen,
+    pub(crate) pack: bool,
+    pub(crate) auth: Option<WsAuth>,
+}
+
+impl WsOpen {
+    /// Upgrades `stream` from `peer`.
+    pub(crate) async fn upgrade<S>(
+        &self,
+        stream: S,
+        peer: std::net::SocketAddr,
+    ) -> Result<(WsRead<S>, WsWrite<S>), crate::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let refuse = |status: u16| {
+                let mut refusal = ErrorResponse::new(None);
+                *refusal.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
+                refusal
+            };
+            if req.uri().path() != self.path {
+                return Err(refuse(404));
+            }
+            if let Some(auth) = &self.auth {
+                let seen = WsRequest {
+                    path: req.uri().path().to_owned(),
+                    query: req.uri().query().map(str::to_owned),
+                    headers: req.headers().clone(),
+                    peer,
+                };
+                auth(&seen).map_err(refuse)?;
+            }
+            Ok(resp)
+        };
+        let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(self.config))
+            .await
+            .map_err(|e| crate::Error::BadFrame {
+                reason: format!("WebSocket upgrade refused: {e}"),
+            })?;
+        Ok(split(ws, self.frame_len.clone(), self.pack))
+    }
+}
+
+/// Refuses an upgrade request with an HTTP status (503 when the server is at
+/// `MaxConn`, 429 over `MaxConnPerIP`): a browser then sees why, where a dropped
+/// connection would only be a network error. The request head is read first
+/// (at most 8 KiB, within 2 s), so closing does not reset the connection under
+/// the response. Never upgraded, so it costs no connection slot.
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, status: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Refused");
+    let exchange = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let response =
+            format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), exchange).await;
+}
+
+/// Dials a WebSocket server (`ws://host:port/path`) over TCP: the client's
+/// side of the transport, with the same byte-stream halves.
+pub(crate) struct WsConnector {
+    /// `host:port`, dialled over TCP.
+    pub(crate) addr: String,
+    /// The URL asked for in the upgrade (`ws://host:port/path`).
+    pub(crate) url: String,
+    pub(crate) config: WebSocketConfig,
+    pub(crate) frame_len: FrameLen,
+    pub(crate) pack: bool,
+}
+
+impl crate::transport::Connect for WsConnector {
+    type Read = WsRead<tokio::net::TcpStream>;
+    type Write = WsWrite<tokio::net::TcpStream>;
+
+    fn target(&self) -> &str {
+        &self.url
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<crate::transport::Dialled<Self::Read, Self::Write>, crate::Error> {
+        let stream = tokio::net::TcpStream::connect(&self.addr).await?;
+        let _ = stream.set_nodelay(true);
+        let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            stream,
+            Some(self.config),
+        )
+        .await
+        .map_err(|e| crate::Error::BadFrame {
+            reason: format!("WebSocket upgrade failed: {e}"),
+        })?;
+        let (read, write) = split(ws, self.frame_len.clone(), self.pack);
+        Ok(crate::transport::Dialled {
+            opened: crate::transport::Opened { read, write, local },
+            peer,
+        })
+    }
+}
+
+/// The read half: WebSocket messages as one byte stream.
+pub(crate) struct WsRead<S> {
+    stream: SplitStream<WebSocketStream<S>>,
+    /// What is left of the last message.
+    pending: Bytes,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsRead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.stream).poll_next(cx)) {
+                // The end of the stream, or the peer's close: the end of the bytes.
+                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                Some(Ok(Message::Binary(data))) => self.pending = data,
+                Some(Ok(Message::Text(text))) => self.pending = Bytes::from(text),
+                // Pings are answered by tungstenite; pongs and raw frames carry
+                // no data.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ReadSource for WsRead<S> {}
+
+/// The write half: the writer's bytes, one binary message per frame.
+pub(crate) struct WsWrite<S> {
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    /// Bytes written and not yet sent as a message (at most the writer's
+    /// batch: it is written and flushed before the next).
+    buf: BytesMut,
+    frame_len: FrameLen,
+    /// One message per write instead of one per frame.
+    pack: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsWrite<S> {
+    /// Sends every whole frame in `buf` as a message of its own.
+    fn poll_send_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let len = if self.pack {
+                (!self.buf.is_empty()).then_some(self.buf.len())
+            } else {
+                (self.frame_len)(&self.buf)
+            };
+            let Some(len) = len.filter(|&len| len > 0 && len <= self.buf.len()) else {
+                return Poll::Ready(Ok(()));
+            };
+            ready!(Pin::new(&mut self.sink).poll_ready(cx)).map_err(to_io)?;
+            let frame = self.buf.split_to(len).freeze();
+            Pin::new(&mut self.sink)
+                .start_send(Message::Binary(frame))
+                .map_err(to_io)?;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsWrite<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // What the last write left is sent first: the sink's readiness is the
+        // backpressure.
+        ready!(self.poll_send_frames(cx))?;
+        self.buf.extend_from_slice(data);
+        // Sent as far as the sink takes it; the rest goes on the next call or
+        // the flush.
+        let _ = self.poll_send_frames(cx)?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_frames(cx))?;
+        Pin::new(&mut self.sink).poll_flush(cx).map_err(to_io)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        // Sends the close frame: the peer's close completes the handshake.
+        Pin::new(&mut self.sink).poll_close(cx).map_err(to_io)
+    }
+}
+
+fn to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::codec::{Codec, Layout};
+    use crate::framing::Framing;
+    use crate::message::MsgId;
+
+    /// A server-side stream and the client's, over an in-memory pipe.
+    async fn pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = tokio_tungstenite::accept_async_with_config(a, Some(config(Some(4096))));
+        let client = tokio_tungstenite::client_async("ws://127.0.0.1/", b);
+        let (server, client) = tokio::join!(server, client);
+        (server.unwrap(), client.unwrap().0)
+    }
+
+    fn frame(id: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Codec::new(Layout::Tlv, 0)
+            .encode_into(MsgId(id), data, &mut out)
+            .unwrap();
+        out.to_vec()
+    }
+
+    fn zinx_frame_len() -> FrameLen {
+        let codec = Codec::new(Layout::Tlv, 4096);
+        Arc::new(move |b: &[u8]| codec.frame_len(b))
+    }
+
+    #[tokio::test]
+    async fn messages_are_one_byte_stream_in_both_directions_of_cutting() {
+        let (server, mut client) = pair().await;
+        let (mut read, _write) = split(server, zinx_frame_len(), false);
+        let mut wire = frame(1, b"one");
+        wire.extend(frame(2, b"two"));
+        // Two frames in one message, then one frame over three messages.
+        client
+            .send(Message::Binary(wire.clone().into()))
+            .await
+            .unwrap();
+        let three = frame(3, b"three");
+        for piece in [&three[..3], &three[3..9], &three[9..]] {
+            client.send(Message::binary(piece.to_vec())).await.unwrap();
+        }
+        client.send(Message::text("text counts too")).await.unwrap();
+        let mut expected = wire;
+        expected.extend(&three);
+        expected.extend(b"text counts too");
+        let mut got = vec![0u8; expected.len()];
+        read.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        client.close(None).await.unwrap();
+        assert_eq!(
+            read.read(&mut [0u8; 8]).await.unwrap(),
+            0,
+            "close is the end"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_frame_goes_as_a_binary_message_of_its_own_or_a_batch_as_one() {
+        for pack in [false, true] {
+            let (server, mut client) = pair().await;
+            let (_read, mut write) = split(server, zinx_frame_len(), pack);
+            let frames = [frame(1, b"a"), frame(2, &[7u8; 600]), frame(3, b"")];
+            // As the writer does: a batch in one write, then a header alone
+            // and its payload in another two.
+            write
+                .write_all(&[&frames[0][..], &frames[1][..]].concat())
+                .await
+                .unwrap();
+            write.write_all(&frames[2]).await.unwrap();
+            write.flush().await.unwrap();
+            let mut messages = Vec::new();
+            let want = if pack { 2 } else { 3 };
+            while messages.len() < want {
+                match client.next().await.unwrap().unwrap() {
+                    Message::Binary(data) => messages.push(data.to_vec()),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if pack {
+                assert_eq!(messages[0], [&frames[0][..], &frames[1][..]].concat());
+                assert_eq!(messages[1], frames[2]);
+            } else {
+                assert_eq!(messages, frames);
+            }
+            write.shutdown().await.unwrap();
+            assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_refused_without_being_buffered() {
+        let (server, mut client) = pair().await;
+        let (mut read, _write) = split(server, zinx_frame_len(), false);
+        // The limit for MaxPacketSize 4096 is 64 KiB: 70 KiB is refused as
+        // soon as its frame header is read.
+        let sending = client.send(Message::binary(vec![0u8; 70 * 1024]));
+        let mut scratch = [0u8; 8];
+        let reading = read.read(&mut scratch);
+        let (_, read) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(sending, reading)
+        })
+        .await
+        .expect("refused without waiting for the whole message");
+        let err = read.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    fn opener(auth: Option<WsAuth>) -> WsOpen {
+        WsOpen {
+            path: "/game".into(),
+            config: config(Some(4096)),
+            frame_len: zinx_frame_len(),
+            pack: false,
+            auth,
+        }
+    }
+
+    /// Upgrades one connection on 127.0.0.1 with `open`, the client asking for
+    /// `url`; the client's result.
+    async fn upgrade(
+        open: WsOpen,
+        url: &str,
+    ) -> Result<WebSocketStream<tokio::net::TcpStream>, tokio_tungstenite::tungstenite::Error> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = async {
+            let (stream, peer) = listener.accept().await.unwrap();
+            open.upgrade(stream, peer).await.map(|(read, write)| {
+                // Kept open until the client is done.
+                std::mem::forget((read, write));
+            })
+        };
+        let client = async {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_tungstenite::client_async(url.replace("ADDR", &addr.to_string()), stream).await
+        };
+        let (_, client) = tokio::join!(server, client);
+        client.map(|(ws, _)| ws)
+    }
+
+    fn status(e: &tokio_tungstenite::tungstenite::Error) -> Option<u16> {
+        match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status().as_u16()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_takes_only_its_path_and_asks_the_auth_hook() {
+        assert!(upgrade(opener(None), "ws://ADDR/game").await.is_ok());
+        let wrong = upgrade(opener(None), "ws://ADDR/other").await.unwrap_err();
+        assert_eq!(status(&wrong), Some(404), "{wrong}");
+        let auth: WsAuth = Arc::new(|req: &WsRequest| match req.query.as_deref() {
+            Some("token=ok") if req.peer.ip().is_loopback() => Ok(()),
+            _ => Err(401),
+        });
+        assert!(
+            upgrade(opener(Some(auth.clone())), "ws://ADDR/game?token=ok")
+                .await
+                .is_ok()
+        );
+        let refused = upgrade(opener(Some(auth)), "ws://ADDR/game?token=no")
+            .await
+            .unwrap_err();
+        assert_eq!(status(&refused), Some(401), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn the_connector_and_the_open_step_carry_frames_both_ways() {
+        use crate::transport::Connect;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connector = WsConnector {
+            addr: addr.to_string(),
+            url: format!("ws://{addr}/game"),
+            config: config(Some(4096)),
+            frame_len: zinx_frame_len(),
+            pack: false,
+        };
+        let server = async {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let (mut read, mut write) = opener(None).upgrade(stream, peer).await.unwrap();
+            let mut got = [0u8; 11];
+            read.read_exact(&mut got).await.unwrap();
+            write.write_all(&got).await.unwrap();
+            write.flush().await.unwrap();
+        };
+        let client = async {
+            let dialled = connector.connect().await.unwrap();
+            assert_eq!(dialled.peer, addr);
+            let crate::transport::Opened {
+                mut read,
+                mut write,
+                ..
+            } = dialled.opened;
+            write.write_all(&frame(4, b"abc")).await.unwrap();
+            write.flush().await.unwrap();
+            let mut back = [0u8; 11];
+            read.read_exact(&mut back).await.unwrap();
+            back
+        };
+        let ((), back) = tokio::join!(server, client);
+        assert_eq!(&back[..], &frame(4, b"abc")[..]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_gets_its_http_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            refuse(stream, 503).await;
+        };
+        let client = async {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), stream).await
+        };
+        let ((), refused) = tokio::join!(server, client);
+        assert_eq!(status(&refused.unwrap_err()), Some(503));
+    }
+
+    #[tokio::test]
+    async fn a_ping_is_answered() {
+        let (server, mut client) = pair().await;
+        let (mut read, _write) = split(server, zinx_frame_len(), false);
+        client
+            .send(Message::Ping(Bytes::from_static(b"hi")))
+            .await
+            .unwrap();
+        client.send(Message::binary(frame(1, b"x"))).await.unwrap();
+        let mut got = [0u8; 9];
+        read.read_exact(&mut got).await.unwrap();
+        // The pong comes back while the server reads.
+        let pong = tokio::time::timeout(std::time::Duration::from_secs(5), client.next())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&pong, Some(Ok(Message::Pong(p))) if &p[..] == b"hi"),
+            "{pong:?}"
+        );
+    }
+}
