@@ -26,7 +26,13 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+
 use crate::engine::reader::ReadSource;
+use crate::faults::Fault;
+use crate::transport::{Open, Opened, Refusal};
 
 /// Finds the length of the first frame in encoded bytes (see
 /// [`Framing::frame_len`](crate::Framing::frame_len)).
@@ -84,6 +90,222 @@ pub struct WsRequest {
 /// HTTP status (401, 403, ...).
 pub type WsAuth = std::sync::Arc<dyn Fn(&WsRequest) -> Result<(), u16> + Send + Sync>;
 
+/// Whether a request for `path` is served at `pattern` (`WsPath`), as Go's
+/// HTTP mux decides it for Go Zinx: a pattern ending in `/` takes every path
+/// under it (so `/`, the default, takes every path), any other pattern only
+/// itself.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    if pattern.ends_with('/') {
+        path.starts_with(pattern)
+    } else {
+        path == pattern
+    }
+}
+
+/// A WebSocket listener's settings (feature `ws`): the path it serves, an
+/// auth hook, whether a batch of frames may go as one message, and TLS (wss).
+///
+/// # Examples
+///
+/// ```no_run
+/// use zinx::transport::Listener;
+/// use zinx::transport::ws::WsServer;
+/// use zinx::{Config, Server};
+///
+/// # async fn demo() -> Result<(), zinx::Error> {
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:9000").await?;
+/// let ws = WsServer::new("/game").auth(|req| match req.query.as_deref() {
+///     Some(q) if q.starts_with("token=") => Ok(()),
+///     _ => Err(401),
+/// });
+/// let server = Server::builder(Config::default()).build();
+/// server.run(Listener::ws(tcp, ws), async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct WsServer {
+    path: String,
+    auth: Option<WsAuth>,
+    pack: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::tls::TlsServer>,
+}
+
+impl WsServer {
+    /// Serves upgrades on `path` (`WsPath`; a path ending in `/` takes every
+    /// path under it, as Go's HTTP mux does, so `/` takes all); any other path
+    /// is refused with 404. A path without its leading `/` gets one.
+    #[must_use]
+    pub fn new(path: impl Into<String>) -> WsServer {
+        let mut path = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        WsServer {
+            path,
+            auth: None,
+            pack: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Asks `auth` before each upgrade (Go Zinx's `SetWebsocketAuth`): it sees
+    /// the request's path, query, headers and the peer's address, and
+    /// `Err(status)` refuses the upgrade with that HTTP status (401, 403...).
+    /// It runs in the connection's task, within `HandshakeTimeout`; it should
+    /// not block.
+    #[must_use]
+    pub fn auth(
+        mut self,
+        auth: impl Fn(&WsRequest) -> Result<(), u16> + Send + Sync + 'static,
+    ) -> WsServer {
+        self.auth = Some(std::sync::Arc::new(auth));
+        self
+    }
+
+    /// Sends what the writer has at once as one binary message, instead of
+    /// one message per frame (Go Zinx's way, the default). Fewer messages
+    /// under load; the peer must read a message as a byte stream (as
+    /// `zinx.js` and Go Zinx do).
+    #[must_use]
+    pub fn pack(mut self, pack: bool) -> WsServer {
+        self.pack = pack;
+        self
+    }
+
+    /// Speaks wss: the TLS handshake, then the upgrade, both within
+    /// `HandshakeTimeout` (feature `tls`).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: crate::transport::tls::TlsServer) -> WsServer {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The path it serves.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether it speaks wss.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    pub(crate) fn has_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    pub(crate) fn set_auth(&mut self, auth: WsAuth) {
+        self.auth = Some(auth);
+    }
+
+    /// The open step for a framing with this frame-length function and data
+    /// limit; TLS, if set, is handed back beside it.
+    pub(crate) fn into_open(self, frame_len: FrameLen, max_data: Option<usize>) -> WsOpen {
+        WsOpen {
+            path: self.path,
+            config: config(max_data),
+            frame_len,
+            pack: self.pack,
+            auth: self.auth,
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    pub(crate) fn take_tls(&mut self) -> Option<crate::transport::tls::TlsServer> {
+        self.tls.take()
+    }
+}
+
+impl std::fmt::Debug for WsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsServer")
+            .field("path", &self.path)
+            .field("auth", &self.auth.is_some())
+            .field("pack", &self.pack)
+            .field("tls", &self.is_tls())
+            .finish()
+    }
+}
+
+/// The HTTP status an upgrade the server cannot admit gets: 503 at `MaxConn`,
+/// 429 over `MaxConnPerIP`.
+fn refusal_status(limit: Fault) -> u16 {
+    match limit {
+        Fault::MaxConnPerIp => 429,
+        _ => 503,
+    }
+}
+
+impl Open<TcpStream> for WsOpen {
+    type Read = WsRead<TcpStream>;
+    type Write = WsWrite<TcpStream>;
+
+    async fn open(
+        &self,
+        raw: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Opened<Self::Read, Self::Write>, crate::Error> {
+        let _ = raw.set_nodelay(true);
+        let local = raw.local_addr()?;
+        let (read, write) = self.upgrade(raw, peer).await?;
+        Ok(Opened { read, write, local })
+    }
+
+    fn refuse(&self, raw: TcpStream, limit: Fault) -> Option<Refusal> {
+        Some(Box::pin(refuse(raw, refusal_status(limit))))
+    }
+}
+
+/// The open step for wss: the TLS handshake, then the upgrade.
+#[cfg(feature = "tls")]
+pub(crate) struct WssOpen {
+    pub(crate) tls: crate::transport::tls::TlsServer,
+    pub(crate) ws: WsOpen,
+}
+
+#[cfg(feature = "tls")]
+type ServerStream = crate::transport::tls::ServerStream;
+
+#[cfg(feature = "tls")]
+impl Open<TcpStream> for WssOpen {
+    type Read = WsRead<ServerStream>;
+    type Write = WsWrite<ServerStream>;
+
+    async fn open(
+        &self,
+        raw: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Opened<Self::Read, Self::Write>, crate::Error> {
+        let _ = raw.set_nodelay(true);
+        let local = raw.local_addr()?;
+        let stream = self.tls.accept(raw).await?;
+        let (read, write) = self.ws.upgrade(stream, peer).await?;
+        Ok(Opened { read, write, local })
+    }
+
+    fn refuse(&self, raw: TcpStream, limit: Fault) -> Option<Refusal> {
+        let tls = self.tls.clone();
+        Some(Box::pin(async move {
+            // The refusal's whole time bound: the handshake's share of it.
+            let handshake = tokio::time::timeout(REFUSAL_TIME, tls.accept(raw));
+            if let Ok(Ok(stream)) = handshake.await {
+                refuse(stream, refusal_status(limit)).await;
+            }
+        }))
+    }
+}
+
+/// How long refusing a connection may take, in each of its steps.
+const REFUSAL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The server's open step for WebSocket over a plain stream: the upgrade, on
 /// `path` only (anything else is refused with 404), after the auth hook.
 pub(crate) struct WsOpen {
@@ -111,7 +333,7 @@ impl WsOpen {
                     http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
                 refusal
             };
-            if req.uri().path() != self.path {
+            if !path_matches(&self.path, req.uri().path()) {
                 return Err(refuse(404));
             }
             if let Some(auth) = &self.auth {
@@ -127,9 +349,7 @@ impl WsOpen {
         };
         let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(self.config))
             .await
-            .map_err(|e| crate::Error::BadFrame {
-                reason: format!("WebSocket upgrade refused: {e}"),
-            })?;
+            .map_err(|e| ws_error("upgrade failed", e))?;
         Ok(split(ws, self.frame_len.clone(), self.pack))
     }
 }
@@ -160,7 +380,7 @@ pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sta
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), exchange).await;
+    let _ = tokio::time::timeout(REFUSAL_TIME, exchange).await;
 }
 
 /// Dials a WebSocket server (`ws://host:port/path`) over TCP: the client's
@@ -173,6 +393,8 @@ pub(crate) struct WsConnector {
     pub(crate) config: WebSocketConfig,
     pub(crate) frame_len: FrameLen,
     pub(crate) pack: bool,
+    /// How long the upgrade may take (`HandshakeTimeout`).
+    pub(crate) handshake: std::time::Duration,
 }
 
 impl crate::transport::Connect for WsConnector {
@@ -189,20 +411,67 @@ impl crate::transport::Connect for WsConnector {
         let stream = tokio::net::TcpStream::connect(&self.addr).await?;
         let _ = stream.set_nodelay(true);
         let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
+        self.upgrade(stream, peer, local).await
+    }
+}
+
+impl WsConnector {
+    /// Upgrades a dialled stream.
+    async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<crate::transport::Dialled<WsRead<S>, WsWrite<S>>, crate::Error> {
+        let upgrade = tokio_tungstenite::client_async_with_config(
             self.url.as_str(),
             stream,
             Some(self.config),
-        )
-        .await
-        .map_err(|e| crate::Error::BadFrame {
-            reason: format!("WebSocket upgrade failed: {e}"),
-        })?;
+        );
+        let context = || format!("upgrade at {}", self.url);
+        let (ws, _) = match tokio::time::timeout(self.handshake, upgrade).await {
+            Ok(upgraded) => upgraded.map_err(|e| ws_error(context(), e))?,
+            Err(_) => {
+                return Err(crate::Error::WebSocket {
+                    context: context(),
+                    status: None,
+                    source: format!("not done within {:?} (HandshakeTimeout)", self.handshake)
+                        .into(),
+                });
+            }
+        };
         let (read, write) = split(ws, self.frame_len.clone(), self.pack);
         Ok(crate::transport::Dialled {
             opened: crate::transport::Opened { read, write, local },
             peer,
         })
+    }
+}
+
+/// Dials a wss server: TLS, then the upgrade.
+#[cfg(feature = "tls")]
+pub(crate) struct WssConnector {
+    pub(crate) tls: crate::transport::tls::TlsConnector,
+    pub(crate) ws: WsConnector,
+}
+
+#[cfg(feature = "tls")]
+type ClientStream = crate::transport::tls::ClientStream;
+
+#[cfg(feature = "tls")]
+impl crate::transport::Connect for WssConnector {
+    type Read = WsRead<ClientStream>;
+    type Write = WsWrite<ClientStream>;
+
+    fn target(&self) -> &str {
+        &self.ws.url
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<crate::transport::Dialled<Self::Read, Self::Write>, crate::Error> {
+        let (stream, peer, local) = self.tls.dial().await?;
+        self.ws.upgrade(stream, peer, local).await
     }
 }
 
@@ -301,6 +570,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsWrite<S> {
         ready!(self.as_mut().poll_flush(cx))?;
         // Sends the close frame: the peer's close completes the handshake.
         Pin::new(&mut self.sink).poll_close(cx).map_err(to_io)
+    }
+}
+
+/// An upgrade's error, with the HTTP status of a refusal.
+fn ws_error(context: impl Into<String>, e: tokio_tungstenite::tungstenite::Error) -> crate::Error {
+    let status = match &e {
+        tokio_tungstenite::tungstenite::Error::Http(response) => Some(response.status().as_u16()),
+        _ => None,
+    };
+    crate::Error::WebSocket {
+        context: context.into(),
+        status,
+        source: Box::new(e),
     }
 }
 
@@ -500,6 +782,7 @@ mod tests {
             config: config(Some(4096)),
             frame_len: zinx_frame_len(),
             pack: false,
+            handshake: std::time::Duration::from_secs(5),
         };
         let server = async {
             let (stream, peer) = listener.accept().await.unwrap();
