@@ -79,6 +79,16 @@ impl Listener {
         }
     }
 
+    /// The path a WebSocket listener serves (`WsPath`); `None` for others.
+    #[must_use]
+    pub fn ws_path(&self) -> Option<&str> {
+        match self {
+            #[cfg(feature = "ws")]
+            Listener::Ws(_, ws) => Some(ws.path()),
+            _ => None,
+        }
+    }
+
     /// A listener speaking TLS on a bound TCP listener (feature `tls`).
     ///
     /// # Examples
@@ -197,6 +207,8 @@ pub async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
     let mut listeners = Vec::new();
     if modes.tcp {
         let tcp = tcp::bind_tcp(config).await?;
+        // Without `tls`, `tls` is an `Option` of nothing, which is `Copy`.
+        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
         listeners.push(match tls.clone() {
             None => Listener::Tcp(tcp),
             #[cfg(feature = "tls")]
