@@ -72,7 +72,10 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
     let shutdown = shutdown_signal();
     for listener in &listeners {
         let (addr, transport) = (listener.local_addr()?, listener.transport());
-        let path = listener.ws_path().unwrap_or_default();
+        let path = listener
+            .ws_path()
+            .map(|path| format!(" at {path}"))
+            .unwrap_or_default();
         #[allow(clippy::print_stdout)]
         {
             println!(

@@ -785,7 +785,7 @@ async fn the_echo_example_serves_tcp_and_websocket_and_the_client_example_checks
     .unwrap();
     let (child, lines) = echo_example(&config, 2).await;
     let (tcp, ws) = (listed(&lines, "tcp"), listed(&lines, "ws"));
-    assert!(lines.iter().any(|l| l.contains("ws/echo")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("ws at /echo")), "{lines:?}");
     for (transport, addr, path) in [("tcp", tcp, "/"), ("ws", ws, "/echo")] {
         let args = [
             "--transport",
