@@ -38,15 +38,28 @@ use crate::transport::{Open, Opened, Refusal};
 /// [`Framing::frame_len`](crate::Framing::frame_len)).
 pub(crate) type FrameLen = std::sync::Arc<dyn Fn(&[u8]) -> Option<usize> + Send + Sync>;
 
+/// How much tungstenite reads from the socket at a time; its read buffer
+/// starts this large (tungstenite's default, 128 KiB, would be what an idle
+/// connection costs).
+const READ_BUFFER: usize = 8 * 1024;
+
+/// How much tungstenite gathers before writing to the socket (the writer
+/// flushes after each batch, so this only joins a batch's messages).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// The message and frame size limits for a framing whose frames carry at
-/// most `max_data` bytes (`None`: no limit of the framing's): one frame plus
-/// room for a header, at least 64 KiB, so one message never costs more than
-/// about a frame.
+/// most `max_data` bytes (`None`: no limit of the framing's, then 16 MiB):
+/// one frame plus room for a header, at least 64 KiB, so one message never
+/// costs more than about a frame. The read buffer starts small, and the
+/// write buffer is bounded too (tungstenite's default is unbounded).
 pub(crate) fn config(max_data: Option<usize>) -> WebSocketConfig {
-    let limit = max_data.map(|max| max.saturating_add(64).max(64 * 1024));
+    let limit = max_data.map_or(16 << 20, |max| max.saturating_add(64).max(64 * 1024));
     WebSocketConfig::default()
-        .max_message_size(limit.or(Some(16 << 20)))
-        .max_frame_size(limit.or(Some(16 << 20)))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + 2 * limit)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
 }
 
 /// Splits an upgraded connection into the engine's read source and write sink.
