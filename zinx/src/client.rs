@@ -194,7 +194,7 @@ impl<F: Framing> ClientBuilder<F> {
     }
 
     /// Speaks WebSocket (feature `ws`): upgrades at `path` of the address
-    /// (`ws://addr/path`), or over TLS (wss) when [`tls`](Self::tls) is set
+    /// (`ws://addr/path`), or over TLS (wss) when `tls` (feature `tls`) is set
     /// too; within `HandshakeTimeout`. Every frame goes as one binary message;
     /// what the server sends is read as one byte stream, as Go Zinx does.
     ///

@@ -14,7 +14,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,24 +53,7 @@ async fn raw(addr: SocketAddr, cert: &Cert, layout: Layout) -> Raw {
 
 /// [`raw`] on a connected socket.
 async fn raw_on(tcp: TcpStream, cert: &Cert, layout: Layout) -> Raw {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    // The provider zinx uses (deprecated in rustls 0.23.48: see
-    // zinx::transport::tls).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = within("handshake", tls.connect(name, tcp)).await.unwrap();
+    let stream = cert.connect(tcp).await;
     let (read, write) = tokio::io::split(stream);
     RawClient::from_halves(read, write, layout)
 }

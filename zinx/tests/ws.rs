@@ -101,25 +101,7 @@ impl Kind {
         match self {
             Kind::Ws => Box::pin(tcp),
             #[cfg(feature = "tls")]
-            Kind::Wss(cert) => {
-                use rustls::pki_types::pem::PemObject;
-                use rustls::pki_types::{CertificateDer, ServerName};
-                let mut roots = rustls::RootCertStore::empty();
-                let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
-                roots.add(der).unwrap();
-                // The provider zinx uses (deprecated in rustls 0.23.48: see
-                // zinx::transport::tls).
-                #[allow(deprecated)]
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                let name = ServerName::try_from("127.0.0.1").unwrap();
-                let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-                Box::pin(within("handshake", tls.connect(name, tcp)).await.unwrap())
-            }
+            Kind::Wss(cert) => Box::pin(cert.connect(tcp).await),
         }
     }
 

@@ -1,16 +1,26 @@
 //! WebSocket (feature `ws`): Zinx frames over WebSocket messages, as Go Zinx
-//! carries them.
+//! carries them, on a [`Listener::ws`](crate::transport::Listener::ws) with a
+//! [`WsServer`]'s settings (or from the config's `Mode`, `WsPort` and
+//! `WsPath`), and from a client with
+//! [`ClientBuilder::ws`](crate::ClientBuilder::ws).
 //!
 //! Inbound, every binary (or text) message is bytes of one stream for the
 //! server's framing: a frame may span messages and a message may hold several
-//! frames ([`WsRead`] is the engine's read source). Outbound, every frame is
-//! one binary message: [`WsWrite`] takes the bytes the connection's writer
-//! writes and cuts them at frame boundaries, which the framing tells
-//! ([`Framing::frame_len`](crate::Framing::frame_len)); with `pack` set, a
-//! writer's whole batch goes as one message instead. tungstenite does the rest
-//! of the protocol: pings answered, the close handshake, masking, and the
-//! message and frame size limits, which the open step derives from
-//! `MaxPacketSize` so a peer cannot make the server buffer a huge message.
+//! frames. Outbound, every frame is one binary message: the bytes the
+//! connection's writer writes are cut at frame boundaries, which the framing
+//! tells ([`Framing::frame_len`](crate::Framing::frame_len)); with
+//! [`WsServer::pack`], a writer's whole batch goes as one message instead.
+//! tungstenite does the rest of the protocol: pings answered, the close
+//! handshake, masking, and the message and frame size limits, which the open
+//! step derives from `MaxPacketSize` so a peer cannot make the server buffer a
+//! huge message.
+//!
+//! The upgrade runs in the connection's own task within `HandshakeTimeout`
+//! (after the TLS handshake, for wss). It is refused with an HTTP status: 404
+//! on another path, 503 at `MaxConn`, 429 over `MaxConnPerIP`, or what the
+//! auth hook ([`WsServer::auth`], [`ServerBuilder::ws_auth`]) answers.
+//!
+//! [`ServerBuilder::ws_auth`]: crate::ServerBuilder::ws_auth
 
 use std::io;
 use std::pin::Pin;

@@ -252,6 +252,29 @@ pub fn make_cert(test: &str, names: &[&str]) -> Cert {
 
 #[cfg(feature = "tls")]
 impl Cert {
+    /// A client's TLS handshake on `tcp` (rustls with ring, trusting this
+    /// certificate, for the name 127.0.0.1).
+    pub async fn connect(&self, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        // The provider zinx uses (deprecated in rustls 0.23.48: see
+        // zinx::transport::tls).
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        within("handshake", tls.connect(name, tcp)).await.unwrap()
+    }
+
     pub fn server(&self) -> zinx::transport::tls::TlsServer {
         zinx::transport::tls::TlsServer::from_pem_files(&self.cert, &self.key).unwrap()
     }
