@@ -162,6 +162,13 @@ impl Error {
         matches!(self, Error::Tls { .. })
     }
 
+    /// A read source's error: an [`Error`] a transport wrapped in the
+    /// `io::Error` (a peer breaking the WebSocket protocol, say) is that
+    /// error again, anything else [`Error::Io`].
+    pub(crate) fn from_read(e: std::io::Error) -> Error {
+        e.downcast::<Error>().unwrap_or_else(Error::Io)
+    }
+
     /// True for [`Error::WebSocket`]: an upgrade failed or was refused.
     #[must_use]
     pub fn is_websocket(&self) -> bool {

@@ -57,13 +57,17 @@ const READ_BUFFER: usize = 8 * 1024;
 /// flushes after each batch, so this only joins a batch's messages).
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// The message size limit for a framing without a limit of its own
+/// (`MaxPacketSize` 0).
+const DEFAULT_LIMIT: usize = 16 << 20;
+
 /// The message and frame size limits for a framing whose frames carry at
 /// most `max_data` bytes (`None`: no limit of the framing's, then 16 MiB):
 /// one frame plus room for a header, at least 64 KiB, so one message never
 /// costs more than about a frame. The read buffer starts small, and the
 /// write buffer is bounded too (tungstenite's default is unbounded).
 pub(crate) fn config(max_data: Option<usize>) -> WebSocketConfig {
-    let limit = max_data.map_or(16 << 20, |max| max.saturating_add(64).max(64 * 1024));
+    let limit = max_data.map_or(DEFAULT_LIMIT, |max| max.saturating_add(64).max(64 * 1024));
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -81,22 +85,33 @@ pub(crate) fn split<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let max_message = ws
+        .get_config()
+        .max_message_size
+        .unwrap_or(DEFAULT_LIMIT)
+        .max(1);
     let (sink, stream) = ws.split();
     (
         WsRead {
             stream,
             pending: Bytes::new(),
+            request: None,
         },
         WsWrite {
             sink,
             buf: BytesMut::new(),
             frame_len,
             pack,
+            max_message,
+            closed: false,
         },
     )
 }
 
-/// What an upgrade request showed, for the auth hook.
+/// What an upgrade request showed: the auth hook sees it, and it is then a
+/// property of the connection (`conn.property::<WsRequest>()`, in
+/// `on_connect` and every handler), so the path, a token in the query or a
+/// header can pick the user or the room.
 #[derive(Debug, Clone)]
 pub struct WsRequest {
     /// The request's path (`WsPath` matched already).
@@ -110,7 +125,11 @@ pub struct WsRequest {
 }
 
 /// Decides whether an upgrade may go ahead: `Err(status)` refuses it with that
-/// HTTP status (401, 403, ...).
+/// HTTP status (401, 403, ...; a status outside 400 to 599 is sent as 403). A
+/// hook that panics refuses with 500. It runs inside the upgrade, so it must
+/// not block: an asynchronous check (a database, another service) belongs in
+/// `on_connect` or the first message's handler, which read the request as the
+/// connection's [`WsRequest`] property.
 pub type WsAuth = std::sync::Arc<dyn Fn(&WsRequest) -> Result<(), u16> + Send + Sync>;
 
 /// Whether a request for `path` is served at `pattern` (`WsPath`), as Go's
@@ -349,31 +368,56 @@ impl WsOpen {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut request = None;
         let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-            let refuse = |status: u16| {
-                let mut refusal = ErrorResponse::new(None);
-                *refusal.status_mut() =
-                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
-                refusal
-            };
             if !path_matches(&self.path, req.uri().path()) {
-                return Err(refuse(404));
+                return Err(refusal(404));
             }
+            let seen = WsRequest {
+                path: req.uri().path().to_owned(),
+                query: req.uri().query().map(str::to_owned),
+                headers: req.headers().clone(),
+                peer,
+            };
             if let Some(auth) = &self.auth {
-                let seen = WsRequest {
-                    path: req.uri().path().to_owned(),
-                    query: req.uri().query().map(str::to_owned),
-                    headers: req.headers().clone(),
-                    peer,
-                };
-                auth(&seen).map_err(refuse)?;
+                let asked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| auth(&seen)));
+                match asked {
+                    Ok(Ok(())) => {}
+                    Ok(Err(status)) => return Err(refusal(refusal_code(status))),
+                    Err(_) => {
+                        tracing::error!(%peer, "the WebSocket auth hook panicked; refused with 500");
+                        return Err(refusal(500));
+                    }
+                }
             }
+            request = Some(seen);
             Ok(resp)
         };
         let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(self.config))
             .await
             .map_err(|e| ws_error("upgrade failed", e))?;
-        Ok(split(ws, self.frame_len.clone(), self.pack))
+        let (mut read, write) = split(ws, self.frame_len.clone(), self.pack);
+        read.request = request;
+        Ok((read, write))
+    }
+}
+
+/// An HTTP refusal of an upgrade.
+fn refusal(status: u16) -> ErrorResponse {
+    let mut refusal = ErrorResponse::new(None);
+    *refusal.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
+    refusal
+}
+
+/// The status an auth hook's refusal is sent with: its own if it is a
+/// client or server error (400 to 599), else 403 (a status like 101 or 200
+/// would not read as a refusal).
+fn refusal_code(status: u16) -> u16 {
+    if (400..=599).contains(&status) {
+        status
+    } else {
+        403
     }
 }
 
@@ -391,12 +435,19 @@ pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sta
     let exchange = async {
         let mut head = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+        // Only the new bytes (and the three before them) are searched for the
+        // head's end, so a peer sending a byte at a time costs no more.
+        let mut searched = 0;
+        while head.len() < 8 * 1024 {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
                 break;
             }
             head.extend_from_slice(&chunk[..n]);
+            if head[searched..].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+            searched = head.len().saturating_sub(3);
         }
         let response =
             format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -503,6 +554,28 @@ pub(crate) struct WsRead<S> {
     stream: SplitStream<WebSocketStream<S>>,
     /// What is left of the last message.
     pending: Bytes,
+    /// The upgrade request (server side), kept as a property of the
+    /// connection when it is set up.
+    request: Option<WsRequest>,
+}
+
+/// A WebSocket read error as the engine sees it: the peer's close or a lost
+/// connection as the end or the socket's error, a broken protocol or a message
+/// over the limit as a protocol error of the peer's (counted as such).
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> Option<io::Error> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => None,
+        WsError::Io(e) => Some(e),
+        e @ (WsError::Capacity(_) | WsError::Protocol(_) | WsError::Utf8(_)) => {
+            let reason = format!("WebSocket: {e}");
+            Some(io::Error::new(
+                io::ErrorKind::InvalidData,
+                crate::Error::BadFrame { reason },
+            ))
+        }
+        e => Some(io::Error::other(e)),
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsRead<S> {
@@ -527,14 +600,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsRead<S> {
                 // no data.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                    return Poll::Ready(read_error(e).map_or(Ok(()), Err));
                 }
             }
         }
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ReadSource for WsRead<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ReadSource for WsRead<S> {
+    fn opened(&mut self, conn: &crate::Connection) {
+        if let Some(request) = self.request.take() {
+            conn.insert_property(request);
+        }
+    }
+}
 
 /// The write half: the writer's bytes, one binary message per frame.
 pub(crate) struct WsWrite<S> {
@@ -545,53 +624,132 @@ pub(crate) struct WsWrite<S> {
     frame_len: FrameLen,
     /// One message per write instead of one per frame.
     pack: bool,
+    /// The largest message to send (the peer's limit, if it is a zinx peer
+    /// with the same config): a longer frame, or batch, goes in pieces.
+    max_message: usize,
+    /// The peer closed: what is written is dropped, as a socket's peer that
+    /// has gone away drops it, and the flush sends the close's reply.
+    closed: bool,
+}
+
+/// Whether a write error means the peer's close (tungstenite then refuses
+/// to send more, and has the close's reply queued).
+fn peer_closed(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    matches!(
+        e,
+        WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Protocol(ProtocolError::SendAfterClosing)
+    )
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsWrite<S> {
+    /// The length of the next message to send from `buf`, once it holds it
+    /// whole: a frame (where the framing tells its length; else what there
+    /// is), or all of it with `pack`, and never more than `max_message`.
+    fn next_message(&self) -> io::Result<Option<usize>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let len = if self.pack {
+            Some(self.buf.len())
+        } else {
+            (self.frame_len)(&self.buf)
+        };
+        match len {
+            Some(0) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the framing found a frame of length 0",
+            )),
+            // A frame too long for one message goes in pieces of the
+            // largest size, each sent once it is all there.
+            Some(len) => {
+                let len = len.min(self.max_message);
+                Ok((len <= self.buf.len()).then_some(len))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Sends every whole frame in `buf` as a message of its own.
     fn poll_send_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let len = if self.pack {
-                (!self.buf.is_empty()).then_some(self.buf.len())
-            } else {
-                (self.frame_len)(&self.buf)
-            };
-            let Some(len) = len.filter(|&len| len > 0 && len <= self.buf.len()) else {
-                return Poll::Ready(Ok(()));
-            };
-            ready!(Pin::new(&mut self.sink).poll_ready(cx)).map_err(to_io)?;
-            let frame = self.buf.split_to(len).freeze();
-            Pin::new(&mut self.sink)
-                .start_send(Message::Binary(frame))
-                .map_err(to_io)?;
+        while let Some(len) = self.next_message()? {
+            if self.closed {
+                self.buf.clear();
+                break;
+            }
+            match ready!(Pin::new(&mut self.sink).poll_ready(cx)) {
+                Err(e) if peer_closed(&e) => self.closed = true,
+                Err(e) => return Poll::Ready(Err(to_io(e))),
+                Ok(()) => {
+                    let frame = self.buf.split_to(len).freeze();
+                    match Pin::new(&mut self.sink).start_send(Message::Binary(frame)) {
+                        Err(e) if peer_closed(&e) => self.closed = true,
+                        Err(e) => return Poll::Ready(Err(to_io(e))),
+                        Ok(()) => {}
+                    }
+                }
+            }
         }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `data` (after sending what the last write left), then sends as
+    /// far as the sink takes it.
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // What the last write left is sent first: the sink's readiness is the
+        // backpressure.
+        ready!(self.poll_send_frames(cx))?;
+        let mut taken = 0;
+        for slice in data {
+            self.buf.extend_from_slice(slice);
+            taken += slice.len();
+        }
+        // The rest goes on the next call or the flush.
+        let _ = self.poll_send_frames(cx)?;
+        Poll::Ready(Ok(taken))
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsWrite<S> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // What the last write left is sent first: the sink's readiness is the
-        // backpressure.
-        ready!(self.poll_send_frames(cx))?;
-        self.buf.extend_from_slice(data);
-        // Sent as far as the sink takes it; the rest goes on the next call or
-        // the flush.
-        let _ = self.poll_send_frames(cx)?;
-        Poll::Ready(Ok(data.len()))
+        self.get_mut().poll_take(cx, &[io::IoSlice::new(data)])
+    }
+
+    /// A header and its data written apart (the writer does so for large
+    /// data) are taken together, so that `pack` sends them as one message.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_take(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_send_frames(cx))?;
+        // After the peer's close, this sends the close's reply.
         Pin::new(&mut self.sink).poll_flush(cx).map_err(to_io)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        // Sends the close frame: the peer's close completes the handshake.
+        // Sends the close frame (or, after the peer's, nothing more); the
+        // connection then ends without waiting for the peer's reply.
         Pin::new(&mut self.sink).poll_close(cx).map_err(to_io)
     }
 }
@@ -687,14 +845,17 @@ mod tests {
         for pack in [false, true] {
             let (server, mut client) = pair().await;
             let (_read, mut write) = split(server, zinx_frame_len(), pack);
-            let frames = [frame(1, b"a"), frame(2, &[7u8; 600]), frame(3, b"")];
-            // As the writer does: a batch in one write, then a header alone
-            // and its payload in another two.
+            let frames = [frame(1, b"a"), frame(2, &[7u8; 600]), frame(3, b"tail")];
+            // As the writer does: a batch in one write, then a header and its
+            // data as two slices of one vectored write.
             write
                 .write_all(&[&frames[0][..], &frames[1][..]].concat())
                 .await
                 .unwrap();
-            write.write_all(&frames[2]).await.unwrap();
+            let (header, data) = frames[2].split_at(8);
+            let slices = [io::IoSlice::new(header), io::IoSlice::new(data)];
+            let n = write.write_vectored(&slices).await.unwrap();
+            assert_eq!(n, frames[2].len(), "both slices taken");
             write.flush().await.unwrap();
             let mut messages = Vec::new();
             let want = if pack { 2 } else { 3 };
@@ -709,6 +870,16 @@ mod tests {
                 assert_eq!(messages[1], frames[2]);
             } else {
                 assert_eq!(messages, frames);
+                // A header written and flushed alone waits for its data.
+                let last = frame(4, b"late data");
+                write.write_all(&last[..8]).await.unwrap();
+                write.flush().await.unwrap();
+                write.write_all(&last[8..]).await.unwrap();
+                write.flush().await.unwrap();
+                let Some(Ok(Message::Binary(data))) = client.next().await else {
+                    panic!("no message")
+                };
+                assert_eq!(&data[..], &last[..]);
             }
             write.shutdown().await.unwrap();
             assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
@@ -847,6 +1018,22 @@ mod tests {
         };
         let ((), refused) = tokio::join!(server, client);
         assert_eq!(status(&refused.unwrap_err()), Some(503));
+    }
+
+    #[test]
+    fn broken_websocket_is_a_protocol_error_and_a_lost_connection_the_end() {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        use tokio_tungstenite::tungstenite::error::CapacityError;
+        let too_long = WsError::Capacity(CapacityError::MessageTooLong {
+            size: 1 << 20,
+            max_size: 64 << 10,
+        });
+        let error = crate::Error::from_read(read_error(too_long).unwrap());
+        assert!(error.is_protocol(), "{error}");
+        assert!(read_error(WsError::ConnectionClosed).is_none());
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let error = crate::Error::from_read(read_error(WsError::Io(reset)).unwrap());
+        assert!(!error.is_protocol(), "{error}");
     }
 
     #[tokio::test]
