@@ -83,6 +83,9 @@ pub struct ClientBuilder<F = Codec> {
     /// TLS over TCP instead of plain TCP (feature `tls`).
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsClient>,
+    /// KCP over UDP instead of TCP (feature `kcp`).
+    #[cfg(feature = "kcp")]
+    kcp: Option<crate::transport::kcp::KcpSettings>,
 }
 
 impl ClientBuilder<Codec> {
@@ -119,6 +122,8 @@ impl<F: Framing> ClientBuilder<F> {
             reconnect: self.reconnect,
             #[cfg(feature = "tls")]
             tls: self.tls,
+            #[cfg(feature = "kcp")]
+            kcp: self.kcp,
         }
     }
 
@@ -188,6 +193,36 @@ impl<F: Framing> ClientBuilder<F> {
         self
     }
 
+    /// Speaks KCP over UDP (feature `kcp`) with `settings` (a Go Zinx KCP
+    /// server's are [`KcpSettings::from_config`] of its zinx.json) on every
+    /// connection and reconnection: each is a new session under a random
+    /// conversation ID. There is no handshake, so connecting succeeds at once;
+    /// a server that never answers is noticed by the heartbeat, or by the
+    /// session's idle timeout.
+    ///
+    /// [`KcpSettings::from_config`]: crate::transport::kcp::KcpSettings::from_config
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use zinx::Client;
+    /// use zinx::transport::kcp::KcpSettings;
+    ///
+    /// # async fn demo() -> Result<(), zinx::Error> {
+    /// let client = Client::builder("127.0.0.1:9001")
+    ///     .kcp(KcpSettings::default())
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "kcp")]
+    pub fn kcp(mut self, settings: crate::transport::kcp::KcpSettings) -> Self {
+        self.kcp = Some(settings);
+        self
+    }
+
     /// Connects and starts the client.
     ///
     /// # Errors
@@ -195,8 +230,14 @@ impl<F: Framing> ClientBuilder<F> {
     /// [`Error::Io`] if the first connection attempt fails (reconnects apply only
     /// after a connection was made); [`Error::Tls`] if its TLS handshake fails
     /// (the server's certificate is not trusted or does not name the host).
-    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    #[cfg_attr(not(any(feature = "tls", feature = "kcp")), allow(unused_mut))]
     pub async fn connect(mut self) -> Result<Client, Error> {
+        #[cfg(feature = "kcp")]
+        if let Some(settings) = self.kcp.take() {
+            let addr = std::mem::take(&mut self.addr);
+            let connector = crate::transport::kcp::KcpConnector { addr, settings };
+            return self.start(connector).await;
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.take() {
             let handshake = Duration::from_secs(self.config.handshake_timeout.max(1));
@@ -365,6 +406,8 @@ impl Client {
             reconnect: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "kcp")]
+            kcp: None,
         }
     }
 

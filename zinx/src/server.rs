@@ -452,6 +452,14 @@ impl<F: Framing> Server<F> {
                 Listener::Tls(tcp, tls) => {
                     tokio::spawn(accept(core.clone(), tcp, Arc::new(tls), stop))
                 }
+                // No handshake: opened by the accept loop, as TCP.
+                #[cfg(feature = "kcp")]
+                Listener::Kcp(kcp) => tokio::spawn(accept(
+                    core.clone(),
+                    kcp,
+                    Arc::new(crate::transport::kcp::KcpOpen),
+                    stop,
+                )),
             });
         }
         drop(core);

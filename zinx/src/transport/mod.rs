@@ -1,6 +1,6 @@
-//! Transports: how a connection's bytes travel (TCP, and TLS over TCP with the
-//! `tls` feature; a WebSocket transport adds an open step, KCP a listener of its
-//! own).
+//! Transports: how a connection's bytes travel (TCP, TLS over TCP with the
+//! `tls` feature, KCP over UDP with the `kcp` feature; a WebSocket transport
+//! adds an open step).
 //!
 //! A transport is a **listener**, which accepts raw connections and their peer
 //! addresses, and an **open step**, which turns a raw connection into the read
@@ -15,6 +15,8 @@
 //!
 //! The client side is a **connector**: it dials and opens in one step.
 
+#[cfg(feature = "kcp")]
+pub mod kcp;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -41,6 +43,10 @@ pub enum Listener {
     /// own task under `HandshakeTimeout`.
     #[cfg(feature = "tls")]
     Tls(tokio::net::TcpListener, tls::TlsServer),
+    /// KCP over UDP (feature `kcp`): sessions of one UDP socket, each a
+    /// connection.
+    #[cfg(feature = "kcp")]
+    Kcp(kcp::KcpListener),
 }
 
 impl Listener {
@@ -54,6 +60,8 @@ impl Listener {
             Listener::Tcp(l) => l.local_addr(),
             #[cfg(feature = "tls")]
             Listener::Tls(l, _) => l.local_addr(),
+            #[cfg(feature = "kcp")]
+            Listener::Kcp(l) => Ok(l.local_addr()),
         }
     }
 
@@ -64,6 +72,8 @@ impl Listener {
             Listener::Tcp(_) => "tcp",
             #[cfg(feature = "tls")]
             Listener::Tls(..) => "tls",
+            #[cfg(feature = "kcp")]
+            Listener::Kcp(_) => "kcp",
         }
     }
 
