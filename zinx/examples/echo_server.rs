@@ -11,11 +11,14 @@
 //! It serves every listener its zinx.json enables: `Host:TCPPort`, speaking TLS
 //! when `CertFile` and `PrivateKeyFile` are set (that needs the `tls` feature;
 //! without it, those keys are an error at startup). It prints one line per
-//! listener, with its address.
+//! listener, with its address. With `--kcp` it also serves KCP on
+//! `Host:KcpPort` with the config's `Kcp*` settings (that needs the `kcp`
+//! feature).
 //!
 //! ```text
 //! cargo run --release --example echo_server [-- --format ltv]
 //! ZINX_CONFIG_FILE_PATH=conf/zinx-tls.json cargo run --release --features tls --example echo_server
+//! cargo run --release --features kcp --example echo_server -- --kcp
 //! ```
 
 use clap::Parser;
@@ -30,6 +33,9 @@ struct Args {
     /// Packet layout: tlv (big-endian, Zinx default) or ltv (little-endian, classic Zinx).
     #[arg(long, default_value = "tlv")]
     format: Layout,
+    /// Also serve KCP on Host:KcpPort (needs the `kcp` feature).
+    #[arg(long)]
+    kcp: bool,
 }
 
 #[tokio::main]
@@ -61,7 +67,17 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
         .route(2, |req: Request| async move {
             req.conn().send(req.msg_id(), req.data()).await
         });
-    let listeners = zinx::server::bind_listeners(&config).await?;
+    #[cfg_attr(not(feature = "kcp"), allow(unused_mut))]
+    let mut listeners = zinx::server::bind_listeners(&config).await?;
+    if args.kcp {
+        #[cfg(feature = "kcp")]
+        listeners.push(zinx::transport::kcp::bind_kcp(&config).await?);
+        #[cfg(not(feature = "kcp"))]
+        return Err(zinx::Error::ConfigValue {
+            key: "KcpPort",
+            message: "--kcp needs zinx built with its `kcp` feature".to_owned(),
+        });
+    }
     let server = Server::builder(config)
         .router(router)
         .layout(args.format)

@@ -5,18 +5,22 @@
 //! KCP; every echo arriving in order through a relay that drops and reorders
 //! datagrams; a flood from many addresses held to the pending-session bound
 //! while a real client is served; a new conversation from a known address
-//! replacing its session; the idle timeout; the config's `Kcp*` keys.
+//! replacing its session; the idle timeout; the config's `Kcp*` keys; the echo
+//! and client examples over KCP.
 #![cfg(feature = "kcp")]
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{RawClient, TestServer, config, echo, frame, within};
+use support::{
+    Killed, RawClient, TestServer, client_example, config, echo, example, frame, within,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use zinx::transport::Listener;
@@ -681,4 +685,55 @@ async fn the_config_kcp_keys_are_served_and_fec_is_refused() {
         }
         other => panic!("FEC must be refused: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_echo_and_client_examples_speak_kcp() {
+    let dir = std::env::temp_dir().join(format!("zinx-kcp-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("zinx.json");
+    std::fs::write(
+        &config,
+        r#"{"Host": "127.0.0.1", "TcpPort": 0, "KcpPort": 0}"#,
+    )
+    .unwrap();
+    let mut child = Killed(
+        Command::new(example("echo_server"))
+            .arg("--kcp")
+            .env("ZINX_CONFIG_FILE_PATH", &config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    // One line per listener: TCP, then KCP.
+    let lines = within(
+        "the address lines",
+        tokio::task::spawn_blocking(move || {
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            [lines.next(), lines.next()]
+        }),
+    )
+    .await
+    .unwrap();
+    let kcp_line = lines[1].as_ref().unwrap().as_ref().unwrap().clone();
+    assert!(kcp_line.contains("kcp"), "{kcp_line}");
+    let addr: SocketAddr = kcp_line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {kcp_line:?}"));
+    let args = [
+        "--transport",
+        "kcp",
+        "--addr",
+        &addr.to_string(),
+        "--count",
+        "50",
+    ];
+    let (ok, text) = client_example(args.map(str::to_owned).to_vec()).await;
+    assert!(ok && text.contains("50 ok, 0 mismatched"), "{text}");
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{Captured, RawClient, TestServer, config, echo, frame, within};
+use support::{
+    Captured, Killed, RawClient, TestServer, client_example, config, echo, example, frame, within,
+};
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -681,38 +683,6 @@ async fn serve_fails_naming_the_key_and_file_it_cannot_use() {
     assert!(err.is_config() && text.contains("CertFile"), "{text}");
 }
 
-fn example(name: &str) -> PathBuf {
-    // Test binaries live in target/<profile>/deps, examples in
-    // target/<profile>/examples (built by `cargo test`).
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo test`",
-        path.display()
-    );
-    path
-}
-
-/// Runs the client example with `args`; returns whether it exited 0, and its
-/// output.
-async fn client_example(args: Vec<String>) -> (bool, String) {
-    let out = within(
-        "client example",
-        tokio::task::spawn_blocking(move || Command::new(example("client")).args(&args).output()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[tokio::test]
 async fn the_client_example_checks_every_reply_over_tls_with_its_ca() {
     let cert = make_cert("client-example", &["127.0.0.1"]);
@@ -736,17 +706,6 @@ async fn the_client_example_checks_every_reply_over_tls_with_its_ca() {
     let (ok, text) = client_example(args(&[])).await;
     assert!(!ok && text.contains("TLS"), "{text}");
     server.stop().await;
-}
-
-/// A child process killed when dropped, so a failing assertion leaves no
-/// server behind (holding the test's stderr open).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

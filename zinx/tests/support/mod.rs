@@ -222,3 +222,50 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
         self.clone()
     }
 }
+
+pub fn example(name: &str) -> std::path::PathBuf {
+    // Test binaries live in target/<profile>/deps, examples in
+    // target/<profile>/examples (built by `cargo test`).
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// Runs the client example with `args`; returns whether it exited 0, and its
+/// output.
+pub async fn client_example(args: Vec<String>) -> (bool, String) {
+    let out = within(
+        "client example",
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(example("client"))
+                .args(&args)
+                .output()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A child process killed when dropped, so a failing assertion leaves no
+/// server behind (holding the test's stderr open).
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
