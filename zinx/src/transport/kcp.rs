@@ -641,9 +641,15 @@ impl Session {
     /// Sends what the control block holds now (the half's side: the driver
     /// then keeps the clock running while anything is in flight).
     fn flush_now(&self, st: &mut State) {
+        self.send_all(st);
+        self.keep_clock(st);
+    }
+
+    /// Brings the control block's clock to now and sends what it holds:
+    /// owed acknowledgements, window updates, queued segments.
+    fn send_all(&self, st: &mut State) {
         let _ = st.kcp.update(self.ms(Instant::now()));
         let _ = st.kcp.flush();
-        self.keep_clock(st);
     }
 
     /// Asks the driver to run the clock, unless it does already.
@@ -987,6 +993,12 @@ impl Driver {
             }
             Wake::Gone(id) => {
                 if let Some(&peer) = self.ids.get(&id) {
+                    // The acknowledgements it owes go out first: the peer then
+                    // does not resend what was received, nor wait for it.
+                    if let Some(entry) = self.sessions.get(&peer) {
+                        let session = &entry.session;
+                        session.send_all(&mut lock(&session.state));
+                    }
                     self.remove(peer);
                 }
             }
