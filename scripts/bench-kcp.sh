@@ -98,8 +98,14 @@ Clean loopback:
 $(target/release/zinx-bench report "$CLEAN" --server kcp --baseline tcp)
 
 Latency under 5% loss in both directions (a network namespace whose loopback drops 5%
-of the packets it receives, TCP's and UDP's alike) $LOSS_NOTE:
+of the packets it receives, TCP's and UDP's alike)${LOSS_NOTE:+ $LOSS_NOTE}:
 
 $( [ -s "$LOSSY" ] && target/release/zinx-bench report "$LOSSY" --server kcp --baseline tcp)
+
+Why loss separates them: a lost datagram costs KCP one resend after about 30 ms
+(nodelay's minimum resend time, or sooner by fast resend after 2 later acks); a lost TCP
+segment costs a retransmission timeout of 200 ms or more when no later segments follow to
+trigger a fast retransmit, as in ping-pong. On clean loopback a run's ping-pong p99 moves
+with the shared machine's disturbances: compare the per-round medians.
 MD
 echo "bench-kcp: wrote $DOC" >&2
