@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks the zinx echo example against the raw tokio baseline and writes
-# docs/PERFORMANCE.md.
+# docs/PERFORMANCE.md (the KCP section comes from scripts/bench-kcp.sh).
 #
 #   scripts/bench.sh                    # full run (about 8 minutes on 2 cores)
 #   DURATION=3 ROUNDS=1 scripts/bench.sh   # quick look
@@ -211,6 +211,10 @@ $(target/release/zinx-bench report --memory "$RESULTS")
 takes every queued reply and writes it with one call, so replies share syscalls.
 
 $SYSCALLS
+
+$(cat docs/PERFORMANCE-KCP.md 2>/dev/null || echo "## KCP
+
+(run scripts/bench-kcp.sh)")
 
 ## What each optimisation bought
 

@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::either::Either;
+use zinx::transport::kcp::{KcpSettings, KcpStream};
 use zinx_bench::{
     ErrorsByReason, Format, HEADER, Latency, Mismatch, Payloads, Reason, RunReport,
     process_cpu_secs, process_rss_kib, render_memory, render_tables,
@@ -69,6 +70,10 @@ struct RunArgs {
     /// once; the first of its addresses that accepts a connection is used).
     #[arg(long, default_value = "127.0.0.1:8999")]
     addr: String,
+    /// Transport: tcp, or kcp (KCP over UDP with Go Zinx's default `Kcp*`
+    /// settings; one UDP socket per connection).
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
     /// Connections.
     #[arg(long, default_value_t = 50)]
     conns: usize,
@@ -329,6 +334,16 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
+/// How the connections reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Tcp,
+    Kcp,
+}
+
+/// A connection of either transport.
+type Stream = Either<TcpStream, KcpStream>;
+
 /// One run. `Err` when it cannot even start (the address does not resolve, or
 /// not one connection can be made): there is then nothing to report.
 async fn run(args: RunArgs) -> Result<RunReport, String> {
@@ -360,6 +375,9 @@ async fn run(args: RunArgs) -> Result<RunReport, String> {
         ..RunReport::default()
     };
 
+    if args.connect_only && args.transport == Transport::Kcp {
+        return Err("--connect-only measures TCP connections only".to_owned());
+    }
     let streams = connect_all(&args, &addrs, &shared).await?;
     if args.connect_only {
         return Ok(hold(&args, streams, &shared, report).await);
@@ -456,7 +474,7 @@ async fn connect_all(
     args: &RunArgs,
     addrs: &[SocketAddr],
     shared: &Shared,
-) -> Result<Vec<(u64, TcpStream)>, String> {
+) -> Result<Vec<(u64, Stream)>, String> {
     let mut streams = Vec::with_capacity(args.conns);
     if args.conns == 0 {
         return Ok(streams);
@@ -464,7 +482,7 @@ async fn connect_all(
     let mut failures = Vec::new();
     let mut first = None;
     for &addr in addrs {
-        match connect(addr, 0).await {
+        match connect(addr, 0, args.transport).await {
             Ok(s) => {
                 first = Some((addr, s));
                 break;
@@ -488,6 +506,7 @@ async fn connect_all(
     let limit = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let told = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(args.conns - 1);
+    let transport = args.transport;
     for i in 1..args.conns {
         let (limit, told) = (limit.clone(), told.clone());
         tasks.push(tokio::spawn(async move {
@@ -495,7 +514,7 @@ async fn connect_all(
                 .acquire_owned()
                 .await
                 .map_err(|_| ConnError::TaskFailed)?;
-            connect(addr, i).await.map_err(|e| {
+            connect(addr, i, transport).await.map_err(|e| {
                 if !told.swap(true, Ordering::Relaxed) {
                     eprintln!("zinx-bench: connect to {addr}: {e}");
                 }
@@ -513,7 +532,13 @@ async fn connect_all(
     Ok(streams)
 }
 
-async fn connect(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream> {
+async fn connect(addr: SocketAddr, i: usize, transport: Transport) -> std::io::Result<Stream> {
+    if transport == Transport::Kcp {
+        let stream = KcpStream::connect(&addr.to_string(), KcpSettings::default())
+            .await
+            .map_err(std::io::Error::other)?;
+        return Ok(Either::Right(stream));
+    }
     let socket = match addr.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => {
             let s = TcpSocket::new_v4()?;
@@ -529,14 +554,14 @@ async fn connect(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream> {
     };
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    Ok(Either::Left(stream))
 }
 
 /// Connect-only mode: measure the server's memory with the connections idle,
 /// then after one echo on each, then hold them for the duration.
 async fn hold(
     args: &RunArgs,
-    streams: Vec<(u64, TcpStream)>,
+    streams: Vec<(u64, Stream)>,
     shared: &Arc<Shared>,
     mut report: RunReport,
 ) -> RunReport {
@@ -614,16 +639,36 @@ impl ConnError {
     }
 }
 
-/// One connection's load: closed loop with `pipeline` requests in flight, or
-/// open loop at its share of `--rate`.
+/// One connection's load, on its two halves.
 async fn drive(
     idx: u64,
-    stream: TcpStream,
+    stream: Stream,
     args: &RunArgs,
     payloads: &Payloads,
     shared: &Shared,
 ) -> Result<(), ConnError> {
-    let (mut r, mut w) = stream.into_split();
+    match stream {
+        Either::Left(tcp) => {
+            let (r, w) = tcp.into_split();
+            load(idx, r, w, args, payloads, shared).await
+        }
+        Either::Right(kcp) => {
+            let (r, w) = kcp.into_split();
+            load(idx, r, w, args, payloads, shared).await
+        }
+    }
+}
+
+/// One connection's load: closed loop with `pipeline` requests in flight, or
+/// open loop at its share of `--rate`.
+async fn load<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    idx: u64,
+    mut r: R,
+    mut w: W,
+    args: &RunArgs,
+    payloads: &Payloads,
+    shared: &Shared,
+) -> Result<(), ConnError> {
     let mut out = Vec::with_capacity((HEADER + args.payload) * args.pipeline.max(1));
     let mut inflight: VecDeque<Instant> = VecDeque::new();
     let mut next_seq = 0u64;
@@ -735,8 +780,12 @@ async fn tick(ticker: Option<&mut tokio::time::Interval>) -> Instant {
     }
 }
 
-async fn write(w: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> Result<(), ConnError> {
-    let r = w.write_all(out).await;
+/// Writes and flushes (a no-op for TCP; KCP sends its segments now).
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>) -> Result<(), ConnError> {
+    let mut r = w.write_all(out).await;
+    if r.is_ok() {
+        r = w.flush().await;
+    }
     out.clear();
     r.map_err(ConnError::Io)
 }

@@ -1,14 +1,17 @@
 //! A Zinx echo client: sends `--count` echo requests (message ID 1, sizes varied up
 //! to 4000 bytes) to any Zinx echo server, ours or Go Zinx, over TCP, TLS,
-//! WebSocket (ws) or WebSocket over TLS (wss), checks every reply, prints a
-//! summary and exits 0 only when every reply matched.
+//! WebSocket (ws), WebSocket over TLS (wss) or KCP, checks every reply, prints
+//! a summary and exits 0 only when every reply matched.
 //!
 //! ```text
 //! cargo run --release --example client -- --addr 127.0.0.1:8999 --count 1000 [--format ltv]
 //! cargo run --release --features tls --example client -- --transport tls --addr 127.0.0.1:8443 --ca cert.pem
 //! cargo run --release --features ws --example client -- --transport ws --addr 127.0.0.1:9000 [--path /]
 //! cargo run --release --features tls,ws --example client -- --transport wss --addr 127.0.0.1:9443 --ca cert.pem
+//! cargo run --release --features kcp --example client -- --transport kcp --addr 127.0.0.1:9001
 //! ```
+//!
+//! KCP uses Go Zinx's default `Kcp*` settings (those of an empty zinx.json).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -25,6 +28,8 @@ enum Transport {
     Ws,
     /// WebSocket over TLS (needs the `tls` and `ws` features).
     Wss,
+    /// KCP over UDP with Go Zinx's default settings (needs the `kcp` feature).
+    Kcp,
 }
 
 #[derive(Parser)]
@@ -97,16 +102,29 @@ fn with_ws(_: ClientBuilder, _: &Args) -> Result<ClientBuilder, String> {
     Err("built without WebSocket: run it with `--features ws`".to_owned())
 }
 
+/// KCP with Go Zinx's default `Kcp*` settings.
+#[cfg(feature = "kcp")]
+#[allow(clippy::unnecessary_wraps)]
+fn with_kcp(builder: ClientBuilder) -> Result<ClientBuilder, String> {
+    Ok(builder.kcp(zinx::transport::kcp::KcpSettings::default()))
+}
+
+#[cfg(not(feature = "kcp"))]
+fn with_kcp(_: ClientBuilder) -> Result<ClientBuilder, String> {
+    Err("built without KCP: run it with `--features kcp`".to_owned())
+}
+
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let builder = Client::builder(args.addr.clone()).layout(args.format);
     let builder = match args.transport {
-        Transport::Tcp | Transport::Ws if args.ca.is_some() => {
+        Transport::Tcp | Transport::Ws | Transport::Kcp if args.ca.is_some() => {
             Err("--ca needs --transport tls or wss".to_owned())
         }
         Transport::Tcp => Ok(builder),
+        Transport::Kcp => with_kcp(builder),
         Transport::Tls => with_tls(builder, &args),
         Transport::Ws => with_ws(builder, &args),
         Transport::Wss => with_ws(builder, &args).and_then(|b| with_tls(b, &args)),

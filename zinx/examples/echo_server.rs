@@ -11,14 +11,17 @@
 //! It serves every listener its zinx.json enables by `Mode`: TCP on
 //! `Host:TCPPort` (`"tcp"`, the default), WebSocket on `Host:WsPort` at
 //! `WsPath` (`"websocket"`; needs the `ws` feature), or both (`""` or
-//! `"tcp,websocket"`); TLS and wss when `CertFile` and `PrivateKeyFile` are set
-//! (needs the `tls` feature). A transport this build lacks is an error at
-//! startup. It prints one line per listener, with its address.
+//! `"tcp,websocket"`); KCP on `Host:KcpPort` with the `Kcp*` settings
+//! (`"kcp"`, as in `"tcp,websocket,kcp"`; needs the `kcp` feature); TLS and
+//! wss when `CertFile` and `PrivateKeyFile` are set (needs the `tls` feature).
+//! A transport this build lacks is an error at startup. It prints one line per
+//! listener, with its address.
 //!
 //! ```text
 //! cargo run --release --example echo_server [-- --format ltv]
 //! ZINX_CONFIG_FILE_PATH=conf/zinx-ws.json cargo run --release --features ws --example echo_server
 //! ZINX_CONFIG_FILE_PATH=conf/zinx-tls.json cargo run --release --features tls,ws --example echo_server
+//! ZINX_CONFIG_FILE_PATH=conf/zinx-kcp.json cargo run --release --features kcp --example echo_server
 //! ```
 
 use clap::Parser;

@@ -86,6 +86,9 @@ pub struct ClientBuilder<F = Codec> {
     /// WebSocket at this path instead of plain TCP (feature `ws`).
     #[cfg(feature = "ws")]
     ws_path: Option<String>,
+    /// KCP over UDP instead of TCP (feature `kcp`).
+    #[cfg(feature = "kcp")]
+    kcp: Option<crate::transport::kcp::KcpSettings>,
 }
 
 impl ClientBuilder<Codec> {
@@ -124,6 +127,8 @@ impl<F: Framing> ClientBuilder<F> {
             tls: self.tls,
             #[cfg(feature = "ws")]
             ws_path: self.ws_path,
+            #[cfg(feature = "kcp")]
+            kcp: self.kcp,
         }
     }
 
@@ -219,6 +224,36 @@ impl<F: Framing> ClientBuilder<F> {
         self
     }
 
+    /// Speaks KCP over UDP (feature `kcp`) with `settings` (a Go Zinx KCP
+    /// server's are [`KcpSettings::from_config`] of its zinx.json) on every
+    /// connection and reconnection: each is a new session under a random
+    /// conversation ID. There is no handshake, so connecting succeeds at once;
+    /// a server that never answers is noticed by the heartbeat, or by the
+    /// session's idle timeout.
+    ///
+    /// [`KcpSettings::from_config`]: crate::transport::kcp::KcpSettings::from_config
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use zinx::Client;
+    /// use zinx::transport::kcp::KcpSettings;
+    ///
+    /// # async fn demo() -> Result<(), zinx::Error> {
+    /// let client = Client::builder("127.0.0.1:9001")
+    ///     .kcp(KcpSettings::default())
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "kcp")]
+    pub fn kcp(mut self, settings: crate::transport::kcp::KcpSettings) -> Self {
+        self.kcp = Some(settings);
+        self
+    }
+
     /// Connects and starts the client.
     ///
     /// # Errors
@@ -228,8 +263,17 @@ impl<F: Framing> ClientBuilder<F> {
     /// (the server's certificate is not trusted or does not name the host);
     /// [`Error::WebSocket`] if the upgrade is refused (with its HTTP status) or
     /// fails.
-    #[cfg_attr(not(any(feature = "tls", feature = "ws")), allow(unused_mut))]
+    #[cfg_attr(
+        not(any(feature = "tls", feature = "ws", feature = "kcp")),
+        allow(unused_mut)
+    )]
     pub async fn connect(mut self) -> Result<Client, Error> {
+        #[cfg(feature = "kcp")]
+        if let Some(settings) = self.kcp.take() {
+            let addr = std::mem::take(&mut self.addr);
+            let connector = crate::transport::kcp::KcpConnector { addr, settings };
+            return self.start(connector).await;
+        }
         #[cfg(feature = "ws")]
         if let Some(path) = self.ws_path.take() {
             return self.connect_ws(&path).await;
@@ -431,6 +475,8 @@ impl Client {
             tls: None,
             #[cfg(feature = "ws")]
             ws_path: None,
+            #[cfg(feature = "kcp")]
+            kcp: None,
         }
     }
 

@@ -264,13 +264,18 @@ config! {
     host: String = "0.0.0.0".to_owned(), "Host";
     /// `TCPPort`: the TCP port to listen on (0 picks a free port).
     tcp_port: u16 = 8999, "TCPPort";
-    /// `WsPort`: the WebSocket port (read for compatibility; WebSocket is not served yet).
+    /// `WsPort`: the WebSocket port (0 picks a free port), served when `Mode`
+    /// names `websocket` (feature `ws`).
     ws_port: u16 = 9000, "WsPort";
-    /// `WsPath`: the WebSocket path (read for compatibility).
+    /// `WsPath`: the path WebSocket upgrades are served at; one ending in `/`
+    /// takes every path under it.
     ws_path: String = "/".to_owned(), "WsPath";
-    /// `KcpPort`: the KCP port (read for compatibility; KCP is not served yet).
+    /// `KcpPort`: the KCP (reliable UDP) port, served when `Mode` names `kcp`
+    /// (feature `kcp`).
     kcp_port: u16 = 9001, "KcpPort";
-    /// `Mode`: `"tcp"`, `"websocket"`, `"kcp"`, or empty for all (only TCP is served yet).
+    /// `Mode`: the listeners: `"tcp"`, `"websocket"`, `"kcp"`, a comma list of
+    /// them (any combination), or empty for TCP and WebSocket together, as in
+    /// Go Zinx. See [`bind_listeners`](crate::server::bind_listeners).
     mode: String = "tcp".to_owned(), "Mode";
     /// `MaxConn`: connections beyond this many are closed right after accept
     /// (0 = no limit).
@@ -335,6 +340,31 @@ config! {
     /// `PrivateKeyFile`: the private key of `CertFile`'s certificate, a PEM file
     /// (PKCS#8, PKCS#1 or SEC1).
     private_key_file: String = String::new(), "PrivateKeyFile";
+    /// `KcpACKNoDelay`: a KCP session acknowledges each datagram at once
+    /// instead of on its next tick.
+    kcp_ack_no_delay: bool = false, "KcpACKNoDelay";
+    /// `KcpStreamMode`: KCP carries a byte stream (segments filled up), not
+    /// messages.
+    kcp_stream_mode: bool = true, "KcpStreamMode";
+    /// `KcpNoDelay`: ikcp's `nodelay` (non-zero: a 30 ms minimum resend time).
+    kcp_no_delay: u32 = 1, "KcpNoDelay";
+    /// `KcpInterval`: a KCP session's clock tick in milliseconds (10..=5000).
+    kcp_interval: u32 = 10, "KcpInterval";
+    /// `KcpResend`: fast resend after this many later segments were
+    /// acknowledged (0 = off).
+    kcp_resend: u32 = 2, "KcpResend";
+    /// `KcpNc`: non-zero turns KCP's congestion window off.
+    kcp_nc: u32 = 1, "KcpNc";
+    /// `KcpSendWindow`: a KCP session's send window in segments (1..=1024).
+    kcp_send_window: u32 = 32, "KcpSendWindow";
+    /// `KcpRecvWindow`: a KCP session's receive window in segments
+    /// (1..=1024; ikcp uses at least 128).
+    kcp_recv_window: u32 = 32, "KcpRecvWindow";
+    /// `KcpFecDataShards`: must be 0 (FEC is not implemented: any other value
+    /// is an error when KCP is served).
+    kcp_fec_data_shards: u32 = 0, "KcpFecDataShards";
+    /// `KcpFecParityShards`: must be 0, as `KcpFecDataShards`.
+    kcp_fec_parity_shards: u32 = 0, "KcpFecParityShards";
     /// `LogDir`: Zinx's log directory (read for compatibility; logs go to `tracing`).
     log_dir: String = "./log".to_owned(), "LogDir";
     /// `LogFile`: Zinx's log file (read for compatibility).
@@ -502,6 +532,13 @@ mod tests {
         assert_eq!(c.io_read_buff_size, 1024);
         assert_eq!(c.heartbeat_max, 10);
         assert_eq!(c.log_file_size, 64 << 20);
+        assert!(!c.kcp_ack_no_delay && c.kcp_stream_mode);
+        assert_eq!(
+            (c.kcp_no_delay, c.kcp_interval, c.kcp_resend, c.kcp_nc),
+            (1, 10, 2, 1)
+        );
+        assert_eq!((c.kcp_send_window, c.kcp_recv_window), (32, 32));
+        assert_eq!((c.kcp_fec_data_shards, c.kcp_fec_parity_shards), (0, 0));
     }
 
     #[test]

@@ -40,7 +40,7 @@
 //!   length-field, delimiter and HTLV+CRC framings, and any tokio-util codec with a
 //!   frame mapper (`MappedCodec`); lengths checked before allocating.
 //! - [`transport`]: listeners, the open step, connectors (TCP; TLS with the `tls`
-//!   feature).
+//!   feature; KCP over UDP with the `kcp` feature).
 //! - [`server`]: one core, any number of listeners, `MaxConn`, graceful shutdown.
 //! - [`client`]: one connection to a Zinx server, reconnect, request/response.
 //! - `engine`: a connection's life from set-up to clean-up, and its reader.

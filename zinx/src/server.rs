@@ -522,6 +522,14 @@ impl<F: Framing> Server<F> {
                     }
                     tokio::spawn(accept(core.clone(), tcp, Arc::new(open), stop))
                 }
+                // No handshake: opened by the accept loop, as TCP.
+                #[cfg(feature = "kcp")]
+                Listener::Kcp(kcp) => tokio::spawn(accept(
+                    core.clone(),
+                    kcp,
+                    Arc::new(crate::transport::kcp::KcpOpen),
+                    stop,
+                )),
             });
         }
         drop(core);

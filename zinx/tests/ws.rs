@@ -862,6 +862,7 @@ fn mode_config(mode: &str) -> Config {
     Config {
         mode: mode.into(),
         ws_port: 0,
+        kcp_port: 0,
         ws_path: "/zinx".into(),
         ..config()
     }
@@ -897,10 +898,28 @@ async fn mode_picks_the_listeners_and_names_what_it_cannot_serve() {
         err.is_config() && text.contains("Mode") && text.contains("udp"),
         "{text}"
     );
-    let err = zinx::server::bind_listeners(&mode_config("tcp,kcp"))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("`kcp` feature"), "{err}");
+    #[cfg(not(feature = "kcp"))]
+    {
+        let err = zinx::server::bind_listeners(&mode_config("tcp,kcp"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("`kcp` feature"), "{err}");
+    }
+    #[cfg(feature = "kcp")]
+    {
+        let listeners = zinx::server::bind_listeners(&mode_config("kcp,websocket,tcp"))
+            .await
+            .unwrap();
+        let kcp = ("kcp", None);
+        assert_eq!(transports(&listeners), vec![tcp.clone(), ws.clone(), kcp]);
+        // Settings it cannot serve are refused before anything is bound.
+        let cfg = Config {
+            kcp_fec_data_shards: 10,
+            ..mode_config("tcp,kcp")
+        };
+        let err = zinx::server::bind_listeners(&cfg).await.unwrap_err();
+        assert!(err.to_string().contains("KcpFecDataShards"), "{err}");
+    }
     // A WebSocket port that cannot be bound is named.
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let cfg = Config {

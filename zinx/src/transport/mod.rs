@@ -1,5 +1,5 @@
 //! Transports: how a connection's bytes travel: TCP; TLS over TCP (feature
-//! `tls`); WebSocket, ws or wss (feature `ws`).
+//! `tls`); WebSocket, ws or wss (feature `ws`); KCP over UDP (feature `kcp`).
 //!
 //! A transport is a **listener**, which accepts raw connections and their peer
 //! addresses, and an **open step**, which turns a raw connection into the read
@@ -14,6 +14,8 @@
 //!
 //! The client side is a **connector**: it dials and opens in one step.
 
+#[cfg(feature = "kcp")]
+pub mod kcp;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -47,6 +49,10 @@ pub enum Listener {
     /// `HandshakeTimeout`.
     #[cfg(feature = "ws")]
     Ws(tokio::net::TcpListener, ws::WsServer),
+    /// KCP over UDP (feature `kcp`): sessions of one UDP socket, each a
+    /// connection.
+    #[cfg(feature = "kcp")]
+    Kcp(kcp::KcpListener),
 }
 
 impl Listener {
@@ -62,6 +68,8 @@ impl Listener {
             Listener::Tls(l, _) => l.local_addr(),
             #[cfg(feature = "ws")]
             Listener::Ws(l, _) => l.local_addr(),
+            #[cfg(feature = "kcp")]
+            Listener::Kcp(l) => Ok(l.local_addr()),
         }
     }
 
@@ -76,6 +84,8 @@ impl Listener {
             Listener::Ws(_, ws) if ws.is_tls() => "wss",
             #[cfg(feature = "ws")]
             Listener::Ws(..) => "ws",
+            #[cfg(feature = "kcp")]
+            Listener::Kcp(_) => "kcp",
         }
     }
 
@@ -167,7 +177,9 @@ impl Modes {
 ///   when `CertFile` and `PrivateKeyFile` are both set, as in Go Zinx
 ///   (feature `tls`);
 /// - WebSocket on `Host:WsPort` at `WsPath` (feature `ws`), speaking wss
-///   when the certificate is set.
+///   when the certificate is set;
+/// - KCP on `Host:KcpPort` with the `Kcp*` settings (feature `kcp`; never
+///   encrypted, as in Go Zinx).
 ///
 /// The certificate and key are read before anything is bound.
 ///
@@ -178,14 +190,21 @@ impl Modes {
 /// `CertFile` and `PrivateKeyFile` is set, or either is set and zinx was
 /// built without the `tls` feature (never plain TCP instead); [`Error::Tls`]
 /// naming the file and its key when the certificate or key cannot be read or
-/// used; [`Error::Listen`] when an address cannot be bound.
+/// used; [`Error::ConfigValue`] for `Kcp*` settings KCP cannot serve (FEC
+/// shards, windows out of range); [`Error::Listen`] when an address cannot be
+/// bound.
 pub async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
     let modes = Modes::parse(&config.mode)?;
     if modes.websocket && !cfg!(feature = "ws") {
         return Err(missing_feature("websocket", "ws"));
     }
-    if modes.kcp {
+    if modes.kcp && !cfg!(feature = "kcp") {
         return Err(missing_feature("kcp", "kcp"));
+    }
+    // The KCP settings are checked before anything is bound too.
+    #[cfg(feature = "kcp")]
+    if modes.kcp {
+        kcp::KcpSettings::from_config(config)?;
     }
     let (cert, key) = (&config.cert_file, &config.private_key_file);
     let tls = match (cert.is_empty(), key.is_empty()) {
@@ -232,6 +251,10 @@ pub async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
                 Some(never) => match never {},
             },
         ));
+    }
+    #[cfg(feature = "kcp")]
+    if modes.kcp {
+        listeners.push(kcp::bind_kcp(config).await?);
     }
     Ok(listeners)
 }
