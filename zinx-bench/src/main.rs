@@ -374,11 +374,10 @@ fn opt(v: Option<u64>) -> String {
 async fn run(args: RunArgs) -> Result<RunReport, String> {
     let tls = || -> Result<Tls, String> {
         if args.ca.is_none() && !args.insecure {
-            return Err(format!(
-                "--transport {:?} needs --ca FILE or --insecure",
-                args.transport
-            )
-            .to_lowercase());
+            let name = clap::ValueEnum::to_possible_value(&args.transport)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            return Err(format!("--transport {name} needs --ca FILE or --insecure"));
         }
         Ok(Tls {
             connector: net::tls_client_config(args.ca.as_deref())
