@@ -182,7 +182,6 @@ above, the tables show the best round of each and the per-round ratios as their 
 
 - Machine: $(nproc) CPUs ($CPU_MODEL), Linux $(uname -r), a shared VM; $(rustc --version).
 - Server pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU.
-
 - \`zinx\`: \`examples/echo_server\` built with \`--features $ZINX_FEATURES\`, message ID 1 (the
   synchronous route); TLS on \`TCPPort\` with \`CertFile\` and \`PrivateKeyFile\`, WebSocket
   with \`"Mode": "websocket"\` on \`WsPort\` at \`/\`, wss with the certificate as well.
