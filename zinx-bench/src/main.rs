@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -715,9 +715,13 @@ where
     type Conn = WebSocketStream<O::Conn>;
     async fn open(&self, tcp: TcpStream) -> std::io::Result<Self::Conn> {
         let stream = self.inner.open(tcp).await?;
-        let (ws, _response) = tokio_tungstenite::client_async(self.url.as_str(), stream)
-            .await
-            .map_err(net::ws_io_error)?;
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            stream,
+            Some(net::ws_config()),
+        )
+        .await
+        .map_err(net::ws_io_error)?;
         Ok(ws)
     }
 }
@@ -739,7 +743,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for WebSocketStrea
         };
         while n < WS_READ_MAX {
             // Without waiting; a close is seen again by the next read.
-            match self.next().now_or_never() {
+            match net::next_now(self).await {
                 Some(next) => match ws_take(buf, next)? {
                     Some(more) => n += more,
                     None => break,

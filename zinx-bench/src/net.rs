@@ -7,6 +7,9 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::Poll;
+
+use futures_util::{Stream, StreamExt};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -168,6 +171,26 @@ pub fn ws_io_error(e: tungstenite::Error) -> io::Error {
         )),
         e => io::Error::other(e),
     }
+}
+
+/// The WebSocket settings of the client and the baseline: tungstenite's, but
+/// reading at most 8 KiB at a time, as zinx does. Its default, 128 KiB, is
+/// zeroed before every read: tens of thousands of instructions per ping-pong
+/// reply that would make the yardstick look slow.
+#[must_use]
+pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
+/// The next item of `stream` if it is there already, `None` if it would have to
+/// wait. Polled with the task's own waker (unlike `now_or_never`'s no-op one),
+/// so the wake-up a `Pending` registers is the task's.
+pub async fn next_now<S: Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
+    std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+        Poll::Ready(item) => Poll::Ready(Some(item)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// Writes `cert.pem` and `key.pem` into `dir` (made if missing): a self-signed

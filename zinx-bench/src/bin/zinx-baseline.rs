@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use clap::Parser;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -91,7 +91,9 @@ async fn serve(
     match (transport, tls) {
         (Transport::Tcp, _) => echo(stream, format, max).await,
         (Transport::Ws, _) => {
-            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+            if let Ok(ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(net::ws_config())).await
+            {
                 ws_echo(ws, format, max).await;
             }
         }
@@ -104,7 +106,9 @@ async fn serve(
             let Ok(stream) = tls.accept(stream).await else {
                 return;
             };
-            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+            if let Ok(ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(net::ws_config())).await
+            {
                 ws_echo(ws, format, max).await;
             }
         }
@@ -168,7 +172,7 @@ async fn ws_echo<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = BytesMut::new();
     let mut unflushed = false;
     loop {
-        let next = match ws.next().now_or_never() {
+        let next = match net::next_now(&mut ws).await {
             Some(next) => next,
             None => {
                 if unflushed && ws.flush().await.is_err() {
