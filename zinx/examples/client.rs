@@ -1,10 +1,13 @@
 //! A Zinx echo client: sends `--count` echo requests (message ID 1, sizes varied up
-//! to 4000 bytes) to any Zinx echo server, ours or Go Zinx, over TCP or TLS,
-//! checks every reply, prints a summary and exits 0 only when every reply matched.
+//! to 4000 bytes) to any Zinx echo server, ours or Go Zinx, over TCP, TLS,
+//! WebSocket (ws) or WebSocket over TLS (wss), checks every reply, prints a
+//! summary and exits 0 only when every reply matched.
 //!
 //! ```text
 //! cargo run --release --example client -- --addr 127.0.0.1:8999 --count 1000 [--format ltv]
 //! cargo run --release --features tls --example client -- --transport tls --addr 127.0.0.1:8443 --ca cert.pem
+//! cargo run --release --features ws --example client -- --transport ws --addr 127.0.0.1:9000 [--path /]
+//! cargo run --release --features tls,ws --example client -- --transport wss --addr 127.0.0.1:9443 --ca cert.pem
 //! ```
 
 use std::process::ExitCode;
@@ -18,6 +21,10 @@ enum Transport {
     Tcp,
     /// TLS over TCP (needs the `tls` feature).
     Tls,
+    /// WebSocket (needs the `ws` feature).
+    Ws,
+    /// WebSocket over TLS (needs the `tls` and `ws` features).
+    Wss,
 }
 
 #[derive(Parser)]
@@ -30,10 +37,13 @@ struct Args {
     /// How to reach it.
     #[arg(long, value_enum, default_value = "tcp")]
     transport: Transport,
-    /// TLS: trust this PEM certificate (a CA's or the server's own) instead of
-    /// the platform's roots.
+    /// TLS and wss: trust this PEM certificate (a CA's or the server's own)
+    /// instead of the platform's roots.
     #[arg(long, value_name = "FILE")]
     ca: Option<std::path::PathBuf>,
+    /// ws and wss: the path to upgrade at (the server's `WsPath`).
+    #[arg(long, default_value = "/")]
+    path: String,
     /// Number of requests.
     #[arg(long, default_value_t = 3)]
     count: u32,
@@ -76,15 +86,30 @@ fn with_tls(_: ClientBuilder, _: &Args) -> Result<ClientBuilder, String> {
     Err("built without TLS: run it with `--features tls`".to_owned())
 }
 
+/// WebSocket at `--path`.
+#[cfg(feature = "ws")]
+fn with_ws(builder: ClientBuilder, args: &Args) -> Result<ClientBuilder, String> {
+    Ok(builder.ws(args.path.as_str()))
+}
+
+#[cfg(not(feature = "ws"))]
+fn with_ws(_: ClientBuilder, _: &Args) -> Result<ClientBuilder, String> {
+    Err("built without WebSocket: run it with `--features ws`".to_owned())
+}
+
 #[allow(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let builder = Client::builder(args.addr.clone()).layout(args.format);
     let builder = match args.transport {
-        Transport::Tcp if args.ca.is_some() => Err("--ca needs --transport tls".to_owned()),
+        Transport::Tcp | Transport::Ws if args.ca.is_some() => {
+            Err("--ca needs --transport tls or wss".to_owned())
+        }
         Transport::Tcp => Ok(builder),
         Transport::Tls => with_tls(builder, &args),
+        Transport::Ws => with_ws(builder, &args),
+        Transport::Wss => with_ws(builder, &args).and_then(|b| with_tls(b, &args)),
     };
     let builder = match builder {
         Ok(builder) => builder,

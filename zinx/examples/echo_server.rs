@@ -8,14 +8,17 @@
 //! async handler that awaits `send` (waits when the send queue is full), and
 //! stops on SIGINT or SIGTERM after flushing every connection.
 //!
-//! It serves every listener its zinx.json enables: `Host:TCPPort`, speaking TLS
-//! when `CertFile` and `PrivateKeyFile` are set (that needs the `tls` feature;
-//! without it, those keys are an error at startup). It prints one line per
-//! listener, with its address.
+//! It serves every listener its zinx.json enables by `Mode`: TCP on
+//! `Host:TCPPort` (`"tcp"`, the default), WebSocket on `Host:WsPort` at
+//! `WsPath` (`"websocket"`; needs the `ws` feature), or both (`""` or
+//! `"tcp,websocket"`); TLS and wss when `CertFile` and `PrivateKeyFile` are set
+//! (needs the `tls` feature). A transport this build lacks is an error at
+//! startup. It prints one line per listener, with its address.
 //!
 //! ```text
 //! cargo run --release --example echo_server [-- --format ltv]
-//! ZINX_CONFIG_FILE_PATH=conf/zinx-tls.json cargo run --release --features tls --example echo_server
+//! ZINX_CONFIG_FILE_PATH=conf/zinx-ws.json cargo run --release --features ws --example echo_server
+//! ZINX_CONFIG_FILE_PATH=conf/zinx-tls.json cargo run --release --features tls,ws --example echo_server
 //! ```
 
 use clap::Parser;
@@ -69,10 +72,14 @@ async fn run(args: Args) -> Result<(), zinx::Error> {
     let shutdown = shutdown_signal();
     for listener in &listeners {
         let (addr, transport) = (listener.local_addr()?, listener.transport());
+        let path = listener
+            .ws_path()
+            .map(|path| format!(" at {path}"))
+            .unwrap_or_default();
         #[allow(clippy::print_stdout)]
         {
             println!(
-                "zinx echo server listening on {addr} ({transport}, {:?})",
+                "zinx echo server listening on {addr} ({transport}{path}, {:?})",
                 args.format
             );
         }

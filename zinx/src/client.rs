@@ -83,6 +83,9 @@ pub struct ClientBuilder<F = Codec> {
     /// TLS over TCP instead of plain TCP (feature `tls`).
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsClient>,
+    /// WebSocket at this path instead of plain TCP (feature `ws`).
+    #[cfg(feature = "ws")]
+    ws_path: Option<String>,
 }
 
 impl ClientBuilder<Codec> {
@@ -97,7 +100,7 @@ impl ClientBuilder<Codec> {
     /// send queue (`MaxMsgChanLen`, `MaxMsgChanBytes`, `SendQueueFull`),
     /// `MaxPacketSize`, `IOReadBuffSize`, `HeartbeatMax`, `MaxMsgRate` /
     /// `MaxMsgBurst`, `FrameTimeout`, `IdleTimeout`, `MaxWorkerTaskLen` and
-    /// `HandshakeTimeout` (for TLS).
+    /// `HandshakeTimeout` (for TLS and WebSocket).
     pub fn config(mut self, config: Config) -> Self {
         self.framing = Codec::new(self.layout, config.max_packet_size);
         self.config = config;
@@ -119,6 +122,8 @@ impl<F: Framing> ClientBuilder<F> {
             reconnect: self.reconnect,
             #[cfg(feature = "tls")]
             tls: self.tls,
+            #[cfg(feature = "ws")]
+            ws_path: self.ws_path,
         }
     }
 
@@ -188,15 +193,47 @@ impl<F: Framing> ClientBuilder<F> {
         self
     }
 
+    /// Speaks WebSocket (feature `ws`): upgrades at `path` of the address
+    /// (`ws://addr/path`), or over TLS (wss) when `tls` (feature `tls`) is set
+    /// too; within `HandshakeTimeout`. Every frame goes as one binary message;
+    /// what the server sends is read as one byte stream, as Go Zinx does.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use zinx::Client;
+    ///
+    /// # async fn demo() -> Result<(), zinx::Error> {
+    /// let client = Client::builder("127.0.0.1:9000").ws("/").connect().await?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "ws")]
+    pub fn ws(mut self, path: impl Into<String>) -> Self {
+        let mut path = path.into();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        self.ws_path = Some(path);
+        self
+    }
+
     /// Connects and starts the client.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if the first connection attempt fails (reconnects apply only
     /// after a connection was made); [`Error::Tls`] if its TLS handshake fails
-    /// (the server's certificate is not trusted or does not name the host).
-    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    /// (the server's certificate is not trusted or does not name the host);
+    /// [`Error::WebSocket`] if the upgrade is refused (with its HTTP status) or
+    /// fails.
+    #[cfg_attr(not(any(feature = "tls", feature = "ws")), allow(unused_mut))]
     pub async fn connect(mut self) -> Result<Client, Error> {
+        #[cfg(feature = "ws")]
+        if let Some(path) = self.ws_path.take() {
+            return self.connect_ws(&path).await;
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = self.tls.take() {
             let handshake = Duration::from_secs(self.config.handshake_timeout.max(1));
@@ -206,6 +243,33 @@ impl<F: Framing> ClientBuilder<F> {
         let connector = TcpConnector {
             addr: std::mem::take(&mut self.addr),
         };
+        self.start(connector).await
+    }
+
+    /// Connects over WebSocket at `path`, over TLS if set.
+    #[cfg(feature = "ws")]
+    async fn connect_ws(mut self, path: &str) -> Result<Client, Error> {
+        use crate::transport::ws;
+        let handshake = Duration::from_secs(self.config.handshake_timeout.max(1));
+        let addr = std::mem::take(&mut self.addr);
+        let framing = self.framing.clone();
+        let max_data = framing.max_data_len();
+        let frame_len: ws::FrameLen = Arc::new(move |encoded: &[u8]| framing.frame_len(encoded));
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut connector = ws::WsConnector {
+            url: format!("ws://{addr}{path}"),
+            addr,
+            config: ws::config(max_data),
+            frame_len,
+            pack: false,
+            handshake,
+        };
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.take() {
+            connector.url = connector.url.replacen("ws://", "wss://", 1);
+            let tls = tls.connector(connector.addr.clone(), handshake)?;
+            return self.start(ws::WssConnector { tls, ws: connector }).await;
+        }
         self.start(connector).await
     }
 
@@ -365,6 +429,8 @@ impl Client {
             reconnect: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "ws")]
+            ws_path: None,
         }
     }
 

@@ -104,6 +104,19 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// A WebSocket upgrade failed: refused by the server (`status`: 404 for a
+    /// wrong path, 401 or what the auth hook chose, 503 or 429 at a connection
+    /// limit), or the peer did not speak WebSocket.
+    #[error("WebSocket: {context}: {source}")]
+    WebSocket {
+        /// What failed: the upgrade and its URL or peer.
+        context: String,
+        /// The HTTP status of a refused upgrade, on the client's side.
+        status: Option<u16>,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A configuration value is out of range or names an unknown option.
     #[error("invalid config value for {key}: {message}")]
     ConfigValue {
@@ -147,6 +160,19 @@ impl Error {
     #[must_use]
     pub fn is_tls(&self) -> bool {
         matches!(self, Error::Tls { .. })
+    }
+
+    /// A read source's error: an [`Error`] a transport wrapped in the
+    /// `io::Error` (a peer breaking the WebSocket protocol, say) is that
+    /// error again, anything else [`Error::Io`].
+    pub(crate) fn from_read(e: std::io::Error) -> Error {
+        e.downcast::<Error>().unwrap_or_else(Error::Io)
+    }
+
+    /// True for [`Error::WebSocket`]: an upgrade failed or was refused.
+    #[must_use]
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Error::WebSocket { .. })
     }
 
     /// True for configuration errors (reading, parsing or validating).

@@ -83,6 +83,9 @@ pub struct ServerBuilder<F = Codec> {
     /// Count metrics even without `MetricsAddr` (for an application's registry).
     #[cfg(feature = "metrics")]
     metrics: bool,
+    /// The auth hook of WebSocket listeners that have none of their own.
+    #[cfg(feature = "ws")]
+    ws_auth: Option<crate::transport::ws::WsAuth>,
 }
 
 impl ServerBuilder<Codec> {
@@ -115,6 +118,8 @@ impl<F: Framing> ServerBuilder<F> {
             heartbeat: self.heartbeat,
             #[cfg(feature = "metrics")]
             metrics: self.metrics,
+            #[cfg(feature = "ws")]
+            ws_auth: self.ws_auth,
         }
     }
 
@@ -152,6 +157,35 @@ impl<F: Framing> ServerBuilder<F> {
     #[cfg(feature = "metrics")]
     pub fn with_metrics(mut self) -> Self {
         self.metrics = true;
+        self
+    }
+
+    /// Asks `auth` before every WebSocket upgrade on this server's WebSocket
+    /// listeners (those whose [`WsServer`](crate::transport::ws::WsServer)
+    /// has no hook of its own), as Go Zinx's `SetWebsocketAuth` does: it sees
+    /// the request's path, query, headers and the peer's address, and
+    /// `Err(status)` refuses the upgrade with that HTTP status (Go Zinx
+    /// refuses with 401). Feature `ws`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use zinx::{Config, Server};
+    ///
+    /// let server = Server::builder(Config::default())
+    ///     .ws_auth(|req| match req.query.as_deref() {
+    ///         Some("token=secret") => Ok(()),
+    ///         _ => Err(401),
+    ///     })
+    ///     .build();
+    /// # let _ = server;
+    /// ```
+    #[cfg(feature = "ws")]
+    pub fn ws_auth(
+        mut self,
+        auth: impl Fn(&crate::transport::ws::WsRequest) -> Result<(), u16> + Send + Sync + 'static,
+    ) -> Self {
+        self.ws_auth = Some(Arc::new(auth));
         self
     }
 
@@ -207,6 +241,8 @@ impl<F: Framing> ServerBuilder<F> {
             config,
             core: Arc::new(core),
             handle,
+            #[cfg(feature = "ws")]
+            ws_auth: self.ws_auth,
         }
     }
 }
@@ -230,6 +266,9 @@ pub struct Server<F = Codec> {
     config: Config,
     core: Arc<Core<F>>,
     handle: ServerHandle,
+    /// The auth hook of WebSocket listeners that have none of their own.
+    #[cfg(feature = "ws")]
+    ws_auth: Option<crate::transport::ws::WsAuth>,
 }
 
 /// What every listener of a server shares: the engine (and through it the
@@ -308,6 +347,8 @@ impl Server {
             heartbeat: None,
             #[cfg(feature = "metrics")]
             metrics: false,
+            #[cfg(feature = "ws")]
+            ws_auth: None,
         }
     }
 }
@@ -408,6 +449,8 @@ impl<F: Framing> Server<F> {
             config,
             core,
             handle,
+            #[cfg(feature = "ws")]
+            ws_auth,
         } = self;
         let engine = core.engine.clone();
         #[cfg(feature = "metrics")]
@@ -451,6 +494,33 @@ impl<F: Framing> Server<F> {
                 #[cfg(feature = "tls")]
                 Listener::Tls(tcp, tls) => {
                     tokio::spawn(accept(core.clone(), tcp, Arc::new(tls), stop))
+                }
+                // The upgrade (after the TLS handshake, for wss) is the open step.
+                #[cfg(feature = "ws")]
+                #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+                Listener::Ws(tcp, mut ws) => {
+                    if let (false, Some(auth)) = (ws.has_auth(), &ws_auth) {
+                        ws.set_auth(auth.clone());
+                    }
+                    #[cfg(feature = "tls")]
+                    let tls = ws.take_tls();
+                    let framing = engine.framing.clone();
+                    let max_data = framing.max_data_len();
+                    let frame_len: crate::transport::ws::FrameLen =
+                        Arc::new(move |encoded: &[u8]| framing.frame_len(encoded));
+                    let open = ws.into_open(frame_len, max_data);
+                    #[cfg(feature = "tls")]
+                    if let Some(tls) = tls {
+                        let wss = crate::transport::ws::WssOpen { tls, ws: open };
+                        accepting.push(tokio::spawn(accept(
+                            core.clone(),
+                            tcp,
+                            Arc::new(wss),
+                            stop,
+                        )));
+                        continue;
+                    }
+                    tokio::spawn(accept(core.clone(), tcp, Arc::new(open), stop))
                 }
             });
         }
@@ -497,6 +567,7 @@ async fn accept<F, L, O>(
     O: Open<L::Raw>,
 {
     let mut backoff = Duration::ZERO;
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -521,8 +592,14 @@ async fn accept<F, L, O>(
                 }
             }
         };
-        let Some(slots) = core.admit(peer) else {
-            continue;
+        let slots = match core.admit(peer) {
+            Ok(slots) => slots,
+            Err(limit) => {
+                if let Some(refusal) = opener.refuse(raw, limit) {
+                    refuse(&core.engine, &refusing, refusal);
+                }
+                continue;
+            }
         };
         let id = core.engine.manager.next_id();
         let span = tracing::info_span!("conn", conn_id = id.0, %peer);
@@ -571,27 +648,47 @@ async fn accept<F, L, O>(
     }
 }
 
+/// How many refusals (answers to connections over a limit, see
+/// [`Open::refuse`]) one listener runs at once; beyond that, a connection over
+/// a limit is just closed.
+const MAX_REFUSING: usize = 64;
+
+/// Runs a refusal in its own task, if fewer than [`MAX_REFUSING`] run; it
+/// ends at shutdown too.
+fn refuse<F>(engine: &Engine<F>, refusing: &Arc<Semaphore>, refusal: crate::transport::Refusal) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    let stop = engine.stop.clone();
+    engine.tracker.spawn(async move {
+        let _permit = permit;
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = refusal => {}
+        }
+    });
+}
+
 impl<F: Framing> Core<F> {
     /// Takes a `MaxConn` permit and a `MaxConnPerIP` slot (where set) for a new
-    /// connection from `peer`; `None` (the fault counted) when a limit is full.
-    fn admit(&self, peer: std::net::SocketAddr) -> Option<Slots> {
-        match admit(
+    /// connection from `peer`, or names the limit that is full (the fault
+    /// counted).
+    fn admit(&self, peer: std::net::SocketAddr) -> Result<Slots, Fault> {
+        let admitted = admit(
             self.limit.as_ref(),
             &self.per_ip,
             self.max_conn_per_ip,
             peer.ip(),
-        ) {
-            Ok(slots) => {
-                self.engine.observer.accepted();
-                Some(slots)
-            }
+        );
+        match admitted {
+            Ok(_) => self.engine.observer.accepted(),
             Err(limit) => {
                 let faults = &self.engine.faults;
                 faults.record(limit, peer, &"connection limit reached, closed at accept");
                 self.engine.observer.rejected(limit.name());
-                None
             }
         }
+        admitted
     }
 
     /// A connection whose open step failed or timed out: counted and summed up

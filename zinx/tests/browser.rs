@@ -1,13 +1,17 @@
 //! The browser module, `zinx/web/zinx.js`, in headless Chromium: `echo.html`
-//! connects to a WebSocket echo server in each packet layout, sends msgID 1 and 2
-//! and shows the replies, which are read back from the page's DOM; `test.html`
-//! runs the module's encode and decode functions against known bytes and every
-//! way of cutting a stream.
+//! connects to the echo example (its WebSocket listener, feature `ws`) in each
+//! packet layout, sends msgID 1 and 2 and shows the replies, which are read back
+//! from the page's DOM; the same page against a test server that cuts its
+//! replies across WebSocket messages, to exercise the module's reassembly;
+//! `test.html` runs the module's encode and decode functions against known
+//! bytes and every way of cutting a stream.
 //!
 //! Chromium is found on `PATH` as `chromium` (Debian's package). Without it these
 //! tests print a notice and pass, so `cargo test` works with only the Rust
 //! toolchain; with `ZINX_REQUIRE_CHROMIUM=1` (set by `.ci/run`) they fail instead.
 #![cfg(unix)]
+
+mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -477,19 +481,16 @@ fn cut(index: usize, a: &[u8], b: &[u8]) -> Vec<WsMessage> {
     vec![WsMessage::Binary(head.to_vec().into()), tail]
 }
 
-/// `echo.html` against the echo server in `layout`, loaded twice (once for each
-/// way [`cut`] cuts the replies): the page must show exactly the two greetings
-/// echoed, and the server must have received exactly them.
-async fn echo_page(layout: Layout, name: &str) {
-    let Some(exe) = chromium(name) else { return };
-    let (addr, logs) = echo_server(layout).await;
-    let layout_name = match layout {
+fn layout_name(layout: Layout) -> &'static str {
+    match layout {
         Layout::Tlv => "tlv",
         Layout::Ltv => "ltv",
-    };
-    let query = format!("ws=ws://{addr}/&layout={layout_name}");
-    let run = run_page(&exe, name, "echo.html", &query, 2).await;
-    let expected: Vec<Value> = GREETINGS
+    }
+}
+
+/// The replies `echo.html` shows when every greeting came back.
+fn expected_replies() -> Vec<Value> {
+    GREETINGS
         .iter()
         .map(|&(id, text)| {
             json!({
@@ -499,17 +500,68 @@ async fn echo_page(layout: Layout, name: &str) {
                 "text": text,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Every load of `run` showed exactly the greetings echoed, in `layout`.
+fn assert_echoed(run: &PageRun, layout: Layout, name: &str) {
     for (load, results) in run.results.iter().enumerate() {
         assert_eq!(results["state"], "done", "{name}, load {load}: {results:#}");
-        assert_eq!(results["layout"], layout_name);
+        assert_eq!(results["layout"], layout_name(layout));
         assert_eq!(
             results["replies"].as_array().unwrap(),
-            &expected,
+            &expected_replies(),
             "{name}, load {load}: the page's replies ({})",
             run.screenshot.display()
         );
     }
+}
+
+/// `echo.html` against the echo example's WebSocket listener in `layout`: the
+/// page must show exactly the two greetings echoed.
+#[cfg(feature = "ws")]
+async fn echo_example_page(layout: Layout, name: &str) {
+    let Some(exe) = chromium(name) else { return };
+    let dir = out_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("zinx.json");
+    std::fs::write(
+        &config,
+        r#"{"Host": "127.0.0.1", "Mode": "websocket", "WsPort": 0, "WsPath": "/"}"#,
+    )
+    .unwrap();
+    let (_server, lines) =
+        support::echo_example_with(&config, 1, &["--format", layout_name(layout)]).await;
+    let addr: SocketAddr = lines[0]
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {lines:?}"));
+    let query = format!("ws=ws://{addr}/&layout={}", layout_name(layout));
+    let run = run_page(&exe, name, "echo.html", &query, 1).await;
+    assert_echoed(&run, layout, name);
+}
+
+#[cfg(feature = "ws")]
+#[tokio::test]
+async fn echo_page_against_the_echo_example_tlv() {
+    echo_example_page(Layout::Tlv, "example-tlv").await;
+}
+
+#[cfg(feature = "ws")]
+#[tokio::test]
+async fn echo_page_against_the_echo_example_ltv() {
+    echo_example_page(Layout::Ltv, "example-ltv").await;
+}
+
+/// `echo.html` against the cutting echo server in `layout`, loaded twice (once
+/// for each way [`cut`] cuts the replies): the page must show exactly the two
+/// greetings echoed, and the server must have received exactly them.
+async fn echo_page(layout: Layout, name: &str) {
+    let Some(exe) = chromium(name) else { return };
+    let (addr, logs) = echo_server(layout).await;
+    let query = format!("ws=ws://{addr}/&layout={}", layout_name(layout));
+    let run = run_page(&exe, name, "echo.html", &query, 2).await;
+    assert_echoed(&run, layout, name);
 
     // The server's side: the module's frames decoded as sent, and the replies
     // cut as intended, so that the page's reassembly was exercised.

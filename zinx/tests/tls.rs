@@ -12,61 +12,27 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{Captured, RawClient, TestServer, config, echo, frame, within};
+use support::{
+    Captured, Cert, RawClient, TestServer, client_example, config, echo, echo_example, example,
+    frame, make_cert, within,
+};
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
 use zinx::transport::Listener;
-use zinx::transport::tls::{TlsClient, TlsServer};
+use zinx::transport::tls::TlsClient;
 use zinx::{
     Client, Config, Connection, Heartbeat, Layout, Reconnect, Request, Router, Server,
     ServerBuilder,
 };
 
 const T: Duration = Duration::from_secs(10);
-
-/// A self-signed certificate and its key, as PEM files in a directory of
-/// their own.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    cert_pem: String,
-}
-
-/// A certificate for `names` (IP addresses become IP subject alternative
-/// names), written under a directory named after `test`.
-fn make_cert(test: &str, names: &[&str]) -> Cert {
-    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    let made = rcgen::generate_simple_self_signed(names).unwrap();
-    let dir = std::env::temp_dir().join(format!("zinx-tls-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let cert_pem = made.cert.pem();
-    std::fs::write(&cert, &cert_pem).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    Cert {
-        cert,
-        key,
-        cert_pem,
-    }
-}
-
-impl Cert {
-    fn server(&self) -> TlsServer {
-        TlsServer::from_pem_files(&self.cert, &self.key).unwrap()
-    }
-
-    fn client(&self) -> TlsClient {
-        TlsClient::trust_pem(self.cert_pem.as_bytes()).unwrap()
-    }
-}
 
 async fn tls_listener(cert: &Cert) -> Listener {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -87,24 +53,7 @@ async fn raw(addr: SocketAddr, cert: &Cert, layout: Layout) -> Raw {
 
 /// [`raw`] on a connected socket.
 async fn raw_on(tcp: TcpStream, cert: &Cert, layout: Layout) -> Raw {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    // The provider zinx uses (deprecated in rustls 0.23.48: see
-    // zinx::transport::tls).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = within("handshake", tls.connect(name, tcp)).await.unwrap();
+    let stream = cert.connect(tcp).await;
     let (read, write) = tokio::io::split(stream);
     RawClient::from_halves(read, write, layout)
 }
@@ -681,38 +630,6 @@ async fn serve_fails_naming_the_key_and_file_it_cannot_use() {
     assert!(err.is_config() && text.contains("CertFile"), "{text}");
 }
 
-fn example(name: &str) -> PathBuf {
-    // Test binaries live in target/<profile>/deps, examples in
-    // target/<profile>/examples (built by `cargo test`).
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo test`",
-        path.display()
-    );
-    path
-}
-
-/// Runs the client example with `args`; returns whether it exited 0, and its
-/// output.
-async fn client_example(args: Vec<String>) -> (bool, String) {
-    let out = within(
-        "client example",
-        tokio::task::spawn_blocking(move || Command::new(example("client")).args(&args).output()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[tokio::test]
 async fn the_client_example_checks_every_reply_over_tls_with_its_ca() {
     let cert = make_cert("client-example", &["127.0.0.1"]);
@@ -738,17 +655,6 @@ async fn the_client_example_checks_every_reply_over_tls_with_its_ca() {
     server.stop().await;
 }
 
-/// A child process killed when dropped, so a failing assertion leaves no
-/// server behind (holding the test's stderr open).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_echo_example_serves_tls_when_its_config_sets_the_cert_files() {
     let cert = make_cert("echo-example", &["127.0.0.1"]);
@@ -760,27 +666,8 @@ async fn the_echo_example_serves_tls_when_its_config_sets_the_cert_files() {
     );
     let config = dir.join("zinx.json");
     std::fs::write(&config, json).unwrap();
-    let mut child = Killed(
-        Command::new(example("echo_server"))
-            .env("ZINX_CONFIG_FILE_PATH", &config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let line = within(
-        "the address line",
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-                .map(|_| line)
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (child, lines) = echo_example(&config, 1).await;
+    let line = &lines[0];
     let addr: SocketAddr = line
         .split_whitespace()
         .find_map(|w| w.parse().ok())

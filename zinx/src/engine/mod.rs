@@ -160,8 +160,9 @@ impl<F: Framing> Engine<F> {
     /// Sets a connection up: creates its handle, registers it with the manager
     /// and prepares its writer, which is made with the first message queued (so
     /// an idle connection holds none). Runs in the caller's span.
-    pub(crate) fn setup<R, W>(&self, r: R, w: W, endpoint: Endpoint) -> Prepared<R>
+    pub(crate) fn setup<R, W>(&self, mut r: R, w: W, endpoint: Endpoint) -> Prepared<R>
     where
+        R: ReadSource,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let Endpoint { id, peer, local } = endpoint;
@@ -180,6 +181,7 @@ impl<F: Framing> Engine<F> {
             tracker: Some(self.tracker.clone()),
             observer: self.observer.clone(),
         });
+        r.opened(&conn);
         let registration = self.manager.register(conn.clone());
         let linger = self.linger;
         conn.set_writer(Box::new(move || Box::new(Writer::new(w, linger))));

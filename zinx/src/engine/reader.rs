@@ -96,6 +96,12 @@ pub(crate) struct ReadSettings {
 /// read waits; TCP waits for readiness first and only then makes room, so an idle
 /// connection holds no read buffer at all.
 pub(crate) trait ReadSource: AsyncRead + Unpin + Send + 'static {
+    /// Called once its connection is set up, before `on_connect`: a transport
+    /// may leave what its open step learned as the connection's properties.
+    fn opened(&mut self, conn: &crate::Connection) {
+        let _ = conn;
+    }
+
     /// Waits for bytes and appends some to `buf` (making room for `chunk` first).
     /// `Ok(0)` is the end of the stream. `fresh`: nothing was read yet (see the
     /// TCP implementation). Cancel-safe: nothing is lost if dropped.
@@ -236,7 +242,7 @@ where
                 read = io.read_into(&mut buf, chunk, fresh) => read,
             } {
                 Ok(n) => n,
-                Err(e) => return ReadEnd::Failed(e.into()),
+                Err(e) => return ReadEnd::Failed(Error::from_read(e)),
             };
             let eof = n == 0;
             fresh = false;

@@ -91,6 +91,15 @@ pub trait Framing:
         None
     }
 
+    /// For transports that carry one frame per message (WebSocket): the length
+    /// of the first frame in `encoded`, bytes this framing encoded, once enough
+    /// of it is there to tell; `None` while it is not. The default, for
+    /// framings that cannot tell, takes all of `encoded` as one frame (so a
+    /// batch goes as one message).
+    fn frame_len(&self, encoded: &[u8]) -> Option<usize> {
+        (!encoded.is_empty()).then_some(encoded.len())
+    }
+
     /// Decodes every whole frame in `buf` into `out` (what one read brought); at
     /// `eof`, a partial frame left over is an error. On error, the frames before
     /// the bad one are in `out`.

@@ -284,6 +284,11 @@ impl Framing for Codec {
         Some(self.encode_header_into(msg.id, msg.data.len(), dst))
     }
 
+    fn frame_len(&self, encoded: &[u8]) -> Option<usize> {
+        let (_, len) = self.parse_header(encoded.get(..HEADER_LEN)?);
+        Some(HEADER_LEN + len as usize)
+    }
+
     fn decode_all(
         &mut self,
         buf: &mut BytesMut,

@@ -1,6 +1,5 @@
-//! Transports: how a connection's bytes travel (TCP, and TLS over TCP with the
-//! `tls` feature; a WebSocket transport adds an open step, KCP a listener of its
-//! own).
+//! Transports: how a connection's bytes travel: TCP; TLS over TCP (feature
+//! `tls`); WebSocket, ws or wss (feature `ws`).
 //!
 //! A transport is a **listener**, which accepts raw connections and their peer
 //! addresses, and an **open step**, which turns a raw connection into the read
@@ -18,6 +17,8 @@
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 use std::future::Future;
 use std::io;
@@ -41,6 +42,11 @@ pub enum Listener {
     /// own task under `HandshakeTimeout`.
     #[cfg(feature = "tls")]
     Tls(tokio::net::TcpListener, tls::TlsServer),
+    /// WebSocket over TCP, ws or wss (feature `ws`): each connection's upgrade
+    /// (after its TLS handshake, for wss) runs in its own task under
+    /// `HandshakeTimeout`.
+    #[cfg(feature = "ws")]
+    Ws(tokio::net::TcpListener, ws::WsServer),
 }
 
 impl Listener {
@@ -54,6 +60,8 @@ impl Listener {
             Listener::Tcp(l) => l.local_addr(),
             #[cfg(feature = "tls")]
             Listener::Tls(l, _) => l.local_addr(),
+            #[cfg(feature = "ws")]
+            Listener::Ws(l, _) => l.local_addr(),
         }
     }
 
@@ -64,6 +72,20 @@ impl Listener {
             Listener::Tcp(_) => "tcp",
             #[cfg(feature = "tls")]
             Listener::Tls(..) => "tls",
+            #[cfg(feature = "ws")]
+            Listener::Ws(_, ws) if ws.is_tls() => "wss",
+            #[cfg(feature = "ws")]
+            Listener::Ws(..) => "ws",
+        }
+    }
+
+    /// The path a WebSocket listener serves (`WsPath`); `None` for others.
+    #[must_use]
+    pub fn ws_path(&self) -> Option<&str> {
+        match self {
+            #[cfg(feature = "ws")]
+            Listener::Ws(_, ws) => Some(ws.path()),
+            _ => None,
         }
     }
 
@@ -88,21 +110,83 @@ impl Listener {
     pub fn tls(listener: tokio::net::TcpListener, tls: tls::TlsServer) -> Listener {
         Listener::Tls(listener, tls)
     }
+
+    /// A listener speaking WebSocket (ws, or wss when `ws` has TLS) on a bound
+    /// TCP listener (feature `ws`). See [`WsServer`](ws::WsServer).
+    #[cfg(feature = "ws")]
+    #[must_use]
+    pub fn ws(listener: tokio::net::TcpListener, ws: ws::WsServer) -> Listener {
+        Listener::Ws(listener, ws)
+    }
 }
 
-/// Binds the listeners the config asks for: `Host:TCPPort` (see
-/// [`bind_tcp`](tcp::bind_tcp)), speaking TLS when `CertFile` and
-/// `PrivateKeyFile` are both set, as in Go Zinx (feature `tls`). The
-/// certificate and key are read before anything is bound.
+/// The transports `Mode` asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Modes {
+    tcp: bool,
+    websocket: bool,
+    kcp: bool,
+}
+
+impl Modes {
+    /// Reads `Mode`: `"tcp"`, `"websocket"`, `"kcp"`, a comma list of them
+    /// (any combination), or empty for TCP and WebSocket together, as Go Zinx
+    /// has it. Names are read without regard to case or spaces around them.
+    fn parse(mode: &str) -> Result<Modes, Error> {
+        let mut modes = Modes::default();
+        if mode.trim().is_empty() {
+            modes.tcp = true;
+            modes.websocket = true;
+            return Ok(modes);
+        }
+        for name in mode.split(',').map(str::trim) {
+            match name.to_ascii_lowercase().as_str() {
+                "tcp" => modes.tcp = true,
+                "websocket" => modes.websocket = true,
+                "kcp" => modes.kcp = true,
+                _ => {
+                    return Err(Error::ConfigValue {
+                        key: "Mode",
+                        message: format!(
+                            "unknown transport {name:?} in {mode:?}: \"tcp\", \"websocket\", \
+                             \"kcp\", a comma list of them, or empty for tcp and websocket"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(modes)
+    }
+}
+
+/// Binds the listeners the config asks for, by `Mode` (`"tcp"` by default;
+/// `"websocket"`, `"kcp"`, a comma list such as `"tcp,websocket"`, or empty
+/// for TCP and WebSocket together, as Go Zinx has it):
+///
+/// - TCP on `Host:TCPPort` (see [`bind_tcp`](tcp::bind_tcp)), speaking TLS
+///   when `CertFile` and `PrivateKeyFile` are both set, as in Go Zinx
+///   (feature `tls`);
+/// - WebSocket on `Host:WsPort` at `WsPath` (feature `ws`), speaking wss
+///   when the certificate is set.
+///
+/// The certificate and key are read before anything is bound.
 ///
 /// # Errors
 ///
-/// [`Error::ConfigValue`] when only one of `CertFile` and `PrivateKeyFile` is
-/// set, or either is set and zinx was built without the `tls` feature (never
-/// plain TCP instead); [`Error::Tls`] naming the file and its key when the
-/// certificate or key cannot be read or used; [`Error::Listen`] when the address
-/// cannot be bound.
+/// [`Error::ConfigValue`] when `Mode` names an unknown transport or one this
+/// build cannot serve (its cargo feature is off), when only one of
+/// `CertFile` and `PrivateKeyFile` is set, or either is set and zinx was
+/// built without the `tls` feature (never plain TCP instead); [`Error::Tls`]
+/// naming the file and its key when the certificate or key cannot be read or
+/// used; [`Error::Listen`] when an address cannot be bound.
 pub async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
+    let modes = Modes::parse(&config.mode)?;
+    if modes.websocket && !cfg!(feature = "ws") {
+        return Err(missing_feature("websocket", "ws"));
+    }
+    if modes.kcp {
+        return Err(missing_feature("kcp", "kcp"));
+    }
     let (cert, key) = (&config.cert_file, &config.private_key_file);
     let tls = match (cert.is_empty(), key.is_empty()) {
         (true, true) => None,
@@ -120,15 +204,47 @@ pub async fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
         }
         (false, false) => Some(tls_server(config)?),
     };
-    let tcp = tcp::bind_tcp(config).await?;
-    let listener = match tls {
-        None => Listener::Tcp(tcp),
-        #[cfg(feature = "tls")]
-        Some(tls) => Listener::Tls(tcp, tls),
-        #[cfg(not(feature = "tls"))]
-        Some(never) => match never {},
-    };
-    Ok(vec![listener])
+    let mut listeners = Vec::new();
+    if modes.tcp {
+        let tcp = tcp::bind_tcp(config).await?;
+        // Without `tls`, `tls` is an `Option` of nothing, which is `Copy`.
+        #[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
+        listeners.push(match tls.clone() {
+            None => Listener::Tcp(tcp),
+            #[cfg(feature = "tls")]
+            Some(tls) => Listener::Tls(tcp, tls),
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match never {},
+        });
+    }
+    #[cfg(feature = "ws")]
+    if modes.websocket {
+        let addr = config.addr(config.ws_port);
+        let tcp = tcp::bind(&addr, config.listen_backlog, "Host, WsPort").await?;
+        let ws = ws::WsServer::new(config.ws_path.as_str());
+        listeners.push(Listener::Ws(
+            tcp,
+            match tls {
+                None => ws,
+                #[cfg(feature = "tls")]
+                Some(tls) => ws.tls(tls),
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
+            },
+        ));
+    }
+    Ok(listeners)
+}
+
+/// `Mode` names a transport whose cargo feature is off.
+fn missing_feature(mode: &str, feature: &str) -> Error {
+    Error::ConfigValue {
+        key: "Mode",
+        message: format!(
+            "names {mode:?}, but zinx was built without its `{feature}` feature: enable it to \
+             serve {mode}"
+        ),
+    }
 }
 
 /// The config's certificate and key.
@@ -180,6 +296,9 @@ pub(crate) enum OpenNow<R, W, Raw> {
     Later(Raw),
 }
 
+/// A refusal in progress: answering a connection the server cannot admit.
+pub(crate) type Refusal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Accepts raw connections.
 pub(crate) trait Accept: Send + 'static {
     /// A connection as accepted, before its open step.
@@ -199,6 +318,15 @@ pub(crate) trait Open<Raw>: Send + Sync + 'static {
     /// the connection back for [`open`](Self::open).
     fn open_now(&self, raw: Raw) -> OpenNow<Self::Read, Self::Write, Raw> {
         OpenNow::Later(raw)
+    }
+
+    /// Answers a connection the server does not admit (`limit` is full) when
+    /// the transport can say why (WebSocket: an HTTP status, so a browser
+    /// learns why); `None`, the default, closes it. The refusal is run bounded
+    /// in time and in how many run at once.
+    fn refuse(&self, raw: Raw, limit: crate::faults::Fault) -> Option<Refusal> {
+        let _ = (raw, limit);
+        None
     }
 
     /// Opens `raw` (handshake, upgrade). Run under the handshake timeout.

@@ -63,8 +63,8 @@ use tokio::net::TcpStream;
 use crate::error::Error;
 use crate::transport::{Connect, Dialled, Open, Opened};
 
-type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
-type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub(crate) type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+pub(crate) type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The one crypto provider, named wherever a config is built.
 ///
@@ -199,14 +199,19 @@ impl Open<TcpStream> for TlsServer {
     ) -> Result<Opened<ReadHalf<ServerStream>, WriteHalf<ServerStream>>, Error> {
         let _ = raw.set_nodelay(true);
         let local = raw.local_addr()?;
+        let (read, write) = tokio::io::split(self.accept(raw).await?);
+        Ok(Opened { read, write, local })
+    }
+}
+
+impl TlsServer {
+    /// The server's side of the handshake on `raw` (the caller bounds its time).
+    pub(crate) async fn accept(&self, raw: TcpStream) -> Result<ServerStream, Error> {
         // The peer is in the fault's log line already.
-        let stream = self
-            .acceptor
+        self.acceptor
             .accept(raw)
             .await
-            .map_err(|e| tls_error("handshake failed", e))?;
-        let (read, write) = tokio::io::split(stream);
-        Ok(Opened { read, write, local })
+            .map_err(|e| tls_error("handshake failed", e))
     }
 }
 
@@ -388,6 +393,19 @@ impl Connect for TlsConnector {
     async fn connect(
         &self,
     ) -> Result<Dialled<ReadHalf<ClientStream>, WriteHalf<ClientStream>>, Error> {
+        let (stream, peer, local) = self.dial().await?;
+        let (read, write) = tokio::io::split(stream);
+        Ok(Dialled {
+            opened: Opened { read, write, local },
+            peer,
+        })
+    }
+}
+
+impl TlsConnector {
+    /// Dials TCP and shakes hands within the handshake timeout: the stream,
+    /// the peer's address and the local one.
+    pub(crate) async fn dial(&self) -> Result<(ClientStream, SocketAddr, SocketAddr), Error> {
         let stream = TcpStream::connect(&self.addr).await?;
         let _ = stream.set_nodelay(true);
         let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
@@ -404,11 +422,7 @@ impl Connect for TlsConnector {
                 return Err(tls_error(context(), why));
             }
         };
-        let (read, write) = tokio::io::split(stream);
-        Ok(Dialled {
-            opened: Opened { read, write, local },
-            peer,
-        })
+        Ok((stream, peer, local))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -221,4 +222,154 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     fn make_writer(&'a self) -> Captured {
         self.clone()
     }
+}
+
+/// A self-signed certificate and its key, as PEM files in a directory of
+/// their own.
+pub struct Cert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: String,
+}
+
+/// A certificate for `names` (IP addresses become IP subject alternative
+/// names), written under a directory named after `test`.
+pub fn make_cert(test: &str, names: &[&str]) -> Cert {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let made = rcgen::generate_simple_self_signed(names).unwrap();
+    let dir = std::env::temp_dir().join(format!("zinx-tls-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let cert_pem = made.cert.pem();
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    Cert {
+        cert,
+        key,
+        cert_pem,
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Cert {
+    /// A client's TLS handshake on `tcp` (rustls with ring, trusting this
+    /// certificate, for the name 127.0.0.1).
+    pub async fn connect(&self, tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        // The provider zinx uses (deprecated in rustls 0.23.48: see
+        // zinx::transport::tls).
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        within("handshake", tls.connect(name, tcp)).await.unwrap()
+    }
+
+    pub fn server(&self) -> zinx::transport::tls::TlsServer {
+        zinx::transport::tls::TlsServer::from_pem_files(&self.cert, &self.key).unwrap()
+    }
+
+    pub fn client(&self) -> zinx::transport::tls::TlsClient {
+        zinx::transport::tls::TlsClient::trust_pem(self.cert_pem.as_bytes()).unwrap()
+    }
+}
+
+pub fn example(name: &str) -> PathBuf {
+    // Test binaries live in target/<profile>/deps, examples in
+    // target/<profile>/examples (built by `cargo test`).
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// Runs the client example with `args`; returns whether it exited 0, and its
+/// output.
+pub async fn client_example(args: Vec<String>) -> (bool, String) {
+    let out = within(
+        "client example",
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(example("client"))
+                .args(&args)
+                .output()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A child process killed when dropped, so a failing assertion leaves no
+/// server behind (holding the test's stderr open).
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the echo example with `config` (a zinx.json) and reads the first
+/// `lines` lines it prints (one per listener).
+pub async fn echo_example(config: &std::path::Path, lines: usize) -> (Killed, Vec<String>) {
+    echo_example_with(config, lines, &[]).await
+}
+
+/// [`echo_example`] with command-line arguments.
+pub async fn echo_example_with(
+    config: &std::path::Path,
+    lines: usize,
+    args: &[&str],
+) -> (Killed, Vec<String>) {
+    use std::process::{Command, Stdio};
+    let mut child = Killed(
+        Command::new(example("echo_server"))
+            .args(args)
+            .env("ZINX_CONFIG_FILE_PATH", config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let read = within(
+        "the address lines",
+        tokio::task::spawn_blocking(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut out = Vec::new();
+            for _ in 0..lines {
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut reader, &mut line)?;
+                out.push(line);
+            }
+            std::io::Result::Ok(out)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (child, read)
 }
