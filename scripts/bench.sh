@@ -72,6 +72,9 @@ transport_args() {
 SERVER_PID=
 start_server() {
     local name=$1 log=$OUT/server-$1.log
+    # Emptied first: the server's redirection may come after the wait below
+    # has looked, and the last run's "listening" must not count.
+    : > "$log"
     local binary=target/release/examples/echo_server config=$OUT/zinx.json
     if [ "$TRANSPORT" != tcp ]; then
         binary=$OUT/echo_server-transports config=$OUT/zinx-$TRANSPORT.json

@@ -67,6 +67,10 @@ async fn main() -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("zinx-baseline listening on {addr} ({:?})", args.transport);
     }
+    // Made once: a signal that came between two accepts would be missed by a
+    // future made anew each turn, and the handler installed would ignore it.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -74,7 +78,7 @@ async fn main() -> Result<(), String> {
                 let (format, max) = (args.format, args.max_packet_size);
                 tokio::spawn(serve(stream, args.transport, tls.clone(), format, max));
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut ctrl_c => return Ok(()),
         }
     }
 }
