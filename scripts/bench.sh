@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks the zinx echo example against the raw tokio baseline and writes
-# docs/PERFORMANCE.md (the KCP section comes from scripts/bench-kcp.sh).
+# docs/PERFORMANCE.md; then TLS, WebSocket and wss, each against a raw server of
+# the same transport (zinx-baseline --transport). The KCP section comes from
+# scripts/bench-kcp.sh.
 #
-#   scripts/bench.sh                    # full run (about 8 minutes on 2 cores)
+#   scripts/bench.sh                    # full run (about 10 minutes on 2 cores)
 #   DURATION=3 ROUNDS=1 scripts/bench.sh   # quick look
+#   ONLY=transports scripts/bench.sh    # only the transport rows: replaces their
+#                                       # section of docs/PERFORMANCE.md, the rest kept
 #
 # Server and load generator are pinned to different CPUs; both servers run each
 # scenario under identical loads, alternately (taking turns going first), ROUNDS
@@ -17,30 +21,72 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-2}
+ONLY=${ONLY:-}
 OUT=target/bench
 RESULTS=$OUT/results.jsonl
+TRANSPORT_RESULTS=$OUT/results-transports.jsonl
 DOC=${DOC:-docs/PERFORMANCE.md}
 ZINX_PORT=9100
 BASE_PORT=9101
 
 if [ "$(nproc)" -ge 2 ]; then SERVER_CPU=0; LOAD_CPU=1; else SERVER_CPU=0; LOAD_CPU=0; fi
 
-cargo build --release -q -p zinx-bench -p zinx --example echo_server --bins
+# The echo server of the transport rows has the features they need (`ws` once
+# zinx has it: until then the ws and wss rows measure the baseline alone), and
+# is a binary of its own: the TCP rows' server is built as before, without them.
+ZINX_FEATURES=tls
+if grep -q '^ws = ' zinx/Cargo.toml; then ZINX_FEATURES=tls,ws; fi
 mkdir -p "$OUT"
-: > "$RESULTS"
+cargo build --release -q -p zinx --example echo_server --features "$ZINX_FEATURES"
+cp target/release/examples/echo_server "$OUT/echo_server-transports"
+cargo build --release -q -p zinx-bench -p zinx --example echo_server --bins
+if [ -z "$ONLY" ]; then : > "$RESULTS"; fi
+: > "$TRANSPORT_RESULTS"
 cat > "$OUT/zinx.json" <<EOF
 {"Name": "bench", "Host": "127.0.0.1", "TCPPort": $ZINX_PORT, "MaxConn": 60000, "LogIsolationLevel": 2}
 EOF
 
+# A throw-away certificate for 127.0.0.1, and zinx.json for each transport.
+CERT=$OUT/cert/cert.pem
+KEY=$OUT/cert/key.pem
+target/release/zinx-bench cert --out "$OUT/cert"
+COMMON="\"Name\": \"bench\", \"Host\": \"127.0.0.1\", \"MaxConn\": 60000, \"LogIsolationLevel\": 2"
+TLS_KEYS="\"CertFile\": \"$CERT\", \"PrivateKeyFile\": \"$KEY\""
+WS_KEYS="\"Mode\": \"websocket\", \"WsPort\": $ZINX_PORT, \"WsPath\": \"/\""
+echo "{$COMMON, \"TCPPort\": $ZINX_PORT, $TLS_KEYS}" > "$OUT/zinx-tls.json"
+echo "{$COMMON, $WS_KEYS}" > "$OUT/zinx-ws.json"
+echo "{$COMMON, $WS_KEYS, $TLS_KEYS}" > "$OUT/zinx-wss.json"
+
+# What the servers and the load generator speak (tcp, tls, ws or wss), and the
+# arguments that takes beyond TCP's.
+TRANSPORT=tcp
+transport_args() {
+    local role=$1
+    case $TRANSPORT in
+        tcp) ;;
+        ws) echo "--transport ws" ;;
+        *) if [ "$role" = server ]; then echo "--transport $TRANSPORT --cert $CERT --key $KEY"
+           else echo "--transport $TRANSPORT --ca $CERT"; fi ;;
+    esac
+}
+
 SERVER_PID=
 start_server() {
     local name=$1 log=$OUT/server-$1.log
+    # Emptied first: the server's redirection may come after the wait below
+    # has looked, and the last run's "listening" must not count.
+    : > "$log"
+    local binary=target/release/examples/echo_server config=$OUT/zinx.json
+    if [ "$TRANSPORT" != tcp ]; then
+        binary=$OUT/echo_server-transports config=$OUT/zinx-$TRANSPORT.json
+    fi
     case $name in
-        zinx) ZINX_CONFIG_FILE_PATH=$OUT/zinx.json taskset -c $SERVER_CPU \
-                  target/release/examples/echo_server > "$log" 2>&1 &
+        zinx) ZINX_CONFIG_FILE_PATH=$config taskset -c $SERVER_CPU \
+                  "$binary" > "$log" 2>&1 &
               PORT=$ZINX_PORT ;;
+        # shellcheck disable=SC2046 # the transport's arguments are words
         baseline) taskset -c $SERVER_CPU target/release/zinx-baseline \
-                      --addr 127.0.0.1:$BASE_PORT > "$log" 2>&1 &
+                      --addr 127.0.0.1:$BASE_PORT $(transport_args server) > "$log" 2>&1 &
               PORT=$BASE_PORT ;;
     esac
     SERVER_PID=$!
@@ -58,20 +104,25 @@ stop_server() {
 }
 
 bench() {
-    taskset -c $LOAD_CPU target/release/zinx-bench --addr 127.0.0.1:$PORT --server-pid "$SERVER_PID" --json "$@"
+    # shellcheck disable=SC2046 # the transport's arguments are words
+    taskset -c $LOAD_CPU target/release/zinx-bench --addr 127.0.0.1:$PORT --server-pid "$SERVER_PID" --json $(transport_args client) "$@"
 }
 
+# The servers a scenario runs (zinx is left out where it cannot serve the
+# transport), and the file its results go to.
+SERVERS="baseline zinx"
+SCENARIO_RESULTS=$RESULTS
 scenario() {
     local name=$1; shift
     for round in $(seq 1 "$ROUNDS"); do
         # Alternating which server goes first: a disturbance that grows or fades
         # over a scenario then favours neither.
-        local order="baseline zinx"
-        if [ $((round % 2)) -eq 0 ]; then order="zinx baseline"; fi
+        local order=$SERVERS
+        if [ $((round % 2)) -eq 0 ]; then order=$(echo "$SERVERS" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}'); fi
         for server in $order; do
             start_server $server
             echo "bench: $name, $server, round $round" >&2
-            bench --scenario "$name" --server-name $server --duration "$DURATION" --warmup "$WARMUP" "$@" >> "$RESULTS" || echo "bench: $name/$server reported errors" >&2
+            bench --scenario "$name" --server-name $server --duration "$DURATION" --warmup "$WARMUP" "$@" >> "$SCENARIO_RESULTS" || echo "bench: $name/$server reported errors" >&2
             stop_server
         done
     done
@@ -106,6 +157,72 @@ together() {
     done
 }
 
+# TLS, WebSocket and wss, each against the baseline of the same transport; the
+# section of PERFORMANCE.md with them goes to $OUT/transports.md.
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+transport_rows() {
+    for TRANSPORT in tls ws wss; do
+        SERVERS="baseline zinx"
+        if [ "$ZINX_FEATURES" = tls ] && [ "$TRANSPORT" != tls ]; then SERVERS=baseline; fi
+        SCENARIO_RESULTS=$TRANSPORT_RESULTS
+        scenario "$TRANSPORT: 50 conns x pipeline 16 x 64 B" --conns 50 --pipeline 16 --payload 64
+        scenario "$TRANSPORT: 50 conns ping-pong x 64 B" --conns 50 --pipeline 1 --payload 64
+    done
+    TRANSPORT=tcp SERVERS="baseline zinx" SCENARIO_RESULTS=$RESULTS
+    local no_ws=
+    if [ "$ZINX_FEATURES" = tls ]; then
+        no_ws="
+
+The ws and wss rows have no \`zinx\` figures: this build of zinx has no \`ws\` feature,
+so only their baselines ran."
+    fi
+    cat > "$OUT/transports.md" <<EOF
+## Transports
+
+Measured by \`ONLY=transports DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS scripts/bench.sh\`
+(the full run measures these rows too, after the TCP ones): the servers take turns as
+above, the tables show the best round of each and the per-round ratios as their median
+(range).
+
+- Machine: $(nproc) CPUs ($CPU_MODEL), Linux $(uname -r), a shared VM; $(rustc --version).
+- Server pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU.
+- \`zinx\`: \`examples/echo_server\` built with \`--features $ZINX_FEATURES\`, message ID 1 (the
+  synchronous route); TLS on \`TCPPort\` with \`CertFile\` and \`PrivateKeyFile\`, WebSocket
+  with \`"Mode": "websocket"\` on \`WsPort\` at \`/\`, wss with the certificate as well.
+- \`baseline\`: \`zinx-baseline --transport tls|ws|wss\`, a raw server of the same transport:
+  for tls the TCP baseline's echo over tokio-rustls (the complete frames of each read
+  written back and flushed at once); for ws and wss a tokio-tungstenite echo that reads
+  binary messages as one byte stream and sends each complete frame back as one binary
+  message, the replies to the messages already received flushed together; tungstenite
+  reads at most 8 KiB at a time there, as in zinx (its default, 128 KiB, is zeroed before
+  every read: under callgrind that made the baseline's ping-pong reply 26,000 instructions).
+- Both use rustls with ring and a P-256 certificate for 127.0.0.1 from \`zinx-bench cert\`;
+  the load generator runs \`zinx-bench --transport tls|ws|wss --ca cert.pem\` (one binary
+  message per request frame; the replies' messages read as one byte stream).
+
+The goal: server CPU per reply within 1.3 times that of the same transport's baseline.$no_ws
+
+$(target/release/zinx-bench report "$TRANSPORT_RESULTS" --server zinx --baseline baseline)
+
+EOF
+}
+
+if [ "$ONLY" = transports ]; then
+    transport_rows
+    # Replace the section (or add it before the memory section), keep the rest.
+    awk -v file="$OUT/transports.md" '
+        function emit(  line) { while ((getline line < file) > 0) print line; close(file); done = 1 }
+        /^## Transports$/ { emit(); skip = 1; next }
+        skip && /^## / { skip = 0 }
+        skip { next }
+        !done && /^## Memory per connection/ { emit() }
+        { print }
+        END { if (!done) { print ""; emit() } }' "$DOC" > "$DOC.tmp"
+    mv "$DOC.tmp" "$DOC"
+    echo "bench: wrote the transport rows into $DOC" >&2
+    exit 0
+fi
+
 scenario "50 conns x pipeline 16 x 64 B" --conns 50 --pipeline 16 --payload 64
 scenario "50 conns x pipeline 16 x 64 B, async route" --conns 50 --pipeline 16 --payload 64 --msg-id 2
 scenario "50 conns ping-pong x 64 B" --conns 50 --pipeline 1 --payload 64
@@ -113,6 +230,7 @@ scenario "1000 conns ping-pong x 64 B" --conns 1000 --pipeline 1 --payload 64
 scenario "50 conns ping-pong x 4 KiB" --conns 50 --pipeline 1 --payload 4096
 scenario "c10k: 10000 conns ping-pong x 64 B" --conns 10000 --pipeline 1 --payload 64
 together "c10k, both servers at once" --conns 10000 --pipeline 1 --payload 64
+transport_rows
 
 # Idle memory: open and hold the connections (one message each, then hold).
 MAX_FDS=$(ulimit -Hn)
@@ -160,7 +278,6 @@ if [ -n "${SKIPPED_IDLE:-}" ]; then
 connection."
 fi
 TABLES=$(target/release/zinx-bench report "$RESULTS" --server zinx --baseline baseline)
-CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
 cat > "$DOC" <<EOF
 # Performance
 
@@ -198,6 +315,7 @@ more CPU).
 
 $TABLES
 
+$(cat "$OUT/transports.md")
 ## Memory per connection
 
 Server RSS growth per connection, idle after connecting and after one echo on every

@@ -12,8 +12,16 @@
 //! made, it stops at once with the error and prints no result. On a terminal, a
 //! progress bar shows the elapsed and remaining time. `zinx-bench report` turns the
 //! `--json` lines of many runs into the tables of docs/PERFORMANCE.md.
+//!
+//! `--transport tls|ws|wss` speaks TLS (trusting `--ca`, or with `--insecure` any
+//! certificate), WebSocket (each request frame one binary message, the replies'
+//! messages read as one byte stream) or both; `zinx-bench cert` writes a
+//! throw-away certificate for 127.0.0.1 to serve them with. Each transport's
+//! connection is its own type and the load loop is generic over it, so TCP's
+//! runs as it did before the others existed.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -22,13 +30,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::either::Either;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use zinx::transport::kcp::{KcpSettings, KcpStream};
+use zinx_bench::net::{self, Transport};
 use zinx_bench::{
     ErrorsByReason, Format, HEADER, Latency, Mismatch, Payloads, Reason, RunReport,
     process_cpu_secs, process_rss_kib, render_memory, render_tables,
@@ -62,6 +73,13 @@ enum Command {
         #[arg(long)]
         memory: bool,
     },
+    /// Write a throw-away certificate for 127.0.0.1 and localhost (`cert.pem`,
+    /// `key.pem`) for TLS and wss servers.
+    Cert {
+        /// Directory to write them into (made if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -70,10 +88,6 @@ struct RunArgs {
     /// once; the first of its addresses that accepts a connection is used).
     #[arg(long, default_value = "127.0.0.1:8999")]
     addr: String,
-    /// Transport: tcp, or kcp (KCP over UDP with Go Zinx's default `Kcp*`
-    /// settings; one UDP socket per connection).
-    #[arg(long, value_enum, default_value = "tcp")]
-    transport: Transport,
     /// Connections.
     #[arg(long, default_value_t = 50)]
     conns: usize,
@@ -120,6 +134,18 @@ struct RunArgs {
     /// Runtime worker threads (default: the CPUs this process may use).
     #[arg(long)]
     threads: Option<usize>,
+    /// What the connections speak.
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
+    /// tls, wss: trust this PEM certificate (the server's, or its CA's).
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<std::path::PathBuf>,
+    /// tls, wss: trust any certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// ws, wss: the path of the WebSocket endpoint.
+    #[arg(long, default_value = "/")]
+    path: String,
 }
 
 /// A number of seconds a `Duration` can hold, not negative.
@@ -204,14 +230,23 @@ impl Shared {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Report {
-        files,
-        server,
-        baseline,
-        memory,
-    }) = cli.command
-    {
-        return report(&files, &server, &baseline, memory);
+    match cli.command {
+        Some(Command::Report {
+            files,
+            server,
+            baseline,
+            memory,
+        }) => return report(&files, &server, &baseline, memory),
+        Some(Command::Cert { out }) => {
+            return match net::write_loopback_certificate(&out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zinx-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let args = cli.run;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -334,19 +369,44 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
-/// How the connections reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Transport {
-    Tcp,
-    Kcp,
+/// One run over `--transport`. `Err` when it cannot even start (the address
+/// does not resolve, the TLS settings are wrong, or not one connection can be
+/// made): there is then nothing to report.
+async fn run(args: RunArgs) -> Result<RunReport, String> {
+    let tls = || -> Result<Tls, String> {
+        if args.ca.is_none() && !args.insecure {
+            let name = clap::ValueEnum::to_possible_value(&args.transport)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            return Err(format!("--transport {name} needs --ca FILE or --insecure"));
+        }
+        Ok(Tls {
+            connector: net::tls_client_config(args.ca.as_deref())
+                .map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)))?,
+            name: net::server_name(&args.addr)?,
+        })
+    };
+    let ws = |scheme: &str| format!("{scheme}://{}{}", args.addr, args.path);
+    match args.transport {
+        Transport::Tcp => run_over(Arc::new(Plain), args).await,
+        Transport::Tls => run_over(Arc::new(tls()?), args).await,
+        Transport::Ws => {
+            let url = ws("ws");
+            run_over(Arc::new(Ws { inner: Plain, url }), args).await
+        }
+        Transport::Wss => {
+            let (inner, url) = (tls()?, ws("wss"));
+            run_over(Arc::new(Ws { inner, url }), args).await
+        }
+        Transport::Kcp if args.connect_only => {
+            Err("--connect-only measures TCP connections only".to_owned())
+        }
+        Transport::Kcp => run_over(Arc::new(Kcp), args).await,
+    }
 }
 
-/// A connection of either transport.
-type Stream = Either<TcpStream, KcpStream>;
-
-/// One run. `Err` when it cannot even start (the address does not resolve, or
-/// not one connection can be made): there is then nothing to report.
-async fn run(args: RunArgs) -> Result<RunReport, String> {
+/// One run, each connection opened by `open`.
+async fn run_over<O: Open>(open: Arc<O>, args: RunArgs) -> Result<RunReport, String> {
     let addrs = resolve(&args.addr).await?;
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
@@ -375,10 +435,7 @@ async fn run(args: RunArgs) -> Result<RunReport, String> {
         ..RunReport::default()
     };
 
-    if args.connect_only && args.transport == Transport::Kcp {
-        return Err("--connect-only measures TCP connections only".to_owned());
-    }
-    let streams = connect_all(&args, &addrs, &shared).await?;
+    let streams = connect_all(&args, &addrs, &open, &shared).await?;
     if args.connect_only {
         return Ok(hold(&args, streams, &shared, report).await);
     }
@@ -470,11 +527,12 @@ async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
 /// `connect_concurrency` at a time; a failure of one of them is counted. On
 /// loopback, each connection gets its own source address in 127.0.0.0/8, so more
 /// than the ~28k ephemeral ports of one address can be used.
-async fn connect_all(
+async fn connect_all<O: Open>(
     args: &RunArgs,
     addrs: &[SocketAddr],
+    open: &Arc<O>,
     shared: &Shared,
-) -> Result<Vec<(u64, Stream)>, String> {
+) -> Result<Vec<(u64, O::Conn)>, String> {
     let mut streams = Vec::with_capacity(args.conns);
     if args.conns == 0 {
         return Ok(streams);
@@ -482,7 +540,7 @@ async fn connect_all(
     let mut failures = Vec::new();
     let mut first = None;
     for &addr in addrs {
-        match connect(addr, 0, args.transport).await {
+        match open.dial(addr, 0).await {
             Ok(s) => {
                 first = Some((addr, s));
                 break;
@@ -506,15 +564,14 @@ async fn connect_all(
     let limit = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let told = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(args.conns - 1);
-    let transport = args.transport;
     for i in 1..args.conns {
-        let (limit, told) = (limit.clone(), told.clone());
+        let (limit, told, open) = (limit.clone(), told.clone(), open.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit
                 .acquire_owned()
                 .await
                 .map_err(|_| ConnError::TaskFailed)?;
-            connect(addr, i, transport).await.map_err(|e| {
+            open.dial(addr, i).await.map_err(|e| {
                 if !told.swap(true, Ordering::Relaxed) {
                     eprintln!("zinx-bench: connect to {addr}: {e}");
                 }
@@ -532,13 +589,10 @@ async fn connect_all(
     Ok(streams)
 }
 
-async fn connect(addr: SocketAddr, i: usize, transport: Transport) -> std::io::Result<Stream> {
-    if transport == Transport::Kcp {
-        let stream = KcpStream::connect(&addr.to_string(), KcpSettings::default())
-            .await
-            .map_err(std::io::Error::other)?;
-        return Ok(Either::Right(stream));
-    }
+/// Connects to `addr` over TCP (from a source address of its own for
+/// connection `i` on loopback) and opens the transport on it, the handshake
+/// within 10 s.
+async fn connect<O: Open>(addr: SocketAddr, i: usize, open: &O) -> std::io::Result<O::Conn> {
     let socket = match addr.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => {
             let s = TcpSocket::new_v4()?;
@@ -554,14 +608,213 @@ async fn connect(addr: SocketAddr, i: usize, transport: Transport) -> std::io::R
     };
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    Ok(Either::Left(stream))
+    tokio::time::timeout(Duration::from_secs(10), open.open(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))?
+}
+
+/// What a connection speaks once TCP is connected: its handshake, if any, and
+/// the connection it makes.
+trait Open: Send + Sync + 'static {
+    /// The connection the load runs on.
+    type Conn: Conn;
+    /// Shakes hands on `tcp`.
+    fn open(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Conn>> + Send;
+
+    /// Makes connection `i` to `addr`: over TCP, then [`open`](Self::open).
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        i: usize,
+    ) -> impl Future<Output = std::io::Result<Self::Conn>> + Send
+    where
+        Self: Sized,
+    {
+        connect(addr, i, self)
+    }
+}
+
+/// KCP: a session of its own UDP socket per connection, no TCP.
+struct Kcp;
+
+impl Open for Kcp {
+    type Conn = KcpStream;
+
+    async fn open(&self, _tcp: TcpStream) -> std::io::Result<KcpStream> {
+        Err(std::io::Error::other("KCP is not opened on TCP"))
+    }
+
+    async fn dial(&self, addr: SocketAddr, _i: usize) -> std::io::Result<KcpStream> {
+        KcpStream::connect(&addr.to_string(), KcpSettings::default())
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
+impl Conn for KcpStream {
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.read_buf(buf).await
+    }
+
+    async fn send(&mut self, out: &[u8], _frame: usize) -> std::io::Result<()> {
+        self.write_all(out).await?;
+        // Each write leaves at once, not at the session's next tick.
+        self.flush().await
+    }
+}
+
+/// A connection the load runs on. Its futures are awaited one at a time (a
+/// read is dropped before a write starts), so a connection needs no halves.
+trait Conn: Send + 'static {
+    /// Appends what arrives next to `buf` and returns how many bytes that was;
+    /// 0 at the end of the stream. Cancel-safe: appends only when it completes.
+    fn read_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
+    /// Sends `out`, whole frames of `frame` bytes each.
+    fn send(
+        &mut self,
+        out: &[u8],
+        frame: usize,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Appends the data of a binary message to `buf`: how many bytes, 0 for a
+/// message without data (a ping, answered by the next write), `None` at the
+/// end of the stream.
+fn ws_take(
+    buf: &mut Vec<u8>,
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> std::io::Result<Option<usize>> {
+    match next {
+        Some(Ok(Message::Binary(data))) => {
+            buf.extend_from_slice(&data);
+            Ok(Some(data.len()))
+        }
+        Some(Ok(Message::Text(_))) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a text message (Zinx frames come in binary ones)",
+        )),
+        Some(Ok(Message::Close(_))) | None => Ok(None),
+        Some(Ok(_)) => Ok(Some(0)),
+        Some(Err(e)) => Err(net::ws_io_error(e)),
+    }
+}
+
+/// Plain TCP.
+struct Plain;
+
+impl Open for Plain {
+    type Conn = TcpStream;
+    async fn open(&self, tcp: TcpStream) -> std::io::Result<TcpStream> {
+        Ok(tcp)
+    }
+}
+
+impl Conn for TcpStream {
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.read_buf(buf).await
+    }
+
+    async fn send(&mut self, out: &[u8], _frame: usize) -> std::io::Result<()> {
+        self.write_all(out).await
+    }
+}
+
+/// TLS over TCP.
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl Open for Tls {
+    type Conn = TlsStream;
+    async fn open(&self, tcp: TcpStream) -> std::io::Result<TlsStream> {
+        self.connector.connect(self.name.clone(), tcp).await
+    }
+}
+
+impl Conn for TlsStream {
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.read_buf(buf).await
+    }
+
+    async fn send(&mut self, out: &[u8], _frame: usize) -> std::io::Result<()> {
+        self.write_all(out).await?;
+        // What the socket did not take at once is still in the TLS session.
+        self.flush().await
+    }
+}
+
+/// WebSocket over what `inner` opens (TCP for ws, TLS for wss).
+struct Ws<O> {
+    inner: O,
+    url: String,
+}
+
+impl<O: Open> Open for Ws<O>
+where
+    O::Conn: AsyncRead + AsyncWrite + Unpin,
+{
+    type Conn = WebSocketStream<O::Conn>;
+    async fn open(&self, tcp: TcpStream) -> std::io::Result<Self::Conn> {
+        let stream = self.inner.open(tcp).await?;
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(
+            self.url.as_str(),
+            stream,
+            Some(net::ws_config()),
+        )
+        .await
+        .map_err(net::ws_io_error)?;
+        Ok(ws)
+    }
+}
+
+/// Most a WebSocket read takes from the messages already there.
+const WS_READ_MAX: usize = 64 * 1024;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for WebSocketStream<S> {
+    /// Waits for a message with data, then takes those already received too (up
+    /// to `WS_READ_MAX` bytes), as a TCP read takes every frame that arrived.
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        // Cancel-safe: a message is taken only when `next` completes.
+        let mut n = loop {
+            match ws_take(buf, self.next().await)? {
+                None => return Ok(0),
+                Some(0) => {}
+                Some(n) => break n,
+            }
+        };
+        while n < WS_READ_MAX {
+            // Without waiting; a close is seen again by the next read.
+            match net::next_now(self).await {
+                Some(next) => match ws_take(buf, next)? {
+                    Some(more) => n += more,
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    async fn send(&mut self, out: &[u8], frame: usize) -> std::io::Result<()> {
+        for request in out.chunks(frame.max(1)) {
+            let message = Message::Binary(bytes::Bytes::copy_from_slice(request));
+            self.feed(message).await.map_err(net::ws_io_error)?;
+        }
+        SinkExt::flush(self).await.map_err(net::ws_io_error)
+    }
 }
 
 /// Connect-only mode: measure the server's memory with the connections idle,
 /// then after one echo on each, then hold them for the duration.
-async fn hold(
+async fn hold<C: Conn>(
     args: &RunArgs,
-    streams: Vec<(u64, Stream)>,
+    streams: Vec<(u64, C)>,
     shared: &Arc<Shared>,
     mut report: RunReport,
 ) -> RunReport {
@@ -582,7 +835,7 @@ async fn hold(
     for (idx, stream, alive) in &mut streams {
         let mut frame = Vec::new();
         payloads.put_frame(args.format, args.msg_id, *idx, 0, &mut frame);
-        if let Err(e) = stream.write_all(&frame).await {
+        if let Err(e) = stream.send(&frame, frame.len()).await {
             shared.fail(&ConnError::Io(e));
             *alive = false;
         }
@@ -593,14 +846,22 @@ async fn hold(
         }
         let mut expected = Vec::new();
         payloads.put_frame(args.format, args.msg_id, *idx, 0, &mut expected);
-        let mut reply = vec![0u8; expected.len()];
-        match tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut reply)).await {
+        let mut reply = Vec::with_capacity(expected.len());
+        let read = async {
+            while reply.len() < expected.len() {
+                if stream.read_into(&mut reply).await.map_err(ConnError::Io)? == 0 {
+                    return Err(ConnError::Closed);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
             Err(_) => shared.fail(&ConnError::Timeout),
-            Ok(Err(e)) => shared.fail(&ConnError::Io(e)),
-            Ok(Ok(_)) if reply != expected => {
+            Ok(Err(e)) => shared.fail(&e),
+            Ok(Ok(())) if reply != expected => {
                 shared.fail(&ConnError::Mismatch(Mismatch::between(&expected, &reply)));
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
         }
     }
     tokio::time::sleep(settle).await;
@@ -639,36 +900,16 @@ impl ConnError {
     }
 }
 
-/// One connection's load, on its two halves.
-async fn drive(
-    idx: u64,
-    stream: Stream,
-    args: &RunArgs,
-    payloads: &Payloads,
-    shared: &Shared,
-) -> Result<(), ConnError> {
-    match stream {
-        Either::Left(tcp) => {
-            let (r, w) = tcp.into_split();
-            load(idx, r, w, args, payloads, shared).await
-        }
-        Either::Right(kcp) => {
-            let (r, w) = kcp.into_split();
-            load(idx, r, w, args, payloads, shared).await
-        }
-    }
-}
-
 /// One connection's load: closed loop with `pipeline` requests in flight, or
 /// open loop at its share of `--rate`.
-async fn load<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+async fn drive<C: Conn>(
     idx: u64,
-    mut r: R,
-    mut w: W,
+    mut conn: C,
     args: &RunArgs,
     payloads: &Payloads,
     shared: &Shared,
 ) -> Result<(), ConnError> {
+    let frame = HEADER + payloads.len();
     let mut out = Vec::with_capacity((HEADER + args.payload) * args.pipeline.max(1));
     let mut inflight: VecDeque<Instant> = VecDeque::new();
     let mut next_seq = 0u64;
@@ -696,7 +937,7 @@ async fn load<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             inflight.push_back(now);
             next_seq += 1;
         }
-        write(&mut w, &mut out).await?;
+        write(&mut conn, &mut out, frame).await?;
     }
     let result = loop {
         let stopping = shared.phase.load(Ordering::Relaxed) == STOP;
@@ -710,11 +951,11 @@ async fn load<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 put(next_seq, &mut out);
                 inflight.push_back(scheduled);
                 next_seq += 1;
-                write(&mut w, &mut out).await?;
+                write(&mut conn, &mut out, frame).await?;
                 continue;
             }
             // Cancel-safe: read_buf appends only what it read when it completes.
-            read = tokio::time::timeout(Duration::from_secs(10), r.read_buf(&mut buf)) => read,
+            read = tokio::time::timeout(Duration::from_secs(10), conn.read_into(&mut buf)) => read,
         };
         match read {
             Err(_) => break Err(ConnError::Timeout),
@@ -766,7 +1007,7 @@ async fn load<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             shared.record(&mut samples);
         }
         if !out.is_empty() {
-            write(&mut w, &mut out).await?;
+            write(&mut conn, &mut out, frame).await?;
         }
     };
     shared.record(&mut samples);
@@ -780,12 +1021,8 @@ async fn tick(ticker: Option<&mut tokio::time::Interval>) -> Instant {
     }
 }
 
-/// Writes and flushes (a no-op for TCP; KCP sends its segments now).
-async fn write<W: AsyncWrite + Unpin>(w: &mut W, out: &mut Vec<u8>) -> Result<(), ConnError> {
-    let mut r = w.write_all(out).await;
-    if r.is_ok() {
-        r = w.flush().await;
-    }
+async fn write<C: Conn>(conn: &mut C, out: &mut Vec<u8>, frame: usize) -> Result<(), ConnError> {
+    let r = conn.send(out, frame).await;
     out.clear();
     r.map_err(ConnError::Io)
 }

@@ -1,11 +1,12 @@
 //! The `zinx-bench` binary against servers written here, on 127.0.0.1 port 0:
 //! nothing listening, a host name, replies with a wrong byte, connections the
-//! server closes or resets, and the terminal-only progress bar.
+//! server closes or resets, and the terminal-only progress bar; and over TLS,
+//! WebSocket and both against `zinx-baseline` of the same transport.
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use zinx_bench::{ErrorsByReason, Mismatch, Reason, RunReport};
@@ -319,4 +320,87 @@ async fn a_clean_run_piped_prints_its_one_line_and_no_progress() {
             && stdout.ends_with("; 0 mismatches, 0 errors\n"),
         "{stdout}"
     );
+}
+
+/// A throw-away certificate for 127.0.0.1 from `zinx-bench cert`, in a
+/// directory of its own under `name`: (cert.pem, key.pem).
+async fn certificate(name: &str) -> (String, String) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let out = bench(&["cert", "--out", dir.to_str().expect("UTF-8 path")]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = |file: &str| dir.join(file).to_str().expect("UTF-8 path").to_owned();
+    (path("cert.pem"), path("key.pem"))
+}
+
+/// `zinx-baseline --transport transport` on 127.0.0.1 port 0 (killed when
+/// dropped) and the address it listens on.
+async fn baseline(transport: &str, cert: &str, key: &str) -> (tokio::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zinx-baseline"))
+        .args(["--addr", "127.0.0.1:0", "--transport", transport])
+        .args(["--cert", cert, "--key", key])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn zinx-baseline");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::time::timeout(LIMIT, BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("zinx-baseline did not start in time")
+        .expect("read its stdout")
+        .expect("a line");
+    // "zinx-baseline listening on 127.0.0.1:PORT (Tls)"
+    let addr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("an address")
+        .to_owned();
+    (child, addr)
+}
+
+#[tokio::test]
+async fn tls_ws_and_wss_runs_count_replies_without_errors() {
+    let (cert, key) = certificate("transports").await;
+    for transport in ["tls", "ws", "wss"] {
+        let (_server, addr) = baseline(transport, &cert, &key).await;
+        // Pipelined: several requests in a read, several replies in a message.
+        let mut args = vec!["--addr", &addr, "--transport", transport, "--json"];
+        args.extend(["--conns", "4", "--pipeline", "8", "--payload", "300"]);
+        args.extend(["--warmup", "0.05", "--duration", "0.25"]);
+        if transport != "ws" {
+            args.extend(["--ca", &cert]);
+        }
+        let out = bench(&args).await;
+        assert!(out.status.success(), "{transport}: {}", text(&out.stderr));
+        let report = json_report(&out);
+        assert!(report.replies > 0, "{transport}: {report:?}");
+        assert_eq!((report.errors, report.mismatches), (0, 0), "{transport}");
+    }
+}
+
+#[tokio::test]
+async fn a_tls_server_that_is_not_trusted_stops_the_run_at_once() {
+    let (cert, key) = certificate("untrusted-server").await;
+    let (other, _) = certificate("untrusted-other").await;
+    let (_server, addr) = baseline("tls", &cert, &key).await;
+    let run = |extra: Vec<&str>| {
+        let mut args = vec!["--addr", &addr, "--transport", "tls", "--conns", "2"];
+        args.extend(["--warmup", "0", "--duration", "60"]);
+        args.extend(extra);
+        args.iter().map(|&a| a.to_owned()).collect::<Vec<_>>()
+    };
+    for (extra, error) in [
+        (vec![], "--transport tls needs --ca FILE or --insecure"),
+        (vec!["--ca", other.as_str()], "invalid peer certificate"),
+    ] {
+        let args = run(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let out = bench(&args).await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(error), "{stderr}");
+        assert_eq!(text(&out.stdout), "");
+    }
 }
