@@ -497,6 +497,7 @@ fn segment(conv: u32, cmd: u8, sn: u32, data: &[u8]) -> Vec<u8> {
 }
 
 const PUSH: u8 = 81;
+const ACK: u8 = 82;
 
 #[tokio::test]
 async fn a_flood_from_many_addresses_is_held_to_the_pending_bound_while_a_client_is_served() {
@@ -718,4 +719,42 @@ async fn the_echo_and_client_examples_speak_kcp() {
     assert!(ok && text.contains("50 ok, 0 mismatched"), "{text}");
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn hostile_sequence_numbers_leave_the_other_sessions_served() {
+    let listener = kcp_listener(KcpSettings::default()).await;
+    let stats = listener.stats();
+    let server = TestServer::start_on(
+        Server::builder(config()).router(Router::new().route(1, echo)),
+        listener.into(),
+    )
+    .await;
+    let mut client = raw(server.addr, Layout::Tlv).await;
+    assert_eq!(&client.roundtrip(1, "before").await.data[..], b"before");
+    // A session whose echo stays unacknowledged (in flight) ...
+    let hostile = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    hostile.connect(server.addr).await.unwrap();
+    let tlv = [0, 0, 0, 1, 0, 0, 0, 1, b'x'];
+    hostile.send(&segment(77, PUSH, 0, &tlv)).await.unwrap();
+    let mut datagram = [0u8; 1500];
+    within("the echo", hostile.recv(&mut datagram))
+        .await
+        .unwrap();
+    // ... then numbers kcp 0.6's `timediff` overflows on: a sequence number
+    // half the space ahead, an una far beyond what was sent, an ACK of such.
+    let mut far_una = segment(77, PUSH, 1, b"y");
+    far_una[16..20].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    for datagram in [
+        segment(77, PUSH, 0x8000_0000, b"z"),
+        far_una,
+        segment(77, ACK, 0x8000_0000, b""),
+    ] {
+        hostile.send(&datagram).await.unwrap();
+    }
+    // Loopback delivers in order: once this echo is back, the driver has seen
+    // them all, and still serves.
+    assert_eq!(&client.roundtrip(1, "after").await.data[..], b"after");
+    assert!(stats.sessions() <= 2);
+    server.stop().await;
 }

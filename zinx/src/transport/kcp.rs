@@ -55,6 +55,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,7 +73,7 @@ use crate::config::Config;
 use crate::engine::reader::ReadSource;
 use crate::error::Error;
 use crate::transport::{Accept, Connect, Dialled, Listener, Open, OpenNow, Opened};
-use crate::util::lock;
+use crate::util::{lock, panic_message};
 
 /// The size of a KCP segment header.
 const HEADER: usize = 24;
@@ -248,6 +249,7 @@ struct Counts {
     pending: AtomicUsize,
     dropped: AtomicU64,
     refused: AtomicU64,
+    broken: AtomicU64,
 }
 
 impl KcpStats {
@@ -274,6 +276,14 @@ impl KcpStats {
     #[must_use]
     pub fn refused_sessions(&self) -> u64 {
         self.0.refused.load(Ordering::Relaxed)
+    }
+
+    /// Sessions dropped because their control block panicked on a peer's
+    /// numbers (its arithmetic overflowing in a build with overflow checks):
+    /// a protocol fault of that peer's; the other sessions go on.
+    #[must_use]
+    pub fn broken_sessions(&self) -> u64 {
+        self.0.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -550,6 +560,8 @@ struct Emit {
 
 impl io::Write for Emit {
     fn write(&mut self, datagram: &[u8]) -> io::Result<usize> {
+        #[cfg(test)]
+        tests::maybe_panic(self.peer);
         let _ = self.socket.try_send_to(datagram, self.peer);
         Ok(datagram.len())
     }
@@ -560,14 +572,16 @@ impl io::Write for Emit {
 }
 
 /// What a session's halves ask of the driver. At most one `Schedule` is
-/// outstanding per session (see [`State::scheduled`]) and one `Gone`, so the
-/// channel holds at most two messages per session.
+/// outstanding per session (see [`State::scheduled`]), one `Gone` and one `Broken`, so the
+/// channel holds at most three messages per session.
 #[derive(Debug, Clone, Copy)]
 enum Wake {
     /// Bytes were queued (or the receive window reopened): run the clock.
     Schedule(u64),
     /// Both halves were dropped: forget the session.
     Gone(u64),
+    /// Its control block panicked (once per session): drop it.
+    Broken(u64),
 }
 
 /// One KCP session, shared by the driver and the connection's halves.
@@ -595,6 +609,9 @@ struct State {
     /// The driver runs this session's clock (it has a timer for it, or is
     /// about to). Set by whoever asks for it, cleared by the driver.
     scheduled: bool,
+    /// Its control block panicked: it is never called again, the reader
+    /// sees a protocol error, the writer fails.
+    broken: bool,
     /// Halves alive.
     halves: u8,
     /// When the last valid datagram came.
@@ -625,6 +642,7 @@ impl Session {
                 reader: None,
                 writer: None,
                 scheduled: false,
+                broken: false,
                 halves: 0,
                 last_input: now,
             }),
@@ -646,10 +664,41 @@ impl Session {
     }
 
     /// Brings the control block's clock to now and sends what it holds:
-    /// owed acknowledgements, window updates, queued segments.
-    fn send_all(&self, st: &mut State) {
-        let _ = st.kcp.update(self.ms(Instant::now()));
-        let _ = st.kcp.flush();
+    /// owed acknowledgements, window updates, queued segments. False if the
+    /// control block broke.
+    fn send_all(&self, st: &mut State) -> bool {
+        let ms = self.ms(Instant::now());
+        self.guarded(st, |kcp| {
+            let _ = kcp.update(ms);
+            let _ = kcp.flush();
+        })
+        .is_some()
+    }
+
+    /// Runs `f` on the control block; `None` if the session is broken, or
+    /// breaks now. kcp 0.6's arithmetic (`timediff`, its clock) overflows on a
+    /// peer's numbers in a build with overflow checks, and panics: the panic
+    /// ends this session (its halves see a protocol error and a failed
+    /// write, the driver drops it) instead of the task running every session
+    /// of the socket.
+    fn guarded<R>(&self, st: &mut State, f: impl FnOnce(&mut kcp::Kcp<Emit>) -> R) -> Option<R> {
+        if st.broken {
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(&mut st.kcp))) {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                tracing::debug!(
+                    conv = self.conv,
+                    panic = %panic_message(&*panic),
+                    "KCP control block panicked on a peer's numbers: dropping the session"
+                );
+                st.broken = true;
+                st.close();
+                let _ = self.wake.send(Wake::Broken(self.id));
+                None
+            }
+        }
     }
 
     /// Asks the driver to run the clock, unless it does already.
@@ -681,6 +730,17 @@ fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the KCP session is closed")
 }
 
+/// The read error of a session whose control block broke: a protocol error
+/// of the peer's, counted as such.
+fn broken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        Error::BadFrame {
+            reason: "KCP: the peer's segments broke the session's control block".to_owned(),
+        },
+    )
+}
+
 /// A KCP session's read half: the bytes its control block delivers, in
 /// order; the end of the stream once the session is closed (idle, dead link,
 /// replaced, or its listener gone).
@@ -706,21 +766,26 @@ impl AsyncRead for KcpRead {
                 st.leftover.advance(n);
                 continue;
             }
+            if st.broken {
+                break;
+            }
             let Ok(size) = st.kcp.peeksize() else { break };
             if size <= buf.remaining() {
-                let Ok(n) = st.kcp.recv(buf.initialize_unfilled_to(size)) else {
+                let into = buf.initialize_unfilled_to(size);
+                let Some(Ok(n)) = session.guarded(st, |kcp| kcp.recv(into)) else {
                     break;
                 };
                 buf.advance(n);
             } else {
                 // A message larger than the buffer (ikcp hands out whole
                 // messages): kept for the next reads, bounded by the window.
-                st.leftover.resize(size, 0);
-                let Ok(n) = st.kcp.recv(&mut st.leftover) else {
-                    st.leftover.clear();
+                let mut leftover = std::mem::take(&mut st.leftover);
+                leftover.resize(size, 0);
+                let Some(Ok(n)) = session.guarded(st, |kcp| kcp.recv(&mut leftover)) else {
                     break;
                 };
-                st.leftover.truncate(n);
+                leftover.truncate(n);
+                st.leftover = leftover;
             }
             received = true;
         }
@@ -729,7 +794,13 @@ impl AsyncRead for KcpRead {
             // on the next tick.
             session.keep_clock(st);
         }
-        if buf.filled().len() > before || st.closed {
+        if buf.filled().len() > before {
+            return Poll::Ready(Ok(()));
+        }
+        if st.broken {
+            return Poll::Ready(Err(broken()));
+        }
+        if st.closed {
             return Poll::Ready(Ok(()));
         }
         st.reader = Some(cx.waker().clone());
@@ -770,9 +841,10 @@ impl AsyncWrite for KcpWrite {
             return Poll::Pending;
         }
         let n = data.len().min(session.max_write);
-        match st.kcp.send(&data[..n]) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(e.into())),
+        match session.guarded(&mut st, |kcp| kcp.send(&data[..n])) {
+            Some(Ok(n)) => Poll::Ready(Ok(n)),
+            Some(Err(e)) => Poll::Ready(Err(e.into())),
+            None => Poll::Ready(Err(closed())),
         }
     }
 
@@ -997,12 +1069,25 @@ impl Driver {
                     // does not resend what was received, nor wait for it.
                     if let Some(entry) = self.sessions.get(&peer) {
                         let session = &entry.session;
-                        session.send_all(&mut lock(&session.state));
+                        let _ = session.send_all(&mut lock(&session.state));
                     }
                     self.remove(peer);
                 }
             }
+            Wake::Broken(id) => {
+                if let Some(&peer) = self.ids.get(&id) {
+                    self.drop_broken(peer);
+                }
+            }
         }
+    }
+
+    /// Drops `peer`'s session, whose control block broke: a protocol fault
+    /// of that peer's (its reader reports it as one).
+    fn drop_broken(&mut self, peer: SocketAddr) {
+        tracing::debug!(%peer, "KCP session broken by its peer's segments: dropping it");
+        self.stats.0.broken.fetch_add(1, Ordering::Relaxed);
+        self.remove(peer);
     }
 
     /// A session's time came: runs its clock, then schedules the next tick
@@ -1019,7 +1104,13 @@ impl Driver {
         let now = Instant::now();
         let ms = session.ms(now);
         let mut st = lock(&session.state);
-        let _ = st.kcp.update(ms);
+        let Some(next) = session.guarded(&mut st, |kcp| {
+            let _ = kcp.update(ms);
+            kcp.check(ms)
+        }) else {
+            drop(st);
+            return self.drop_broken(peer);
+        };
         if st.kcp.is_dead_link() {
             drop(st);
             tracing::debug!(%peer, "KCP peer stopped acknowledging: closing the session");
@@ -1027,7 +1118,7 @@ impl Driver {
             return;
         }
         if st.kcp.wait_snd() > 0 {
-            let next = now + Duration::from_millis(u64::from(st.kcp.check(ms)));
+            let next = now + Duration::from_millis(u64::from(next));
             drop(st);
             self.schedule(peer, next);
         } else {
@@ -1117,17 +1208,30 @@ impl Driver {
             return false;
         }
         let mut st = lock(&session.state);
-        // The clock first: round trips are measured against it.
-        let _ = st.kcp.update(ms);
-        if st.kcp.input(datagram).is_err() {
-            drop(st);
-            self.drop_datagram();
-            return false;
-        }
+        let ack_nodelay = self.settings.ack_nodelay;
+        let fed = session.guarded(&mut st, |kcp| {
+            // The clock first: round trips are measured against it.
+            let _ = kcp.update(ms);
+            let fed = kcp.input(datagram).is_ok();
+            if fed && ack_nodelay {
+                let _ = kcp.flush_ack();
+            }
+            fed.then(|| kcp.check(ms))
+        });
+        let next = match fed {
+            Some(Some(next)) => next,
+            Some(None) => {
+                drop(st);
+                self.drop_datagram();
+                return false;
+            }
+            None => {
+                drop(st);
+                self.drop_broken(peer);
+                return false;
+            }
+        };
         st.last_input = now;
-        if self.settings.ack_nodelay {
-            let _ = st.kcp.flush_ack();
-        }
         let delivered = st.kcp.peeksize().is_ok();
         if delivered {
             wake(&mut st.reader);
@@ -1137,7 +1241,7 @@ impl Driver {
         }
         // Acknowledgements are owed: they go out on the next tick.
         st.scheduled = true;
-        let next = now + Duration::from_millis(u64::from(st.kcp.check(ms)));
+        let next = now + Duration::from_millis(u64::from(next));
         drop(st);
         self.schedule(peer, next);
         delivered
@@ -1466,7 +1570,7 @@ mod tests {
         tokio::io::AsyncWriteExt::flush(&mut write).await.unwrap();
         match driver.wake_rx.try_recv().unwrap() {
             Wake::Schedule(id) => driver.on_wake(Wake::Schedule(id)),
-            Wake::Gone(_) => panic!("gone"),
+            other => panic!("{other:?}"),
         }
         assert!(driver.sessions[&peer].timer.is_some());
         for _ in 0..3 {
@@ -1477,6 +1581,62 @@ mod tests {
             driver.on_timer(expired.into_inner());
             assert!(driver.sessions[&peer].timer.is_some(), "resending");
         }
+    }
+
+    thread_local! {
+        /// The peer whose output panics, as kcp 0.6's arithmetic does on
+        /// hostile numbers with overflow checks on.
+        static PANIC_FOR: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+    }
+
+    pub(super) fn maybe_panic(peer: SocketAddr) {
+        if PANIC_FOR.with(std::cell::Cell::get) == Some(peer) {
+            panic!("attempt to subtract with overflow (a test's)");
+        }
+    }
+
+    /// Runs the timers that are due now.
+    async fn run_due_timers(driver: &mut Driver) {
+        for _ in 0..16 {
+            let next = std::future::poll_fn(|cx| Poll::Ready(driver.timers.poll_expired(cx))).await;
+            match next {
+                Poll::Ready(Some(expired)) => driver.on_timer(expired.into_inner()),
+                _ => return,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_control_block_drops_its_session_and_no_other() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut driver, peer, mut rx) = driver_with_session(KcpSettings::default()).await;
+        let (good, _) = rx.try_recv().unwrap();
+        let bad: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        PANIC_FOR.with(|p| p.set(Some(bad)));
+        driver.on_datagram(&segment(6, CMD_PUSH, 0, 0, b"hi"), bad);
+        let (bad_stream, _) = rx.try_recv().unwrap();
+        // Both owe an acknowledgement: the bad one's panics on the tick.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        run_due_timers(&mut driver).await;
+        PANIC_FOR.with(|p| p.set(None));
+        assert!(!driver.sessions.contains_key(&bad));
+        assert_eq!(driver.stats.broken_sessions(), 1);
+        assert_eq!(driver.stats.sessions(), 1);
+        let (mut read, mut write) = bad_stream.into_split();
+        let err = read.read(&mut [0u8; 8]).await.unwrap_err();
+        assert!(Error::from_read(err).is_protocol());
+        assert!(write.write_all(b"x").await.is_err());
+        // The other session goes on.
+        let (mut read, mut write) = good.into_split();
+        let mut got = [0u8; 2];
+        read.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        write.write_all(b"reply").await.unwrap();
+        write.flush().await.unwrap();
+        while let Ok(wake) = driver.wake_rx.try_recv() {
+            driver.on_wake(wake);
+        }
+        assert!(driver.sessions[&peer].timer.is_some());
     }
 
     #[tokio::test(start_paused = true)]
