@@ -576,7 +576,8 @@ impl io::Write for Emit {
 /// channel holds at most three messages per session.
 #[derive(Debug, Clone, Copy)]
 enum Wake {
-    /// Bytes were queued (or the receive window reopened): run the clock.
+    /// Bytes were queued (or the receive window reopened): run the clock,
+    /// and send what is owed now.
     Schedule(u64),
     /// Both halves were dropped: forget the session.
     Gone(u64),
@@ -790,8 +791,8 @@ impl AsyncRead for KcpRead {
             received = true;
         }
         if received {
-            // Taking segments may reopen the receive window: the peer is told
-            // on the next tick.
+            // Taking segments may reopen the receive window: the driver tells
+            // the peer at once (see `Driver::on_wake`).
             session.keep_clock(st);
         }
         if buf.filled().len() > before {
@@ -1060,7 +1061,12 @@ impl Driver {
         match wake {
             Wake::Schedule(id) => {
                 if let Some(&peer) = self.ids.get(&id) {
-                    self.schedule(peer, Instant::now());
+                    // What is owed goes out now, not on the next tick: a
+                    // reader that drained a full receive window owes the
+                    // peer a window update, which `update` alone sends only
+                    // if a tick is due (else the peer waits for its window
+                    // probe, seconds).
+                    self.run_clock(peer, true);
                 }
             }
             Wake::Gone(id) => {
@@ -1100,12 +1106,24 @@ impl Driver {
             return;
         };
         entry.timer = None;
+        self.run_clock(peer, false);
+    }
+
+    /// Runs `peer`'s clock (and, if `flush`, sends what its control block
+    /// owes now), then schedules the next tick while anything is in flight.
+    fn run_clock(&mut self, peer: SocketAddr, flush: bool) {
+        let Some(entry) = self.sessions.get(&peer) else {
+            return;
+        };
         let session = entry.session.clone();
         let now = Instant::now();
         let ms = session.ms(now);
         let mut st = lock(&session.state);
         let Some(next) = session.guarded(&mut st, |kcp| {
             let _ = kcp.update(ms);
+            if flush {
+                let _ = kcp.flush();
+            }
             kcp.check(ms)
         }) else {
             drop(st);
@@ -1637,6 +1655,80 @@ mod tests {
             driver.on_wake(wake);
         }
         assert!(driver.sessions[&peer].timer.is_some());
+    }
+
+    /// A push segment of conversation 5 from a kcp-go-like peer.
+    fn push(sn: u32, data: &[u8]) -> Vec<u8> {
+        segment(5, CMD_PUSH, 0, sn, data)
+    }
+
+    /// The commands of the datagrams `peer` received so far.
+    fn received_commands(peer: &std::net::UdpSocket) -> Vec<u8> {
+        let mut cmds = Vec::new();
+        let mut datagram = [0u8; RECV_BUFFER];
+        for _ in 0..1000 {
+            let Ok(n) = peer.recv(&mut datagram) else {
+                break;
+            };
+            cmds.extend(headers(&datagram[..n]).flatten().map(|h| h.cmd));
+        }
+        cmds
+    }
+
+    /// A driver and a real peer socket (std, non-blocking: what was sent to
+    /// it on loopback is there at once).
+    async fn driver_and_peer(
+        settings: KcpSettings,
+    ) -> (
+        Driver,
+        std::net::UdpSocket,
+        SocketAddr,
+        mpsc::Receiver<(KcpStream, SocketAddr)>,
+    ) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let driver = Driver::new(
+            Arc::new(socket),
+            local,
+            settings,
+            Some(tx),
+            KcpStats::default(),
+        );
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let addr = peer.local_addr().unwrap();
+        (driver, peer, addr, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_receive_window_is_announced_at_once() {
+        use tokio::io::AsyncReadExt;
+        let (mut driver, peer, addr, mut rx) = driver_and_peer(KcpSettings::default()).await;
+        // The peer fills the receive window (128 segments) while nobody reads.
+        for first in (0..128).step_by(32) {
+            let datagram: Vec<u8> = (first..first + 32).flat_map(|sn| push(sn, b"x")).collect();
+            driver.on_datagram(&datagram, addr);
+        }
+        let (stream, _) = rx.try_recv().unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        run_due_timers(&mut driver).await;
+        let acks = received_commands(&peer);
+        assert_eq!(acks.iter().filter(|&&c| c == CMD_ACK).count(), 128);
+        assert!(driver.sessions[&addr].timer.is_none(), "nothing owed");
+        // The reader drains it: the window update goes out now, not after
+        // the peer's window probe (seconds later).
+        let (mut read, _write) = stream.into_split();
+        let mut got = vec![0u8; 128];
+        read.read_exact(&mut got).await.unwrap();
+        for _ in 0..4 {
+            match driver.wake_rx.try_recv() {
+                Ok(wake) => driver.on_wake(wake),
+                Err(_) => break,
+            }
+            run_due_timers(&mut driver).await;
+        }
+        assert!(received_commands(&peer).contains(&CMD_WINS));
     }
 
     #[tokio::test(start_paused = true)]
