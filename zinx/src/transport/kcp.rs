@@ -18,14 +18,17 @@
 //! address, as kcp-go keys them:
 //!
 //! - it parses each datagram's headers before the control block sees it, drops
-//!   (and counts) what is not well-formed KCP of one conversation, and feeds the
-//!   rest to its session's control block;
+//!   (and counts) what is not well-formed KCP of one conversation (or carries
+//!   fragments no control block delivers: any in stream mode, as kcp-go sends
+//!   none there; in message mode, a message longer than the receive window),
+//!   and feeds the rest to its session's control block;
 //! - a datagram from an unknown address starts a session only if it carries
 //!   data; the session is handed to the server's accept loop (and so to
 //!   `MaxConn` and `MaxConnPerIP`) once its control block has delivered the
 //!   first bytes. Until then it is *pending*: at most
 //!   [`KcpSettings::max_pending`] sessions are, each for at most
-//!   [`KcpSettings::pending_timeout`];
+//!   [`KcpSettings::pending_timeout`], taking only push segments with
+//!   sequence numbers below 32 (a real client's first ones);
 //! - a datagram from a known address with another conversation ID and sequence
 //!   number 0 replaces that address's session (the old connection ends), as
 //!   kcp-go does;
@@ -95,6 +98,15 @@ const MAX_SEGMENTS_PER_WRITE: usize = 127;
 /// one of ours: the datagram is dropped. (The control block's RTT arithmetic
 /// would overflow on such values.)
 const MAX_RTT_MS: i32 = 1 << 20;
+/// A pending session takes only push segments below this sequence number
+/// (a real client's first segments: kcp-go's default send window is 32), so
+/// it holds at most this many segments.
+const PENDING_MAX_SN: u32 = 32;
+/// The longest a session may stay pending from the config's
+/// `HandshakeTimeout`.
+const MAX_PENDING_TIMEOUT: Duration = Duration::from_secs(3);
+/// ikcp's smallest receive window (the control block takes at least this).
+const MIN_RECV_WINDOW: u16 = 128;
 /// Sessions handed over but not yet taken by the accept loop.
 const ACCEPT_BACKLOG: usize = 128;
 /// How often idle and pending sessions are looked at.
@@ -142,22 +154,30 @@ pub struct KcpSettings {
     /// A session that receives nothing for this long is closed: `IdleTimeout`
     /// when set, else 60 s.
     pub idle_timeout: Duration,
-    /// A session that has not delivered its first bytes within this long is
-    /// dropped: `HandshakeTimeout` (at least 1 s).
+    /// A session that has not been handed to the accept loop within this
+    /// long is dropped: `HandshakeTimeout`, at least 1 s and at most 3 s.
     pub pending_timeout: Duration,
-    /// Sessions that have not yet delivered bytes, at most (a server's; 1024).
+    /// Sessions not yet handed to the accept loop, at most (a server's;
+    /// 256). Each takes only push segments with sequence numbers below 32.
     pub max_pending: usize,
 }
 
 /// The idle timeout when `IdleTimeout` is 0.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bound on pending sessions from [`KcpSettings::from_config`].
-pub const DEFAULT_MAX_PENDING: usize = 1024;
+pub const DEFAULT_MAX_PENDING: usize = 256;
+
+/// A pending session's time from `HandshakeTimeout` (seconds): at least
+/// 1 s, at most 3 s.
+fn pending_timeout(handshake_timeout: u64) -> Duration {
+    Duration::from_secs(handshake_timeout.max(1)).min(MAX_PENDING_TIMEOUT)
+}
 
 impl KcpSettings {
     /// The settings the config's `Kcp*` keys name (Go Zinx's defaults:
     /// nodelay 1, interval 10, resend 2, nc 1, windows 32/32, stream mode,
-    /// no ack-nodelay), with `IdleTimeout` (else 60 s) and `HandshakeTimeout`.
+    /// no ack-nodelay), with `IdleTimeout` (else 60 s) and `HandshakeTimeout`
+    /// (at most 3 s for a pending session).
     ///
     /// # Errors
     ///
@@ -197,7 +217,7 @@ impl KcpSettings {
             stream: config.kcp_stream_mode,
             ack_nodelay: config.kcp_ack_no_delay,
             idle_timeout: config.idle_timeout().unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            pending_timeout: Duration::from_secs(config.handshake_timeout.max(1)),
+            pending_timeout: pending_timeout(config.handshake_timeout),
             max_pending: DEFAULT_MAX_PENDING,
         })
     }
@@ -233,7 +253,7 @@ impl Default for KcpSettings {
             stream: defaults.kcp_stream_mode,
             ack_nodelay: defaults.kcp_ack_no_delay,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            pending_timeout: Duration::from_secs(defaults.handshake_timeout.max(1)),
+            pending_timeout: pending_timeout(defaults.handshake_timeout),
             max_pending: DEFAULT_MAX_PENDING,
         }
     }
@@ -893,6 +913,7 @@ fn release(session: &Session) {
 struct Header {
     conv: u32,
     cmd: u8,
+    frg: u8,
     ts: u32,
     sn: u32,
 }
@@ -908,7 +929,7 @@ fn headers(datagram: &[u8]) -> impl Iterator<Item = Option<Header>> + '_ {
         };
         let conv = header.get_u32_le();
         let cmd = header.get_u8();
-        let _frg = header.get_u8();
+        let frg = header.get_u8();
         let _wnd = header.get_u16_le();
         let ts = header.get_u32_le();
         let sn = header.get_u32_le();
@@ -919,7 +940,13 @@ fn headers(datagram: &[u8]) -> impl Iterator<Item = Option<Header>> + '_ {
         match end {
             Some(end) if known => {
                 rest = bytes.get(end..);
-                Some(Some(Header { conv, cmd, ts, sn }))
+                Some(Some(Header {
+                    conv,
+                    cmd,
+                    frg,
+                    ts,
+                    sn,
+                }))
             }
             _ => Some(None),
         }
@@ -927,30 +954,49 @@ fn headers(datagram: &[u8]) -> impl Iterator<Item = Option<Header>> + '_ {
 }
 
 /// What a well-formed datagram says: its conversation, its first segment's
-/// sequence number, and whether it carries data.
+/// sequence number, and the highest sequence number of its push segments
+/// (`None`: it carries no data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Scan {
     conv: u32,
     first_sn: u32,
-    has_data: bool,
+    last_push: Option<u32>,
 }
 
-/// A datagram made of whole KCP segments of one conversation; `None` for
+impl Scan {
+    fn has_data(&self) -> bool {
+        self.last_push.is_some()
+    }
+}
+
+/// A datagram made of whole KCP segments of one conversation, whose push
+/// segments are fragments a control block of `recv_window` segments can
+/// deliver (in `stream` mode none: kcp-go never sends a fragment there; in
+/// message mode fewer than `recv_window` more of a message); `None` for
 /// anything else.
-fn scan(datagram: &[u8]) -> Option<Scan> {
+fn scan(datagram: &[u8], stream: bool, recv_window: u16) -> Option<Scan> {
     let mut scan: Option<Scan> = None;
     for header in headers(datagram) {
         let header = header?;
         let push = header.cmd == CMD_PUSH;
+        let undeliverable = if stream {
+            header.frg != 0
+        } else {
+            u16::from(header.frg) >= recv_window
+        };
+        if push && undeliverable {
+            return None;
+        }
+        let sn = push.then_some(header.sn);
         match &mut scan {
             None => {
                 scan = Some(Scan {
                     conv: header.conv,
                     first_sn: header.sn,
-                    has_data: push,
+                    last_push: sn,
                 });
             }
-            Some(scan) if scan.conv == header.conv => scan.has_data |= push,
+            Some(scan) if scan.conv == header.conv => scan.last_push = scan.last_push.max(sn),
             Some(_) => return None,
         }
     }
@@ -1146,11 +1192,17 @@ impl Driver {
 
     /// A datagram from `peer`.
     fn on_datagram(&mut self, datagram: &[u8], peer: SocketAddr) {
-        let Some(scan) = scan(datagram) else {
+        let Some(scan) = scan(datagram, self.settings.stream, self.recv_window()) else {
             return self.drop_datagram();
         };
+        // A session not yet handed over takes only a real client's first
+        // segments: a spoofed one holds at most `PENDING_MAX_SN` of them.
+        let early = scan.last_push.is_none_or(|sn| sn < PENDING_MAX_SN);
         if let Some(entry) = self.sessions.get(&peer) {
             if entry.session.conv == scan.conv {
+                if entry.pending_since.is_some() && !early {
+                    return self.drop_datagram();
+                }
                 let delivered = self.input(peer, datagram);
                 if delivered {
                     self.hand_over(peer);
@@ -1159,13 +1211,13 @@ impl Driver {
             }
             // Another conversation from the same address: a new session if
             // it starts at sequence number 0, as kcp-go decides.
-            if self.accept.is_none() || scan.first_sn != 0 || !scan.has_data {
+            if self.accept.is_none() || scan.first_sn != 0 || !scan.has_data() || !early {
                 return self.drop_datagram();
             }
             tracing::debug!(%peer, conv = scan.conv, "KCP conversation replaced");
             self.remove(peer);
         }
-        if self.accept.is_none() || !scan.has_data {
+        if self.accept.is_none() || !scan.has_data() || !early {
             return self.drop_datagram();
         }
         self.start(peer, scan.conv, datagram);
@@ -1388,6 +1440,11 @@ impl Driver {
             .store(self.sessions.len(), Ordering::Relaxed);
         counts.pending.store(self.pending, Ordering::Relaxed);
     }
+
+    /// The receive window of the control blocks, in segments.
+    fn recv_window(&self) -> u16 {
+        self.settings.recv_window.max(MIN_RECV_WINDOW)
+    }
 }
 
 /// Completes when the accept loop's end of the channel is gone.
@@ -1458,34 +1515,109 @@ mod tests {
     fn a_datagram_of_segments_is_scanned() {
         let mut datagram = segment(7, CMD_ACK, 1, 3, b"");
         datagram.extend(segment(7, CMD_PUSH, 1, 4, b"hello"));
+        datagram.extend(segment(7, CMD_PUSH, 1, 5, b"there"));
         assert_eq!(
-            scan(&datagram),
+            scan(&datagram, true, 128),
             Some(Scan {
                 conv: 7,
                 first_sn: 3,
-                has_data: true
+                last_push: Some(5),
             })
         );
         let acks = segment(7, CMD_ACK, 1, 0, b"");
-        assert!(!scan(&acks).unwrap().has_data);
+        assert!(!scan(&acks, true, 128).unwrap().has_data());
     }
 
     #[test]
     fn anything_but_whole_segments_of_one_conversation_is_refused() {
         let push = segment(7, CMD_PUSH, 1, 0, b"hello");
-        assert_eq!(scan(b""), None);
-        assert_eq!(scan(&push[..23]), None, "a short header");
-        assert_eq!(scan(&push[..push.len() - 1]), None, "data cut short");
+        assert_eq!(scan(b"", true, 128), None);
+        assert_eq!(scan(&push[..23], true, 128), None, "a short header");
+        assert_eq!(
+            scan(&push[..push.len() - 1], true, 128),
+            None,
+            "data cut short"
+        );
         let mut trailing = push.clone();
         trailing.push(0);
-        assert_eq!(scan(&trailing), None, "bytes after the last segment");
+        assert_eq!(
+            scan(&trailing, true, 128),
+            None,
+            "bytes after the last segment"
+        );
         let mut other = push.clone();
         other.extend(segment(8, CMD_ACK, 1, 0, b""));
-        assert_eq!(scan(&other), None, "two conversations");
-        assert_eq!(scan(&segment(7, 99, 1, 0, b"")), None, "an unknown command");
+        assert_eq!(scan(&other, true, 128), None, "two conversations");
+        assert_eq!(
+            scan(&segment(7, 99, 1, 0, b""), true, 128),
+            None,
+            "an unknown command"
+        );
         let mut huge = segment(7, CMD_PUSH, 1, 0, b"");
         huge[20..24].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-        assert_eq!(scan(&huge), None, "an attack length");
+        assert_eq!(scan(&huge, true, 128), None, "an attack length");
+    }
+
+    #[test]
+    fn fragments_no_control_block_can_deliver_are_refused() {
+        let fragment = |frg: u8| {
+            let mut push = segment(7, CMD_PUSH, 1, 0, b"part");
+            push[5] = frg;
+            push
+        };
+        // Stream mode: kcp-go never sends a fragment.
+        assert!(scan(&fragment(0), true, 128).is_some());
+        assert_eq!(scan(&fragment(1), true, 128), None);
+        let mut hidden = segment(7, CMD_ACK, 1, 0, b"");
+        hidden.extend(fragment(3));
+        assert_eq!(scan(&hidden, true, 128), None, "behind another segment");
+        // Message mode: a message longer than the receive window never is.
+        assert!(scan(&fragment(127), false, 128).is_some());
+        assert_eq!(scan(&fragment(128), false, 128), None);
+        assert!(scan(&fragment(200), false, 256).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spoofed_segments_past_a_first_window_start_no_session() {
+        let (mut driver, _rx) = new_driver(KcpSettings::default()).await;
+        let stats = driver.stats.clone();
+        for port in 1000..1100u16 {
+            let peer = SocketAddr::from(([127, 0, 0, 1], port));
+            driver.on_datagram(&segment(u32::from(port), CMD_PUSH, 0, 32, b"x"), peer);
+            driver.on_datagram(&segment(u32::from(port), CMD_PUSH, 0, 5_000, b"x"), peer);
+        }
+        assert_eq!((stats.sessions(), stats.pending()), (0, 0));
+        assert_eq!(stats.dropped_datagrams(), 200);
+        // A real client's first segments (out of order: not yet delivered)
+        // start one, which then takes nothing further ahead.
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2000));
+        driver.on_datagram(&segment(9, CMD_PUSH, 0, 31, b"x"), peer);
+        assert_eq!((stats.sessions(), stats.pending()), (1, 1));
+        driver.on_datagram(&segment(9, CMD_PUSH, 0, 32, b"x"), peer);
+        assert_eq!(stats.dropped_datagrams(), 201);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_sessions_expire_at_the_handshake_timeout_but_within_3_s() {
+        for (handshake, patience) in [(10, 3), (2, 2), (0, 1)] {
+            let config = Config {
+                handshake_timeout: handshake,
+                ..Config::default()
+            };
+            let settings = KcpSettings::from_config(&config).unwrap();
+            assert_eq!(settings.pending_timeout, Duration::from_secs(patience));
+            let (mut driver, _rx) = new_driver(settings).await;
+            let peer = SocketAddr::from(([127, 0, 0, 1], 3000));
+            // Out of order: nothing delivered, so it stays pending.
+            driver.on_datagram(&segment(9, CMD_PUSH, 0, 5, b"x"), peer);
+            assert_eq!(driver.stats.pending(), 1);
+            tokio::time::advance(Duration::from_millis(patience * 1000 - 1)).await;
+            driver.sweep();
+            assert_eq!(driver.stats.pending(), 1, "{handshake}");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            driver.sweep();
+            assert_eq!((driver.stats.pending(), driver.stats.sessions()), (0, 0));
+        }
     }
 
     #[test]
@@ -1506,6 +1638,8 @@ mod tests {
         assert!(settings.nodelay && settings.no_congestion && settings.stream);
         assert!(!settings.ack_nodelay);
         assert_eq!(settings.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(settings.max_pending, 256);
+        assert_eq!(settings.pending_timeout, Duration::from_secs(3));
         let refusal = |config: Config| match KcpSettings::from_config(&config) {
             Err(Error::ConfigValue { key, .. }) => key,
             other => panic!("{other:?}"),
@@ -1544,20 +1678,25 @@ mod tests {
         assert!(ids.len() > 60);
     }
 
+    /// A server's driver on a loopback socket, and its accept channel.
+    async fn new_driver(
+        settings: KcpSettings,
+    ) -> (Driver, mpsc::Receiver<(KcpStream, SocketAddr)>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let stats = KcpStats::default();
+        (
+            Driver::new(Arc::new(socket), local, settings, Some(tx), stats),
+            rx,
+        )
+    }
+
     /// A driver with one session from `peer`, on a socket nobody listens to.
     async fn driver_with_session(
         settings: KcpSettings,
     ) -> (Driver, SocketAddr, mpsc::Receiver<(KcpStream, SocketAddr)>) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = socket.local_addr().unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        let mut driver = Driver::new(
-            Arc::new(socket),
-            local,
-            settings,
-            Some(tx),
-            KcpStats::default(),
-        );
+        let (mut driver, rx) = new_driver(settings).await;
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         driver.on_datagram(&segment(5, CMD_PUSH, 0, 0, b"hi"), peer);
         (driver, peer, rx)
@@ -1685,16 +1824,7 @@ mod tests {
         SocketAddr,
         mpsc::Receiver<(KcpStream, SocketAddr)>,
     ) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = socket.local_addr().unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        let driver = Driver::new(
-            Arc::new(socket),
-            local,
-            settings,
-            Some(tx),
-            KcpStats::default(),
-        );
+        let (driver, rx) = new_driver(settings).await;
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_nonblocking(true).unwrap();
         let addr = peer.local_addr().unwrap();
