@@ -1167,10 +1167,14 @@ impl Driver {
         let mut st = lock(&session.state);
         let Some(next) = session.guarded(&mut st, |kcp| {
             let _ = kcp.update(ms);
-            if flush {
+            // `update` flushes only on its tick; a segment whose resend time
+            // came before it makes `check` say "now" until then, which would
+            // run this clock every millisecond: it is resent now instead.
+            if flush || kcp.check(ms) == 0 {
                 let _ = kcp.flush();
             }
-            kcp.check(ms)
+            // At least a millisecond ahead, whatever the control block says.
+            kcp.check(ms).max(1)
         }) else {
             drop(st);
             return self.drop_broken(peer);
@@ -1859,6 +1863,43 @@ mod tests {
             run_due_timers(&mut driver).await;
         }
         assert!(received_commands(&peer).contains(&CMD_WINS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resend_between_ticks_costs_one_wake_up_not_one_a_millisecond() {
+        let settings = KcpSettings {
+            interval_ms: 100,
+            ..KcpSettings::default()
+        };
+        let (mut driver, peer, mut rx) = driver_with_session(settings).await;
+        let (stream, _) = rx.try_recv().unwrap();
+        // The reply goes out between two ticks, and is never acknowledged:
+        // its resend times fall between ticks too.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let mut write = stream.write;
+        tokio::io::AsyncWriteExt::write_all(&mut write, b"reply")
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut write).await.unwrap();
+        while let Ok(wake) = driver.wake_rx.try_recv() {
+            driver.on_wake(wake);
+        }
+        let start = Instant::now();
+        let mut wake_ups = 0;
+        while Instant::now() < start + Duration::from_secs(1) && wake_ups < 1000 {
+            let Some((_, at)) = driver.sessions.get(&peer).and_then(|e| e.timer) else {
+                break;
+            };
+            tokio::time::advance(at.saturating_duration_since(Instant::now())).await;
+            run_due_timers(&mut driver).await;
+            wake_ups += 1;
+        }
+        assert!(
+            Instant::now() >= start + Duration::from_secs(1),
+            "{wake_ups}"
+        );
+        // A tick every 100 ms and a few resends between them.
+        assert!(wake_ups <= 20, "{wake_ups} wake-ups in a second");
     }
 
     #[tokio::test(start_paused = true)]
