@@ -6,7 +6,8 @@
 //! datagrams; a flood from many addresses held to the pending-session bound
 //! while a real client is served; a new conversation from a known address
 //! replacing its session; the idle timeout; the config's `Kcp*` keys; the echo
-//! and client examples over KCP.
+//! and client examples over KCP; hostile sequence numbers; a session refused
+//! at `MaxConn` leaving nothing pending.
 #![cfg(feature = "kcp")]
 #![allow(clippy::unwrap_used)]
 
@@ -756,5 +757,63 @@ async fn hostile_sequence_numbers_leave_the_other_sessions_served() {
     // them all, and still serves.
     assert_eq!(&client.roundtrip(1, "after").await.data[..], b"after");
     assert!(stats.sessions() <= 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refused_at_max_conn_leaves_nothing_pending() {
+    let mut settings = KcpSettings::default();
+    // Longer than the test: a session left pending would stay.
+    settings.pending_timeout = Duration::from_secs(30);
+    let listener = kcp_listener(settings).await;
+    let stats = listener.stats();
+    let server = TestServer::start_on(
+        Server::builder(Config {
+            max_conn: 1,
+            ..config()
+        })
+        .router(Router::new().route(1, echo)),
+        listener.into(),
+    )
+    .await;
+    let mut admitted = raw(server.addr, Layout::Tlv).await;
+    assert_eq!(&admitted.roundtrip(1, "in").await.data[..], b"in");
+    // A second session is refused at MaxConn and dropped ...
+    let (_read, mut write) = KcpStream::connect(&server.addr.to_string(), settings)
+        .await
+        .unwrap()
+        .into_split();
+    let tlv = [0, 0, 0, 1, 0, 0, 0, 1, b'x'];
+    tokio::io::AsyncWriteExt::write_all(&mut write, &tlv)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::flush(&mut write).await.unwrap();
+    // (The refusal comes within milliseconds; nothing tells the peer.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... unacknowledged: its first segment, resent with the next, starts a
+    // session that delivers (and is refused again), never one that waits for
+    // a segment the peer believes delivered.
+    tokio::io::AsyncWriteExt::write_all(&mut write, &tlv)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::flush(&mut write).await.unwrap();
+    let started = Instant::now();
+    let mut settled = 0;
+    while settled < 3 && started.elapsed() < T {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let quiet = stats.pending() == 0 && stats.sessions() == 1;
+        if started.elapsed() > Duration::from_millis(500) && quiet {
+            settled += 1;
+        } else {
+            settled = 0;
+        }
+    }
+    assert_eq!(
+        (stats.pending(), stats.sessions()),
+        (0, 1),
+        "a session waits on a segment never resent"
+    );
+    assert_eq!(server.handle.manager().len(), 1);
+    assert_eq!(&admitted.roundtrip(1, "still").await.data[..], b"still");
     server.stop().await;
 }

@@ -633,6 +633,9 @@ struct State {
     /// Its control block panicked: it is never called again, the reader
     /// sees a protocol error, the writer fails.
     broken: bool,
+    /// The reader took bytes: the session was admitted (not refused by the
+    /// accept loop's `MaxConn` or `MaxConnPerIP`).
+    taken: bool,
     /// Halves alive.
     halves: u8,
     /// When the last valid datagram came.
@@ -664,6 +667,7 @@ impl Session {
                 writer: None,
                 scheduled: false,
                 broken: false,
+                taken: false,
                 halves: 0,
                 last_input: now,
             }),
@@ -811,6 +815,7 @@ impl AsyncRead for KcpRead {
             received = true;
         }
         if received {
+            st.taken = true;
             // Taking segments may reopen the receive window: the driver tells
             // the peer at once (see `Driver::on_wake`).
             session.keep_clock(st);
@@ -1119,9 +1124,16 @@ impl Driver {
                 if let Some(&peer) = self.ids.get(&id) {
                     // The acknowledgements it owes go out first: the peer then
                     // does not resend what was received, nor wait for it.
+                    // Not for a session whose reader never took a byte (the
+                    // accept loop refused it): acknowledged, its first bytes
+                    // would be lost to the peer, whose next segments could
+                    // only start sessions that never deliver.
                     if let Some(entry) = self.sessions.get(&peer) {
                         let session = &entry.session;
-                        let _ = session.send_all(&mut lock(&session.state));
+                        let mut st = lock(&session.state);
+                        if st.taken {
+                            let _ = session.send_all(&mut st);
+                        }
                     }
                     self.remove(peer);
                 }
