@@ -490,7 +490,11 @@ impl KcpStream {
         let local = socket.local_addr()?;
         let socket = Arc::new(socket);
         let mut driver = Driver::new(socket.clone(), local, settings, None, KcpStats::default());
-        let output = Emit { socket, peer };
+        let output = Emit {
+            socket,
+            peer,
+            connected: true,
+        };
         let session = Arc::new(Session::new(
             1,
             random_conv(),
@@ -576,13 +580,21 @@ impl AsyncWrite for KcpStream {
 struct Emit {
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
+    /// The socket is connected to `peer` (a client's): datagrams go out with
+    /// `send`, as BSD and macOS refuse `send_to` on a connected socket
+    /// (`EISCONN`).
+    connected: bool,
 }
 
 impl io::Write for Emit {
     fn write(&mut self, datagram: &[u8]) -> io::Result<usize> {
         #[cfg(test)]
         tests::maybe_panic(self.peer);
-        let _ = self.socket.try_send_to(datagram, self.peer);
+        let _ = if self.connected {
+            self.socket.try_send(datagram)
+        } else {
+            self.socket.try_send_to(datagram, self.peer)
+        };
         Ok(datagram.len())
     }
 
@@ -1247,6 +1259,7 @@ impl Driver {
         let output = Emit {
             socket: self.socket.clone(),
             peer,
+            connected: false,
         };
         let session = Session::new(id, conv, output, &self.settings, self.wake_tx.clone(), now);
         self.insert(peer, Arc::new(session), Some(now));
@@ -1912,6 +1925,29 @@ mod tests {
         );
         // A tick every 100 ms and a few resends between them.
         assert!(wake_ups <= 20, "{wake_ups} wake-ups in a second");
+    }
+
+    #[tokio::test]
+    async fn a_client_sends_on_its_connected_socket_without_an_address() {
+        use std::io::Write;
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(addr).await.unwrap();
+        // (Readiness, as the driver's socket has it once its reactor ran.)
+        socket.writable().await.unwrap();
+        let mut emit = Emit {
+            socket: Arc::new(socket),
+            peer: addr,
+            connected: true,
+        };
+        emit.write_all(b"datagram").unwrap();
+        let mut got = [0u8; 16];
+        let n = server.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], b"datagram");
     }
 
     #[tokio::test(start_paused = true)]
