@@ -323,9 +323,9 @@ async fn a_kcp_client_routes_pushes_runs_hooks_beats_and_reconnects() {
                 let _ = tx.send(()).await;
             }
         })
-        .heartbeat(
-            Heartbeat::new(Duration::from_millis(20)).max_silence(Duration::from_millis(300)),
-        )
+        // Silence long enough that a loaded machine's scheduling delays do
+        // not pass for a lost server (a spurious reconnect).
+        .heartbeat(Heartbeat::new(Duration::from_millis(20)).max_silence(Duration::from_secs(2)))
         .reconnect(Reconnect::new(
             Duration::from_millis(5),
             Duration::from_millis(50),
@@ -500,6 +500,9 @@ fn segment(conv: u32, cmd: u8, sn: u32, data: &[u8]) -> Vec<u8> {
 const PUSH: u8 = 81;
 const ACK: u8 = 82;
 
+// The sources bind 127.0.1.x and 127.0.2.x: all of 127/8 is loopback on
+// Linux only.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_flood_from_many_addresses_is_held_to_the_pending_bound_while_a_client_is_served() {
     // Few enough datagrams (two a source) that the server's socket buffer holds
@@ -508,7 +511,10 @@ async fn a_flood_from_many_addresses_is_held_to_the_pending_bound_while_a_client
     const BOUND: usize = 16;
     let mut settings = KcpSettings::default();
     settings.max_pending = BOUND;
-    settings.pending_timeout = Duration::from_secs(1);
+    // Far longer than the flood and a round trip on a loaded machine: none
+    // expires before it is counted (expiry has a test of its own, in
+    // paused time: `pending_sessions_expire_at_the_handshake_timeout_but_within_3_s`).
+    settings.pending_timeout = Duration::from_secs(60);
     let listener = kcp_listener(settings).await;
     let stats = listener.stats();
     let server = TestServer::start_on(
@@ -545,12 +551,6 @@ async fn a_flood_from_many_addresses_is_held_to_the_pending_bound_while_a_client
         1,
         "no flood source was admitted"
     );
-    // Pending sessions expire: the table holds the client alone.
-    let started = Instant::now();
-    while stats.pending() > 0 && started.elapsed() < T {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!((stats.pending(), stats.sessions()), (0, 1));
     assert_eq!(&client.roundtrip(1, "still").await.data[..], b"still");
     server.stop().await;
 }
