@@ -18,14 +18,17 @@
 //! address, as kcp-go keys them:
 //!
 //! - it parses each datagram's headers before the control block sees it, drops
-//!   (and counts) what is not well-formed KCP of one conversation, and feeds the
-//!   rest to its session's control block;
+//!   (and counts) what is not well-formed KCP of one conversation (or carries
+//!   fragments no control block delivers: any in stream mode, as kcp-go sends
+//!   none there; in message mode, a message longer than the receive window),
+//!   and feeds the rest to its session's control block;
 //! - a datagram from an unknown address starts a session only if it carries
 //!   data; the session is handed to the server's accept loop (and so to
 //!   `MaxConn` and `MaxConnPerIP`) once its control block has delivered the
 //!   first bytes. Until then it is *pending*: at most
 //!   [`KcpSettings::max_pending`] sessions are, each for at most
-//!   [`KcpSettings::pending_timeout`];
+//!   [`KcpSettings::pending_timeout`], taking only push segments with
+//!   sequence numbers below 32 (a real client's first ones);
 //! - a datagram from a known address with another conversation ID and sequence
 //!   number 0 replaces that address's session (the old connection ends), as
 //!   kcp-go does;
@@ -55,6 +58,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,7 +76,7 @@ use crate::config::Config;
 use crate::engine::reader::ReadSource;
 use crate::error::Error;
 use crate::transport::{Accept, Connect, Dialled, Listener, Open, OpenNow, Opened};
-use crate::util::lock;
+use crate::util::{lock, panic_message};
 
 /// The size of a KCP segment header.
 const HEADER: usize = 24;
@@ -94,6 +98,15 @@ const MAX_SEGMENTS_PER_WRITE: usize = 127;
 /// one of ours: the datagram is dropped. (The control block's RTT arithmetic
 /// would overflow on such values.)
 const MAX_RTT_MS: i32 = 1 << 20;
+/// A pending session takes only push segments below this sequence number
+/// (a real client's first segments: kcp-go's default send window is 32), so
+/// it holds at most this many segments.
+const PENDING_MAX_SN: u32 = 32;
+/// The longest a session may stay pending from the config's
+/// `HandshakeTimeout`.
+const MAX_PENDING_TIMEOUT: Duration = Duration::from_secs(3);
+/// ikcp's smallest receive window (the control block takes at least this).
+const MIN_RECV_WINDOW: u16 = 128;
 /// Sessions handed over but not yet taken by the accept loop.
 const ACCEPT_BACKLOG: usize = 128;
 /// How often idle and pending sessions are looked at.
@@ -141,22 +154,30 @@ pub struct KcpSettings {
     /// A session that receives nothing for this long is closed: `IdleTimeout`
     /// when set, else 60 s.
     pub idle_timeout: Duration,
-    /// A session that has not delivered its first bytes within this long is
-    /// dropped: `HandshakeTimeout` (at least 1 s).
+    /// A session that has not been handed to the accept loop within this
+    /// long is dropped: `HandshakeTimeout`, at least 1 s and at most 3 s.
     pub pending_timeout: Duration,
-    /// Sessions that have not yet delivered bytes, at most (a server's; 1024).
+    /// Sessions not yet handed to the accept loop, at most (a server's;
+    /// 256). Each takes only push segments with sequence numbers below 32.
     pub max_pending: usize,
 }
 
 /// The idle timeout when `IdleTimeout` is 0.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bound on pending sessions from [`KcpSettings::from_config`].
-pub const DEFAULT_MAX_PENDING: usize = 1024;
+pub const DEFAULT_MAX_PENDING: usize = 256;
+
+/// A pending session's time from `HandshakeTimeout` (seconds): at least
+/// 1 s, at most 3 s.
+fn pending_timeout(handshake_timeout: u64) -> Duration {
+    Duration::from_secs(handshake_timeout.max(1)).min(MAX_PENDING_TIMEOUT)
+}
 
 impl KcpSettings {
     /// The settings the config's `Kcp*` keys name (Go Zinx's defaults:
     /// nodelay 1, interval 10, resend 2, nc 1, windows 32/32, stream mode,
-    /// no ack-nodelay), with `IdleTimeout` (else 60 s) and `HandshakeTimeout`.
+    /// no ack-nodelay), with `IdleTimeout` (else 60 s) and `HandshakeTimeout`
+    /// (at most 3 s for a pending session).
     ///
     /// # Errors
     ///
@@ -196,7 +217,7 @@ impl KcpSettings {
             stream: config.kcp_stream_mode,
             ack_nodelay: config.kcp_ack_no_delay,
             idle_timeout: config.idle_timeout().unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            pending_timeout: Duration::from_secs(config.handshake_timeout.max(1)),
+            pending_timeout: pending_timeout(config.handshake_timeout),
             max_pending: DEFAULT_MAX_PENDING,
         })
     }
@@ -232,7 +253,7 @@ impl Default for KcpSettings {
             stream: defaults.kcp_stream_mode,
             ack_nodelay: defaults.kcp_ack_no_delay,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            pending_timeout: Duration::from_secs(defaults.handshake_timeout.max(1)),
+            pending_timeout: pending_timeout(defaults.handshake_timeout),
             max_pending: DEFAULT_MAX_PENDING,
         }
     }
@@ -248,6 +269,7 @@ struct Counts {
     pending: AtomicUsize,
     dropped: AtomicU64,
     refused: AtomicU64,
+    broken: AtomicU64,
 }
 
 impl KcpStats {
@@ -274,6 +296,14 @@ impl KcpStats {
     #[must_use]
     pub fn refused_sessions(&self) -> u64 {
         self.0.refused.load(Ordering::Relaxed)
+    }
+
+    /// Sessions dropped because their control block panicked on a peer's
+    /// numbers (its arithmetic overflowing in a build with overflow checks):
+    /// a protocol fault of that peer's; the other sessions go on.
+    #[must_use]
+    pub fn broken_sessions(&self) -> u64 {
+        self.0.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -460,7 +490,11 @@ impl KcpStream {
         let local = socket.local_addr()?;
         let socket = Arc::new(socket);
         let mut driver = Driver::new(socket.clone(), local, settings, None, KcpStats::default());
-        let output = Emit { socket, peer };
+        let output = Emit {
+            socket,
+            peer,
+            connected: true,
+        };
         let session = Arc::new(Session::new(
             1,
             random_conv(),
@@ -546,11 +580,21 @@ impl AsyncWrite for KcpStream {
 struct Emit {
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
+    /// The socket is connected to `peer` (a client's): datagrams go out with
+    /// `send`, as BSD and macOS refuse `send_to` on a connected socket
+    /// (`EISCONN`).
+    connected: bool,
 }
 
 impl io::Write for Emit {
     fn write(&mut self, datagram: &[u8]) -> io::Result<usize> {
-        let _ = self.socket.try_send_to(datagram, self.peer);
+        #[cfg(test)]
+        tests::maybe_panic(self.peer);
+        let _ = if self.connected {
+            self.socket.try_send(datagram)
+        } else {
+            self.socket.try_send_to(datagram, self.peer)
+        };
         Ok(datagram.len())
     }
 
@@ -560,14 +604,17 @@ impl io::Write for Emit {
 }
 
 /// What a session's halves ask of the driver. At most one `Schedule` is
-/// outstanding per session (see [`State::scheduled`]) and one `Gone`, so the
-/// channel holds at most two messages per session.
+/// outstanding per session (see [`State::scheduled`]), one `Gone` and one `Broken`, so the
+/// channel holds at most three messages per session.
 #[derive(Debug, Clone, Copy)]
 enum Wake {
-    /// Bytes were queued (or the receive window reopened): run the clock.
+    /// Bytes were queued (or the receive window reopened): run the clock,
+    /// and send what is owed now.
     Schedule(u64),
     /// Both halves were dropped: forget the session.
     Gone(u64),
+    /// Its control block panicked (once per session): drop it.
+    Broken(u64),
 }
 
 /// One KCP session, shared by the driver and the connection's halves.
@@ -595,6 +642,12 @@ struct State {
     /// The driver runs this session's clock (it has a timer for it, or is
     /// about to). Set by whoever asks for it, cleared by the driver.
     scheduled: bool,
+    /// Its control block panicked: it is never called again, the reader
+    /// sees a protocol error, the writer fails.
+    broken: bool,
+    /// The reader took bytes: the session was admitted (not refused by the
+    /// accept loop's `MaxConn` or `MaxConnPerIP`).
+    taken: bool,
     /// Halves alive.
     halves: u8,
     /// When the last valid datagram came.
@@ -625,6 +678,8 @@ impl Session {
                 reader: None,
                 writer: None,
                 scheduled: false,
+                broken: false,
+                taken: false,
                 halves: 0,
                 last_input: now,
             }),
@@ -646,10 +701,41 @@ impl Session {
     }
 
     /// Brings the control block's clock to now and sends what it holds:
-    /// owed acknowledgements, window updates, queued segments.
-    fn send_all(&self, st: &mut State) {
-        let _ = st.kcp.update(self.ms(Instant::now()));
-        let _ = st.kcp.flush();
+    /// owed acknowledgements, window updates, queued segments. False if the
+    /// control block broke.
+    fn send_all(&self, st: &mut State) -> bool {
+        let ms = self.ms(Instant::now());
+        self.guarded(st, |kcp| {
+            let _ = kcp.update(ms);
+            let _ = kcp.flush();
+        })
+        .is_some()
+    }
+
+    /// Runs `f` on the control block; `None` if the session is broken, or
+    /// breaks now. kcp 0.6's arithmetic (`timediff`, its clock) overflows on a
+    /// peer's numbers in a build with overflow checks, and panics: the panic
+    /// ends this session (its halves see a protocol error and a failed
+    /// write, the driver drops it) instead of the task running every session
+    /// of the socket.
+    fn guarded<R>(&self, st: &mut State, f: impl FnOnce(&mut kcp::Kcp<Emit>) -> R) -> Option<R> {
+        if st.broken {
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(&mut st.kcp))) {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                tracing::debug!(
+                    conv = self.conv,
+                    panic = %panic_message(&*panic),
+                    "KCP control block panicked on a peer's numbers: dropping the session"
+                );
+                st.broken = true;
+                st.close();
+                let _ = self.wake.send(Wake::Broken(self.id));
+                None
+            }
+        }
     }
 
     /// Asks the driver to run the clock, unless it does already.
@@ -681,6 +767,17 @@ fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the KCP session is closed")
 }
 
+/// The read error of a session whose control block broke: a protocol error
+/// of the peer's, counted as such.
+fn broken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        Error::BadFrame {
+            reason: "KCP: the peer's segments broke the session's control block".to_owned(),
+        },
+    )
+}
+
 /// A KCP session's read half: the bytes its control block delivers, in
 /// order; the end of the stream once the session is closed (idle, dead link,
 /// replaced, or its listener gone).
@@ -706,30 +803,42 @@ impl AsyncRead for KcpRead {
                 st.leftover.advance(n);
                 continue;
             }
+            if st.broken {
+                break;
+            }
             let Ok(size) = st.kcp.peeksize() else { break };
             if size <= buf.remaining() {
-                let Ok(n) = st.kcp.recv(buf.initialize_unfilled_to(size)) else {
+                let into = buf.initialize_unfilled_to(size);
+                let Some(Ok(n)) = session.guarded(st, |kcp| kcp.recv(into)) else {
                     break;
                 };
                 buf.advance(n);
             } else {
                 // A message larger than the buffer (ikcp hands out whole
                 // messages): kept for the next reads, bounded by the window.
-                st.leftover.resize(size, 0);
-                let Ok(n) = st.kcp.recv(&mut st.leftover) else {
-                    st.leftover.clear();
+                let mut leftover = std::mem::take(&mut st.leftover);
+                leftover.resize(size, 0);
+                let Some(Ok(n)) = session.guarded(st, |kcp| kcp.recv(&mut leftover)) else {
                     break;
                 };
-                st.leftover.truncate(n);
+                leftover.truncate(n);
+                st.leftover = leftover;
             }
             received = true;
         }
         if received {
-            // Taking segments may reopen the receive window: the peer is told
-            // on the next tick.
+            st.taken = true;
+            // Taking segments may reopen the receive window: the driver tells
+            // the peer at once (see `Driver::on_wake`).
             session.keep_clock(st);
         }
-        if buf.filled().len() > before || st.closed {
+        if buf.filled().len() > before {
+            return Poll::Ready(Ok(()));
+        }
+        if st.broken {
+            return Poll::Ready(Err(broken()));
+        }
+        if st.closed {
             return Poll::Ready(Ok(()));
         }
         st.reader = Some(cx.waker().clone());
@@ -770,9 +879,10 @@ impl AsyncWrite for KcpWrite {
             return Poll::Pending;
         }
         let n = data.len().min(session.max_write);
-        match st.kcp.send(&data[..n]) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(e.into())),
+        match session.guarded(&mut st, |kcp| kcp.send(&data[..n])) {
+            Some(Ok(n)) => Poll::Ready(Ok(n)),
+            Some(Err(e)) => Poll::Ready(Err(e.into())),
+            None => Poll::Ready(Err(closed())),
         }
     }
 
@@ -820,6 +930,7 @@ fn release(session: &Session) {
 struct Header {
     conv: u32,
     cmd: u8,
+    frg: u8,
     ts: u32,
     sn: u32,
 }
@@ -835,7 +946,7 @@ fn headers(datagram: &[u8]) -> impl Iterator<Item = Option<Header>> + '_ {
         };
         let conv = header.get_u32_le();
         let cmd = header.get_u8();
-        let _frg = header.get_u8();
+        let frg = header.get_u8();
         let _wnd = header.get_u16_le();
         let ts = header.get_u32_le();
         let sn = header.get_u32_le();
@@ -846,7 +957,13 @@ fn headers(datagram: &[u8]) -> impl Iterator<Item = Option<Header>> + '_ {
         match end {
             Some(end) if known => {
                 rest = bytes.get(end..);
-                Some(Some(Header { conv, cmd, ts, sn }))
+                Some(Some(Header {
+                    conv,
+                    cmd,
+                    frg,
+                    ts,
+                    sn,
+                }))
             }
             _ => Some(None),
         }
@@ -854,30 +971,49 @@ fn headers(datagram: &[u8]) -> impl Iterator<Item = Option<Header>> + '_ {
 }
 
 /// What a well-formed datagram says: its conversation, its first segment's
-/// sequence number, and whether it carries data.
+/// sequence number, and the highest sequence number of its push segments
+/// (`None`: it carries no data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Scan {
     conv: u32,
     first_sn: u32,
-    has_data: bool,
+    last_push: Option<u32>,
 }
 
-/// A datagram made of whole KCP segments of one conversation; `None` for
+impl Scan {
+    fn has_data(&self) -> bool {
+        self.last_push.is_some()
+    }
+}
+
+/// A datagram made of whole KCP segments of one conversation, whose push
+/// segments are fragments a control block of `recv_window` segments can
+/// deliver (in `stream` mode none: kcp-go never sends a fragment there; in
+/// message mode fewer than `recv_window` more of a message); `None` for
 /// anything else.
-fn scan(datagram: &[u8]) -> Option<Scan> {
+fn scan(datagram: &[u8], stream: bool, recv_window: u16) -> Option<Scan> {
     let mut scan: Option<Scan> = None;
     for header in headers(datagram) {
         let header = header?;
         let push = header.cmd == CMD_PUSH;
+        let undeliverable = if stream {
+            header.frg != 0
+        } else {
+            u16::from(header.frg) >= recv_window
+        };
+        if push && undeliverable {
+            return None;
+        }
+        let sn = push.then_some(header.sn);
         match &mut scan {
             None => {
                 scan = Some(Scan {
                     conv: header.conv,
                     first_sn: header.sn,
-                    has_data: push,
+                    last_push: sn,
                 });
             }
-            Some(scan) if scan.conv == header.conv => scan.has_data |= push,
+            Some(scan) if scan.conv == header.conv => scan.last_push = scan.last_push.max(sn),
             Some(_) => return None,
         }
     }
@@ -988,21 +1124,46 @@ impl Driver {
         match wake {
             Wake::Schedule(id) => {
                 if let Some(&peer) = self.ids.get(&id) {
-                    self.schedule(peer, Instant::now());
+                    // What is owed goes out now, not on the next tick: a
+                    // reader that drained a full receive window owes the
+                    // peer a window update, which `update` alone sends only
+                    // if a tick is due (else the peer waits for its window
+                    // probe, seconds).
+                    self.run_clock(peer, true);
                 }
             }
             Wake::Gone(id) => {
                 if let Some(&peer) = self.ids.get(&id) {
                     // The acknowledgements it owes go out first: the peer then
                     // does not resend what was received, nor wait for it.
+                    // Not for a session whose reader never took a byte (the
+                    // accept loop refused it): acknowledged, its first bytes
+                    // would be lost to the peer, whose next segments could
+                    // only start sessions that never deliver.
                     if let Some(entry) = self.sessions.get(&peer) {
                         let session = &entry.session;
-                        session.send_all(&mut lock(&session.state));
+                        let mut st = lock(&session.state);
+                        if st.taken {
+                            let _ = session.send_all(&mut st);
+                        }
                     }
                     self.remove(peer);
                 }
             }
+            Wake::Broken(id) => {
+                if let Some(&peer) = self.ids.get(&id) {
+                    self.drop_broken(peer);
+                }
+            }
         }
+    }
+
+    /// Drops `peer`'s session, whose control block broke: a protocol fault
+    /// of that peer's (its reader reports it as one).
+    fn drop_broken(&mut self, peer: SocketAddr) {
+        tracing::debug!(%peer, "KCP session broken by its peer's segments: dropping it");
+        self.stats.0.broken.fetch_add(1, Ordering::Relaxed);
+        self.remove(peer);
     }
 
     /// A session's time came: runs its clock, then schedules the next tick
@@ -1015,11 +1176,33 @@ impl Driver {
             return;
         };
         entry.timer = None;
+        self.run_clock(peer, false);
+    }
+
+    /// Runs `peer`'s clock (and, if `flush`, sends what its control block
+    /// owes now), then schedules the next tick while anything is in flight.
+    fn run_clock(&mut self, peer: SocketAddr, flush: bool) {
+        let Some(entry) = self.sessions.get(&peer) else {
+            return;
+        };
         let session = entry.session.clone();
         let now = Instant::now();
         let ms = session.ms(now);
         let mut st = lock(&session.state);
-        let _ = st.kcp.update(ms);
+        let Some(next) = session.guarded(&mut st, |kcp| {
+            let _ = kcp.update(ms);
+            // `update` flushes only on its tick; a segment whose resend time
+            // came before it makes `check` say "now" until then, which would
+            // run this clock every millisecond: it is resent now instead.
+            if flush || kcp.check(ms) == 0 {
+                let _ = kcp.flush();
+            }
+            // At least a millisecond ahead, whatever the control block says.
+            kcp.check(ms).max(1)
+        }) else {
+            drop(st);
+            return self.drop_broken(peer);
+        };
         if st.kcp.is_dead_link() {
             drop(st);
             tracing::debug!(%peer, "KCP peer stopped acknowledging: closing the session");
@@ -1027,7 +1210,7 @@ impl Driver {
             return;
         }
         if st.kcp.wait_snd() > 0 {
-            let next = now + Duration::from_millis(u64::from(st.kcp.check(ms)));
+            let next = now + Duration::from_millis(u64::from(next));
             drop(st);
             self.schedule(peer, next);
         } else {
@@ -1037,11 +1220,17 @@ impl Driver {
 
     /// A datagram from `peer`.
     fn on_datagram(&mut self, datagram: &[u8], peer: SocketAddr) {
-        let Some(scan) = scan(datagram) else {
+        let Some(scan) = scan(datagram, self.settings.stream, self.recv_window()) else {
             return self.drop_datagram();
         };
+        // A session not yet handed over takes only a real client's first
+        // segments: a spoofed one holds at most `PENDING_MAX_SN` of them.
+        let early = scan.last_push.is_none_or(|sn| sn < PENDING_MAX_SN);
         if let Some(entry) = self.sessions.get(&peer) {
             if entry.session.conv == scan.conv {
+                if entry.pending_since.is_some() && !early {
+                    return self.drop_datagram();
+                }
                 let delivered = self.input(peer, datagram);
                 if delivered {
                     self.hand_over(peer);
@@ -1050,13 +1239,13 @@ impl Driver {
             }
             // Another conversation from the same address: a new session if
             // it starts at sequence number 0, as kcp-go decides.
-            if self.accept.is_none() || scan.first_sn != 0 || !scan.has_data {
+            if self.accept.is_none() || scan.first_sn != 0 || !scan.has_data() || !early {
                 return self.drop_datagram();
             }
             tracing::debug!(%peer, conv = scan.conv, "KCP conversation replaced");
             self.remove(peer);
         }
-        if self.accept.is_none() || !scan.has_data {
+        if self.accept.is_none() || !scan.has_data() || !early {
             return self.drop_datagram();
         }
         self.start(peer, scan.conv, datagram);
@@ -1070,6 +1259,7 @@ impl Driver {
         let output = Emit {
             socket: self.socket.clone(),
             peer,
+            connected: false,
         };
         let session = Session::new(id, conv, output, &self.settings, self.wake_tx.clone(), now);
         self.insert(peer, Arc::new(session), Some(now));
@@ -1117,17 +1307,30 @@ impl Driver {
             return false;
         }
         let mut st = lock(&session.state);
-        // The clock first: round trips are measured against it.
-        let _ = st.kcp.update(ms);
-        if st.kcp.input(datagram).is_err() {
-            drop(st);
-            self.drop_datagram();
-            return false;
-        }
+        let ack_nodelay = self.settings.ack_nodelay;
+        let fed = session.guarded(&mut st, |kcp| {
+            // The clock first: round trips are measured against it.
+            let _ = kcp.update(ms);
+            let fed = kcp.input(datagram).is_ok();
+            if fed && ack_nodelay {
+                let _ = kcp.flush_ack();
+            }
+            fed.then(|| kcp.check(ms))
+        });
+        let next = match fed {
+            Some(Some(next)) => next,
+            Some(None) => {
+                drop(st);
+                self.drop_datagram();
+                return false;
+            }
+            None => {
+                drop(st);
+                self.drop_broken(peer);
+                return false;
+            }
+        };
         st.last_input = now;
-        if self.settings.ack_nodelay {
-            let _ = st.kcp.flush_ack();
-        }
         let delivered = st.kcp.peeksize().is_ok();
         if delivered {
             wake(&mut st.reader);
@@ -1137,7 +1340,7 @@ impl Driver {
         }
         // Acknowledgements are owed: they go out on the next tick.
         st.scheduled = true;
-        let next = now + Duration::from_millis(u64::from(st.kcp.check(ms)));
+        let next = now + Duration::from_millis(u64::from(next));
         drop(st);
         self.schedule(peer, next);
         delivered
@@ -1266,6 +1469,11 @@ impl Driver {
             .store(self.sessions.len(), Ordering::Relaxed);
         counts.pending.store(self.pending, Ordering::Relaxed);
     }
+
+    /// The receive window of the control blocks, in segments.
+    fn recv_window(&self) -> u16 {
+        self.settings.recv_window.max(MIN_RECV_WINDOW)
+    }
 }
 
 /// Completes when the accept loop's end of the channel is gone.
@@ -1336,34 +1544,109 @@ mod tests {
     fn a_datagram_of_segments_is_scanned() {
         let mut datagram = segment(7, CMD_ACK, 1, 3, b"");
         datagram.extend(segment(7, CMD_PUSH, 1, 4, b"hello"));
+        datagram.extend(segment(7, CMD_PUSH, 1, 5, b"there"));
         assert_eq!(
-            scan(&datagram),
+            scan(&datagram, true, 128),
             Some(Scan {
                 conv: 7,
                 first_sn: 3,
-                has_data: true
+                last_push: Some(5),
             })
         );
         let acks = segment(7, CMD_ACK, 1, 0, b"");
-        assert!(!scan(&acks).unwrap().has_data);
+        assert!(!scan(&acks, true, 128).unwrap().has_data());
     }
 
     #[test]
     fn anything_but_whole_segments_of_one_conversation_is_refused() {
         let push = segment(7, CMD_PUSH, 1, 0, b"hello");
-        assert_eq!(scan(b""), None);
-        assert_eq!(scan(&push[..23]), None, "a short header");
-        assert_eq!(scan(&push[..push.len() - 1]), None, "data cut short");
+        assert_eq!(scan(b"", true, 128), None);
+        assert_eq!(scan(&push[..23], true, 128), None, "a short header");
+        assert_eq!(
+            scan(&push[..push.len() - 1], true, 128),
+            None,
+            "data cut short"
+        );
         let mut trailing = push.clone();
         trailing.push(0);
-        assert_eq!(scan(&trailing), None, "bytes after the last segment");
+        assert_eq!(
+            scan(&trailing, true, 128),
+            None,
+            "bytes after the last segment"
+        );
         let mut other = push.clone();
         other.extend(segment(8, CMD_ACK, 1, 0, b""));
-        assert_eq!(scan(&other), None, "two conversations");
-        assert_eq!(scan(&segment(7, 99, 1, 0, b"")), None, "an unknown command");
+        assert_eq!(scan(&other, true, 128), None, "two conversations");
+        assert_eq!(
+            scan(&segment(7, 99, 1, 0, b""), true, 128),
+            None,
+            "an unknown command"
+        );
         let mut huge = segment(7, CMD_PUSH, 1, 0, b"");
         huge[20..24].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-        assert_eq!(scan(&huge), None, "an attack length");
+        assert_eq!(scan(&huge, true, 128), None, "an attack length");
+    }
+
+    #[test]
+    fn fragments_no_control_block_can_deliver_are_refused() {
+        let fragment = |frg: u8| {
+            let mut push = segment(7, CMD_PUSH, 1, 0, b"part");
+            push[5] = frg;
+            push
+        };
+        // Stream mode: kcp-go never sends a fragment.
+        assert!(scan(&fragment(0), true, 128).is_some());
+        assert_eq!(scan(&fragment(1), true, 128), None);
+        let mut hidden = segment(7, CMD_ACK, 1, 0, b"");
+        hidden.extend(fragment(3));
+        assert_eq!(scan(&hidden, true, 128), None, "behind another segment");
+        // Message mode: a message longer than the receive window never is.
+        assert!(scan(&fragment(127), false, 128).is_some());
+        assert_eq!(scan(&fragment(128), false, 128), None);
+        assert!(scan(&fragment(200), false, 256).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spoofed_segments_past_a_first_window_start_no_session() {
+        let (mut driver, _rx) = new_driver(KcpSettings::default()).await;
+        let stats = driver.stats.clone();
+        for port in 1000..1100u16 {
+            let peer = SocketAddr::from(([127, 0, 0, 1], port));
+            driver.on_datagram(&segment(u32::from(port), CMD_PUSH, 0, 32, b"x"), peer);
+            driver.on_datagram(&segment(u32::from(port), CMD_PUSH, 0, 5_000, b"x"), peer);
+        }
+        assert_eq!((stats.sessions(), stats.pending()), (0, 0));
+        assert_eq!(stats.dropped_datagrams(), 200);
+        // A real client's first segments (out of order: not yet delivered)
+        // start one, which then takes nothing further ahead.
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2000));
+        driver.on_datagram(&segment(9, CMD_PUSH, 0, 31, b"x"), peer);
+        assert_eq!((stats.sessions(), stats.pending()), (1, 1));
+        driver.on_datagram(&segment(9, CMD_PUSH, 0, 32, b"x"), peer);
+        assert_eq!(stats.dropped_datagrams(), 201);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_sessions_expire_at_the_handshake_timeout_but_within_3_s() {
+        for (handshake, patience) in [(10, 3), (2, 2), (0, 1)] {
+            let config = Config {
+                handshake_timeout: handshake,
+                ..Config::default()
+            };
+            let settings = KcpSettings::from_config(&config).unwrap();
+            assert_eq!(settings.pending_timeout, Duration::from_secs(patience));
+            let (mut driver, _rx) = new_driver(settings).await;
+            let peer = SocketAddr::from(([127, 0, 0, 1], 3000));
+            // Out of order: nothing delivered, so it stays pending.
+            driver.on_datagram(&segment(9, CMD_PUSH, 0, 5, b"x"), peer);
+            assert_eq!(driver.stats.pending(), 1);
+            tokio::time::advance(Duration::from_millis(patience * 1000 - 1)).await;
+            driver.sweep();
+            assert_eq!(driver.stats.pending(), 1, "{handshake}");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            driver.sweep();
+            assert_eq!((driver.stats.pending(), driver.stats.sessions()), (0, 0));
+        }
     }
 
     #[test]
@@ -1384,6 +1667,8 @@ mod tests {
         assert!(settings.nodelay && settings.no_congestion && settings.stream);
         assert!(!settings.ack_nodelay);
         assert_eq!(settings.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(settings.max_pending, 256);
+        assert_eq!(settings.pending_timeout, Duration::from_secs(3));
         let refusal = |config: Config| match KcpSettings::from_config(&config) {
             Err(Error::ConfigValue { key, .. }) => key,
             other => panic!("{other:?}"),
@@ -1422,20 +1707,25 @@ mod tests {
         assert!(ids.len() > 60);
     }
 
+    /// A server's driver on a loopback socket, and its accept channel.
+    async fn new_driver(
+        settings: KcpSettings,
+    ) -> (Driver, mpsc::Receiver<(KcpStream, SocketAddr)>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let stats = KcpStats::default();
+        (
+            Driver::new(Arc::new(socket), local, settings, Some(tx), stats),
+            rx,
+        )
+    }
+
     /// A driver with one session from `peer`, on a socket nobody listens to.
     async fn driver_with_session(
         settings: KcpSettings,
     ) -> (Driver, SocketAddr, mpsc::Receiver<(KcpStream, SocketAddr)>) {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = socket.local_addr().unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        let mut driver = Driver::new(
-            Arc::new(socket),
-            local,
-            settings,
-            Some(tx),
-            KcpStats::default(),
-        );
+        let (mut driver, rx) = new_driver(settings).await;
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         driver.on_datagram(&segment(5, CMD_PUSH, 0, 0, b"hi"), peer);
         (driver, peer, rx)
@@ -1466,7 +1756,7 @@ mod tests {
         tokio::io::AsyncWriteExt::flush(&mut write).await.unwrap();
         match driver.wake_rx.try_recv().unwrap() {
             Wake::Schedule(id) => driver.on_wake(Wake::Schedule(id)),
-            Wake::Gone(_) => panic!("gone"),
+            other => panic!("{other:?}"),
         }
         assert!(driver.sessions[&peer].timer.is_some());
         for _ in 0..3 {
@@ -1477,6 +1767,187 @@ mod tests {
             driver.on_timer(expired.into_inner());
             assert!(driver.sessions[&peer].timer.is_some(), "resending");
         }
+    }
+
+    thread_local! {
+        /// The peer whose output panics, as kcp 0.6's arithmetic does on
+        /// hostile numbers with overflow checks on.
+        static PANIC_FOR: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+    }
+
+    pub(super) fn maybe_panic(peer: SocketAddr) {
+        if PANIC_FOR.with(std::cell::Cell::get) == Some(peer) {
+            panic!("attempt to subtract with overflow (a test's)");
+        }
+    }
+
+    /// Runs the timers that are due now.
+    async fn run_due_timers(driver: &mut Driver) {
+        for _ in 0..16 {
+            let next = std::future::poll_fn(|cx| Poll::Ready(driver.timers.poll_expired(cx))).await;
+            match next {
+                Poll::Ready(Some(expired)) => driver.on_timer(expired.into_inner()),
+                _ => return,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_control_block_drops_its_session_and_no_other() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut driver, peer, mut rx) = driver_with_session(KcpSettings::default()).await;
+        let (good, _) = rx.try_recv().unwrap();
+        let bad: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        PANIC_FOR.with(|p| p.set(Some(bad)));
+        driver.on_datagram(&segment(6, CMD_PUSH, 0, 0, b"hi"), bad);
+        let (bad_stream, _) = rx.try_recv().unwrap();
+        // Both owe an acknowledgement: the bad one's panics on the tick.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        run_due_timers(&mut driver).await;
+        PANIC_FOR.with(|p| p.set(None));
+        assert!(!driver.sessions.contains_key(&bad));
+        assert_eq!(driver.stats.broken_sessions(), 1);
+        assert_eq!(driver.stats.sessions(), 1);
+        let (mut read, mut write) = bad_stream.into_split();
+        let err = read.read(&mut [0u8; 8]).await.unwrap_err();
+        assert!(Error::from_read(err).is_protocol());
+        assert!(write.write_all(b"x").await.is_err());
+        // The other session goes on.
+        let (mut read, mut write) = good.into_split();
+        let mut got = [0u8; 2];
+        read.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        write.write_all(b"reply").await.unwrap();
+        write.flush().await.unwrap();
+        while let Ok(wake) = driver.wake_rx.try_recv() {
+            driver.on_wake(wake);
+        }
+        assert!(driver.sessions[&peer].timer.is_some());
+    }
+
+    /// A push segment of conversation 5 from a kcp-go-like peer.
+    fn push(sn: u32, data: &[u8]) -> Vec<u8> {
+        segment(5, CMD_PUSH, 0, sn, data)
+    }
+
+    /// The commands of the datagrams `peer` received so far.
+    fn received_commands(peer: &std::net::UdpSocket) -> Vec<u8> {
+        let mut cmds = Vec::new();
+        let mut datagram = [0u8; RECV_BUFFER];
+        for _ in 0..1000 {
+            let Ok(n) = peer.recv(&mut datagram) else {
+                break;
+            };
+            cmds.extend(headers(&datagram[..n]).flatten().map(|h| h.cmd));
+        }
+        cmds
+    }
+
+    /// A driver and a real peer socket (std, non-blocking: what was sent to
+    /// it on loopback is there at once).
+    async fn driver_and_peer(
+        settings: KcpSettings,
+    ) -> (
+        Driver,
+        std::net::UdpSocket,
+        SocketAddr,
+        mpsc::Receiver<(KcpStream, SocketAddr)>,
+    ) {
+        let (driver, rx) = new_driver(settings).await;
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let addr = peer.local_addr().unwrap();
+        (driver, peer, addr, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_receive_window_is_announced_at_once() {
+        use tokio::io::AsyncReadExt;
+        let (mut driver, peer, addr, mut rx) = driver_and_peer(KcpSettings::default()).await;
+        // The peer fills the receive window (128 segments) while nobody reads.
+        for first in (0..128).step_by(32) {
+            let datagram: Vec<u8> = (first..first + 32).flat_map(|sn| push(sn, b"x")).collect();
+            driver.on_datagram(&datagram, addr);
+        }
+        let (stream, _) = rx.try_recv().unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        run_due_timers(&mut driver).await;
+        let acks = received_commands(&peer);
+        assert_eq!(acks.iter().filter(|&&c| c == CMD_ACK).count(), 128);
+        assert!(driver.sessions[&addr].timer.is_none(), "nothing owed");
+        // The reader drains it: the window update goes out now, not after
+        // the peer's window probe (seconds later).
+        let (mut read, _write) = stream.into_split();
+        let mut got = vec![0u8; 128];
+        read.read_exact(&mut got).await.unwrap();
+        for _ in 0..4 {
+            match driver.wake_rx.try_recv() {
+                Ok(wake) => driver.on_wake(wake),
+                Err(_) => break,
+            }
+            run_due_timers(&mut driver).await;
+        }
+        assert!(received_commands(&peer).contains(&CMD_WINS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resend_between_ticks_costs_one_wake_up_not_one_a_millisecond() {
+        let settings = KcpSettings {
+            interval_ms: 100,
+            ..KcpSettings::default()
+        };
+        let (mut driver, peer, mut rx) = driver_with_session(settings).await;
+        let (stream, _) = rx.try_recv().unwrap();
+        // The reply goes out between two ticks, and is never acknowledged:
+        // its resend times fall between ticks too.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let mut write = stream.write;
+        tokio::io::AsyncWriteExt::write_all(&mut write, b"reply")
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut write).await.unwrap();
+        while let Ok(wake) = driver.wake_rx.try_recv() {
+            driver.on_wake(wake);
+        }
+        let start = Instant::now();
+        let mut wake_ups = 0;
+        while Instant::now() < start + Duration::from_secs(1) && wake_ups < 1000 {
+            let Some((_, at)) = driver.sessions.get(&peer).and_then(|e| e.timer) else {
+                break;
+            };
+            tokio::time::advance(at.saturating_duration_since(Instant::now())).await;
+            run_due_timers(&mut driver).await;
+            wake_ups += 1;
+        }
+        assert!(
+            Instant::now() >= start + Duration::from_secs(1),
+            "{wake_ups}"
+        );
+        // A tick every 100 ms and a few resends between them.
+        assert!(wake_ups <= 20, "{wake_ups} wake-ups in a second");
+    }
+
+    #[tokio::test]
+    async fn a_client_sends_on_its_connected_socket_without_an_address() {
+        use std::io::Write;
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(addr).await.unwrap();
+        // (Readiness, as the driver's socket has it once its reactor ran.)
+        socket.writable().await.unwrap();
+        let mut emit = Emit {
+            socket: Arc::new(socket),
+            peer: addr,
+            connected: true,
+        };
+        emit.write_all(b"datagram").unwrap();
+        let mut got = [0u8; 16];
+        let n = server.recv(&mut got).unwrap();
+        assert_eq!(&got[..n], b"datagram");
     }
 
     #[tokio::test(start_paused = true)]
