@@ -1312,8 +1312,11 @@ impl Driver {
             // The clock first: round trips are measured against it.
             let _ = kcp.update(ms);
             let fed = kcp.input(datagram).is_ok();
+            // The acknowledgements go out now, not on the next tick (the
+            // crate's `flush_ack` only encodes them; `flush` sends them, with
+            // whatever else is due, as kcp-go's ACK-no-delay flush does).
             if fed && ack_nodelay {
-                let _ = kcp.flush_ack();
+                let _ = kcp.flush();
             }
             fed.then(|| kcp.check(ms))
         });
@@ -1888,6 +1891,30 @@ mod tests {
             run_due_timers(&mut driver).await;
         }
         assert!(received_commands(&peer).contains(&CMD_WINS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ack_no_delay_acknowledges_at_once_and_otherwise_at_the_tick() {
+        for ack_nodelay in [true, false] {
+            let settings = KcpSettings {
+                ack_nodelay,
+                ..KcpSettings::default()
+            };
+            let (mut driver, peer, addr, _rx) = driver_and_peer(settings).await;
+            // The session starts; what it owes goes out at its first tick.
+            driver.on_datagram(&push(0, b"x"), addr);
+            tokio::time::advance(Duration::from_millis(10)).await;
+            run_due_timers(&mut driver).await;
+            let _ = received_commands(&peer);
+            driver.on_datagram(&push(1, b"y"), addr);
+            let at_once = received_commands(&peer).contains(&CMD_ACK);
+            assert_eq!(at_once, ack_nodelay, "KcpACKNoDelay {ack_nodelay}");
+            tokio::time::advance(Duration::from_millis(10)).await;
+            run_due_timers(&mut driver).await;
+            if !ack_nodelay {
+                assert!(received_commands(&peer).contains(&CMD_ACK), "at the tick");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
