@@ -296,14 +296,12 @@ impl<F: Framing> ClientBuilder<F> {
         use crate::transport::ws;
         let handshake = Duration::from_secs(self.config.handshake_timeout.max(1));
         let addr = std::mem::take(&mut self.addr);
-        let framing = self.framing.clone();
-        let max_data = framing.max_data_len();
-        let frame_len: ws::FrameLen = Arc::new(move |encoded: &[u8]| framing.frame_len(encoded));
+        let (frame_len, config) = ws::for_framing(&self.framing);
         #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut connector = ws::WsConnector {
             url: format!("ws://{addr}{path}"),
             addr,
-            config: ws::config(max_data),
+            config,
             frame_len,
             pack: false,
             handshake,

@@ -499,28 +499,21 @@ impl<F: Framing> Server<F> {
                 #[cfg(feature = "ws")]
                 #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
                 Listener::Ws(tcp, mut ws) => {
-                    if let (false, Some(auth)) = (ws.has_auth(), &ws_auth) {
-                        ws.set_auth(auth.clone());
-                    }
+                    ws.default_auth(ws_auth.as_ref());
                     #[cfg(feature = "tls")]
                     let tls = ws.take_tls();
-                    let framing = engine.framing.clone();
-                    let max_data = framing.max_data_len();
-                    let frame_len: crate::transport::ws::FrameLen =
-                        Arc::new(move |encoded: &[u8]| framing.frame_len(encoded));
-                    let open = ws.into_open(frame_len, max_data);
+                    let open = ws.into_open(&engine.framing);
                     #[cfg(feature = "tls")]
-                    if let Some(tls) = tls {
-                        let wss = crate::transport::ws::WssOpen { tls, ws: open };
-                        accepting.push(tokio::spawn(accept(
-                            core.clone(),
-                            tcp,
-                            Arc::new(wss),
-                            stop,
-                        )));
-                        continue;
-                    }
-                    tokio::spawn(accept(core.clone(), tcp, Arc::new(open), stop))
+                    let task = match tls {
+                        Some(tls) => {
+                            let wss = crate::transport::ws::WssOpen { tls, ws: open };
+                            tokio::spawn(accept(core.clone(), tcp, Arc::new(wss), stop))
+                        }
+                        None => tokio::spawn(accept(core.clone(), tcp, Arc::new(open), stop)),
+                    };
+                    #[cfg(not(feature = "tls"))]
+                    let task = tokio::spawn(accept(core.clone(), tcp, Arc::new(open), stop));
+                    task
                 }
                 // No handshake: opened by the accept loop, as TCP.
                 #[cfg(feature = "kcp")]

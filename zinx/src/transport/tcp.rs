@@ -24,10 +24,25 @@ impl Accept for TcpListener {
     }
 }
 
-/// Splits a stream for the engine (with `TCP_NODELAY`: replies go out at once).
-pub(crate) fn open(stream: TcpStream) -> io::Result<Opened<OwnedReadHalf, OwnedWriteHalf>> {
+/// Readies a connected stream for any transport over TCP: `TCP_NODELAY`
+/// (replies go out at once); its local address.
+pub(crate) fn prepare(stream: &TcpStream) -> io::Result<SocketAddr> {
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr()?;
+    stream.local_addr()
+}
+
+/// Dials `addr` and [`prepare`]s the stream: it, the peer's address and the
+/// local one.
+pub(crate) async fn dial(addr: &str) -> io::Result<(TcpStream, SocketAddr, SocketAddr)> {
+    let stream = TcpStream::connect(addr).await?;
+    let local = prepare(&stream)?;
+    let peer = stream.peer_addr()?;
+    Ok((stream, peer, local))
+}
+
+/// Splits a stream for the engine.
+pub(crate) fn open(stream: TcpStream) -> io::Result<Opened<OwnedReadHalf, OwnedWriteHalf>> {
+    let local = prepare(&stream)?;
     let (read, write) = stream.into_split();
     Ok(Opened { read, write, local })
 }
@@ -67,10 +82,10 @@ impl Connect for TcpConnector {
     }
 
     async fn connect(&self) -> Result<Dialled<OwnedReadHalf, OwnedWriteHalf>, Error> {
-        let stream = TcpStream::connect(&self.addr).await?;
-        let peer = stream.peer_addr()?;
+        let (stream, peer, local) = dial(&self.addr).await?;
+        let (read, write) = stream.into_split();
         Ok(Dialled {
-            opened: open(stream)?,
+            opened: Opened { read, write, local },
             peer,
         })
     }

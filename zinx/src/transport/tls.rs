@@ -197,8 +197,7 @@ impl Open<TcpStream> for TlsServer {
         raw: TcpStream,
         _peer: SocketAddr,
     ) -> Result<Opened<ReadHalf<ServerStream>, WriteHalf<ServerStream>>, Error> {
-        let _ = raw.set_nodelay(true);
-        let local = raw.local_addr()?;
+        let local = crate::transport::tcp::prepare(&raw)?;
         let (read, write) = tokio::io::split(self.accept(raw).await?);
         Ok(Opened { read, write, local })
     }
@@ -406,9 +405,7 @@ impl TlsConnector {
     /// Dials TCP and shakes hands within the handshake timeout: the stream,
     /// the peer's address and the local one.
     pub(crate) async fn dial(&self) -> Result<(ClientStream, SocketAddr, SocketAddr), Error> {
-        let stream = TcpStream::connect(&self.addr).await?;
-        let _ = stream.set_nodelay(true);
-        let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
+        let (stream, peer, local) = crate::transport::tcp::dial(&self.addr).await?;
         let context = || {
             let name = self.name.to_str();
             format!("handshake with {peer} as {name:?}")

@@ -42,11 +42,20 @@ use tokio::net::TcpStream;
 
 use crate::engine::reader::ReadSource;
 use crate::faults::Fault;
-use crate::transport::{Open, Opened, Refusal};
+use crate::transport::{Open, Opened, Refusal, tcp};
 
 /// Finds the length of the first frame in encoded bytes (see
 /// [`Framing::frame_len`](crate::Framing::frame_len)).
 pub(crate) type FrameLen = std::sync::Arc<dyn Fn(&[u8]) -> Option<usize> + Send + Sync>;
+
+/// What either end of a WebSocket connection needs of its framing: where a
+/// frame ends, and the size limits its `max_data_len` sets.
+pub(crate) fn for_framing<F: crate::Framing>(framing: &F) -> (FrameLen, WebSocketConfig) {
+    let framing = framing.clone();
+    let config = config(framing.max_data_len());
+    let frame_len: FrameLen = std::sync::Arc::new(move |encoded: &[u8]| framing.frame_len(encoded));
+    (frame_len, config)
+}
 
 /// How much tungstenite reads from the socket at a time; its read buffer
 /// starts this large (tungstenite's default, 128 KiB, would be what an idle
@@ -240,20 +249,20 @@ impl WsServer {
         false
     }
 
-    pub(crate) fn has_auth(&self) -> bool {
-        self.auth.is_some()
+    /// Takes `auth` (the server's hook) unless it has a hook of its own.
+    pub(crate) fn default_auth(&mut self, auth: Option<&WsAuth>) {
+        if self.auth.is_none() {
+            self.auth = auth.cloned();
+        }
     }
 
-    pub(crate) fn set_auth(&mut self, auth: WsAuth) {
-        self.auth = Some(auth);
-    }
-
-    /// The open step for a framing with this frame-length function and data
-    /// limit; TLS, if set, is handed back beside it.
-    pub(crate) fn into_open(self, frame_len: FrameLen, max_data: Option<usize>) -> WsOpen {
+    /// The open step for connections of `framing` (TLS, if set, is taken
+    /// apart with [`take_tls`](Self::take_tls)).
+    pub(crate) fn into_open<F: crate::Framing>(self, framing: &F) -> WsOpen {
+        let (frame_len, config) = for_framing(framing);
         WsOpen {
             path: self.path,
-            config: config(max_data),
+            config,
             frame_len,
             pack: self.pack,
             auth: self.auth,
@@ -295,10 +304,8 @@ impl Open<TcpStream> for WsOpen {
         raw: TcpStream,
         peer: SocketAddr,
     ) -> Result<Opened<Self::Read, Self::Write>, crate::Error> {
-        let _ = raw.set_nodelay(true);
-        let local = raw.local_addr()?;
-        let (read, write) = self.upgrade(raw, peer).await?;
-        Ok(Opened { read, write, local })
+        let local = tcp::prepare(&raw)?;
+        self.upgrade(raw, peer, local).await
     }
 
     fn refuse(&self, raw: TcpStream, limit: Fault) -> Option<Refusal> {
@@ -326,11 +333,9 @@ impl Open<TcpStream> for WssOpen {
         raw: TcpStream,
         peer: SocketAddr,
     ) -> Result<Opened<Self::Read, Self::Write>, crate::Error> {
-        let _ = raw.set_nodelay(true);
-        let local = raw.local_addr()?;
+        let local = tcp::prepare(&raw)?;
         let stream = self.tls.accept(raw).await?;
-        let (read, write) = self.ws.upgrade(stream, peer).await?;
-        Ok(Opened { read, write, local })
+        self.ws.upgrade(stream, peer, local).await
     }
 
     fn refuse(&self, raw: TcpStream, limit: Fault) -> Option<Refusal> {
@@ -363,8 +368,9 @@ impl WsOpen {
     pub(crate) async fn upgrade<S>(
         &self,
         stream: S,
-        peer: std::net::SocketAddr,
-    ) -> Result<(WsRead<S>, WsWrite<S>), crate::Error>
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Opened<WsRead<S>, WsWrite<S>>, crate::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -398,7 +404,7 @@ impl WsOpen {
             .map_err(|e| ws_error("upgrade failed", e))?;
         let (mut read, write) = split(ws, self.frame_len.clone(), self.pack);
         read.request = request;
-        Ok((read, write))
+        Ok(Opened { read, write, local })
     }
 }
 
@@ -482,9 +488,7 @@ impl crate::transport::Connect for WsConnector {
     async fn connect(
         &self,
     ) -> Result<crate::transport::Dialled<Self::Read, Self::Write>, crate::Error> {
-        let stream = tokio::net::TcpStream::connect(&self.addr).await?;
-        let _ = stream.set_nodelay(true);
-        let (peer, local) = (stream.peer_addr()?, stream.local_addr()?);
+        let (stream, peer, local) = tcp::dial(&self.addr).await?;
         self.upgrade(stream, peer, local).await
     }
 }
@@ -924,9 +928,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = async {
             let (stream, peer) = listener.accept().await.unwrap();
-            open.upgrade(stream, peer).await.map(|(read, write)| {
+            let local = stream.local_addr().unwrap();
+            open.upgrade(stream, peer, local).await.map(|opened| {
                 // Kept open until the client is done.
-                std::mem::forget((read, write));
+                std::mem::forget(opened);
             })
         };
         let client = async {
@@ -980,7 +985,12 @@ mod tests {
         };
         let server = async {
             let (stream, peer) = listener.accept().await.unwrap();
-            let (mut read, mut write) = opener(None).upgrade(stream, peer).await.unwrap();
+            let local = stream.local_addr().unwrap();
+            let Opened {
+                mut read,
+                mut write,
+                ..
+            } = opener(None).upgrade(stream, peer, local).await.unwrap();
             let mut got = [0u8; 11];
             read.read_exact(&mut got).await.unwrap();
             write.write_all(&got).await.unwrap();
