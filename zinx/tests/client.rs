@@ -145,18 +145,7 @@ async fn reconnects_after_the_server_kicks_it_and_on_connect_fires_again() {
         .await
         .unwrap();
     within("first connect", connects.recv()).await.unwrap();
-    for round in 0..3 {
-        let first = client.connection().await.unwrap();
-        // The server drops every connection.
-        for conn in server.handle.manager().connections() {
-            conn.close();
-        }
-        within("reconnect", connects.recv()).await.unwrap();
-        let second = client.connection().await.unwrap();
-        assert_ne!(first.id(), second.id(), "round {round}");
-        let reply = client.request(1, "again", 1, T).await.unwrap();
-        assert_eq!(&reply.data[..], b"again");
-    }
+    support::reconnect_rounds(&client, &server.handle.manager(), &mut connects, 3).await;
     client.close().await;
     server.stop().await;
 }

@@ -509,18 +509,7 @@ async fn a_tls_client_routes_pushes_runs_hooks_beats_and_reconnects() {
     within("a heartbeat over TLS", beats.recv()).await.unwrap();
     assert_eq!(server.handle.manager().broadcast(50, "news").delivered, 1);
     assert_eq!(within("push", pushed.recv()).await.unwrap(), "news");
-    for round in 0..2 {
-        let first = client.connection().await.unwrap();
-        for conn in server.handle.manager().connections() {
-            conn.close();
-        }
-        // A new handshake, and on_connect again.
-        within("reconnect", connects.recv()).await.unwrap();
-        let second = client.connection().await.unwrap();
-        assert_ne!(first.id(), second.id(), "round {round}");
-        let reply = client.request(1, "again", 1, T).await.unwrap();
-        assert_eq!(&reply.data[..], b"again");
-    }
+    support::reconnect_rounds(&client, &server.handle.manager(), &mut connects, 2).await;
     client.close().await;
     server.stop().await;
 }

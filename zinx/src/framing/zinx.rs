@@ -319,7 +319,7 @@ mod tests {
     /// Decodes the chunks one frame at a time (`Decoder`) and in batches (what
     /// the reader uses), checks that both agree, and returns the result.
     fn decode_all(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {
-        let single = decode_each(&mut codec.clone(), chunks);
+        let single = crate::framing::tests::decode_all(&mut codec.clone(), chunks);
         let batched = decode_batched(codec, chunks);
         match (&single, &batched) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "batch decoding differs"),
@@ -327,21 +327,6 @@ mod tests {
             _ => panic!("batch decoding differs: {single:?} vs {batched:?}"),
         }
         batched
-    }
-
-    fn decode_each(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        for chunk in chunks {
-            buf.extend_from_slice(chunk);
-            while let Some(m) = codec.decode(&mut buf)? {
-                out.push(m);
-            }
-        }
-        if let Some(m) = codec.decode_eof(&mut buf)? {
-            out.push(m);
-        }
-        Ok(out)
     }
 
     fn decode_batched(codec: &mut Codec, chunks: &[&[u8]]) -> Result<Vec<Message>, Error> {

@@ -373,3 +373,25 @@ pub async fn echo_example_with(
     .unwrap();
     (child, read)
 }
+
+/// `rounds` times: the server drops every connection (`manager`'s), and
+/// `client` reconnects (its `on_connect` reports on `connects`) under a new
+/// connection ID and answers an echo request on msgID 1.
+pub async fn reconnect_rounds(
+    client: &zinx::Client,
+    manager: &zinx::ConnManager,
+    connects: &mut tokio::sync::mpsc::Receiver<()>,
+    rounds: usize,
+) {
+    for round in 0..rounds {
+        let first = client.connection().await.unwrap();
+        for conn in manager.connections() {
+            conn.close();
+        }
+        within("reconnect", connects.recv()).await.unwrap();
+        let second = client.connection().await.unwrap();
+        assert_ne!(first.id(), second.id(), "round {round}");
+        let reply = client.request(1, "again", 1, PATIENCE).await.unwrap();
+        assert_eq!(&reply.data[..], b"again");
+    }
+}
