@@ -989,17 +989,19 @@ impl Scan {
 /// A datagram made of whole KCP segments of one conversation, whose push
 /// segments are fragments a control block of `recv_window` segments can
 /// deliver (in `stream` mode none: kcp-go never sends a fragment there; in
-/// message mode fewer than `recv_window` more of a message); `None` for
-/// anything else.
+/// message mode fewer than `recv_window`, and than 255, more of a message);
+/// `None` for anything else.
 fn scan(datagram: &[u8], stream: bool, recv_window: u16) -> Option<Scan> {
     let mut scan: Option<Scan> = None;
     for header in headers(datagram) {
         let header = header?;
         let push = header.cmd == CMD_PUSH;
+        // The kcp crate counts a message's fragments as `frg + 1` in a `u8`:
+        // 255 overflows it, whatever the window.
         let undeliverable = if stream {
             header.frg != 0
         } else {
-            u16::from(header.frg) >= recv_window
+            u16::from(header.frg) >= recv_window.min(255)
         };
         if push && undeliverable {
             return None;
@@ -1607,6 +1609,7 @@ mod tests {
         assert!(scan(&fragment(127), false, 128).is_some());
         assert_eq!(scan(&fragment(128), false, 128), None);
         assert!(scan(&fragment(200), false, 256).is_some());
+        assert_eq!(scan(&fragment(255), false, 1024), None, "frg + 1 overflows");
     }
 
     #[tokio::test(start_paused = true)]
